@@ -1,0 +1,192 @@
+"""The `musc` command: parses options, calls the Python API, prints a summary. No scoring logic here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from tqdm.auto import tqdm
+
+from .backbones import PRESETS, get_preset
+from .config import MuScConfig
+from .errors import ConfigError, ImageReadError, InputError, MuscError
+
+log = logging.getLogger("musc")
+_DEFAULTS = MuScConfig()
+
+
+class IntList(click.ParamType):
+    """A comma-separated list of integers, e.g. '5,11,17,23'."""
+
+    name = "INTS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            items = tuple(int(v) for v in str(value).replace(" ", "").split(",") if v != "")
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if not items:
+            self.fail("the list is empty", param, ctx)
+        return items
+
+
+class MuscGroup(click.Group):
+    """Turns musc's own errors into one clear line and exit status 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MuscError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _ints(values: tuple[int, ...]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def score_options(func: Callable) -> Callable:
+    """The options that set a MuScConfig, shared by every command that scores images."""
+    options = [
+        click.option("--backbone", default=_DEFAULTS.backbone, show_default=True,
+                     help=f"Backbone preset: {', '.join(sorted(PRESETS))} (see `musc backbones`)."),
+        click.option("--image-size", type=int, default=None,
+                     help="Input side S in pixels (images are resized to S x S); a multiple of the patch size. "
+                          "Default: the preset's (518 for the /14 presets)."),
+        click.option("--layers", type=IntList(), default=None,
+                     help="0-indexed blocks to tap, e.g. 5,11,17,23. Default: the preset's four blocks."),
+        click.option("--r", "r_values", type=IntList(), default=_ints(_DEFAULTS.r_values), show_default=True,
+                     help="LNAMD aggregation degrees (odd)."),
+        click.option("--interval", type=float, default=_DEFAULTS.interval, show_default=True,
+                     help="MSM: fraction of the N-1 smallest nearest-patch distances averaged."),
+        click.option("--rscin-windows", type=IntList(), default=_ints(_DEFAULTS.rscin_windows), show_default=True,
+                     help="RsCIN window sizes k."),
+        click.option("--no-rscin", is_flag=True, help="Skip RsCIN: image score = map maximum."),
+        click.option("--subsets", type=int, default=_DEFAULTS.subsets, show_default=True,
+                     help="Score the images in this many random label-free subsets (bounds time and memory)."),
+        click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed for --subsets."),
+        click.option("--device", default=_DEFAULTS.device, show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--half/--no-half", default=_DEFAULTS.half, show_default=True,
+                     help="Half-precision backbone inference on GPU."),
+        click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True,
+                     help="Images per backbone forward pass."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Local weights (timm-layout state dict, .safetensors or .pth) instead of the hub."),
+        click.option("--random-weights", is_flag=True,
+                     help="Random backbone weights: for smoke tests only, results are meaningless."),
+        click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
+                     help="Working-memory bound of the scoring stage in MiB. Default: 40%% of RAM (CPU) "
+                          "or 60%% of free GPU memory."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def config_from_options(backbone: str, image_size: int | None, layers: tuple[int, ...] | None,
+                        r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...], no_rscin: bool,
+                        subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
+                        random_weights: bool, memory_budget_mb: int | None) -> MuScConfig:
+    """Build and check the configuration before any image is read or any model is built."""
+    config = MuScConfig(backbone=backbone, image_size=image_size, layers=layers, r_values=r_values,
+                        interval=interval, rscin_windows=() if no_rscin else rscin_windows, subsets=subsets,
+                        seed=seed, device=device, half=half, batch_size=batch_size, weights=weights,
+                        pretrained=not random_weights, memory_budget_mb=memory_budget_mb)
+    config.validate()
+    preset = get_preset(backbone)
+    size = image_size or preset.default_size
+    if size % preset.patch_size:
+        raise ConfigError(f"--image-size {size} is not a multiple of the patch size {preset.patch_size} of {backbone}; "
+                          f"try {max(1, round(size / preset.patch_size)) * preset.patch_size}")
+    return config
+
+
+def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
+    names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
+             "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb")
+    return config_from_options(**{k: kwargs.pop(k) for k in names})
+
+
+def check_images(paths: list[Path], skip_unreadable: bool, progress: bool) -> list[Path]:
+    """Decode every image once so a corrupt file is reported before any work is done."""
+    from .io import read_image
+
+    good = []
+    for p in tqdm(paths, desc="checking images", unit="img", disable=not progress, leave=False):
+        try:
+            read_image(p)
+        except ImageReadError as exc:
+            if not skip_unreadable:
+                raise ImageReadError(f"{exc} (use --skip-unreadable to leave such files out)") from exc
+            log.warning("skipping unreadable image: %s", exc)
+            continue
+        good.append(p)
+    return good
+
+
+@click.group(cls=MuscGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="musc-ad", prog_name="musc")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """musc: find defective images, and where, in a folder of unlabeled product images (MuSc, ICLR 2024)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the results.")
+@score_options
+@click.option("--no-recursive", is_flag=True, help="Only images directly in FOLDER, not in sub-folders.")
+@click.option("--skip-unreadable", is_flag=True, help="Leave out unreadable images (with a warning) instead of stopping.")
+@click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
+@click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+def score(folder: Path, out: Path, no_recursive: bool, skip_unreadable: bool, no_maps: bool, no_images: bool,
+          quiet: bool, **kwargs: Any) -> None:
+    """Score every image under FOLDER against the others and write the results to --out.
+
+    Writes scores.csv (rank, path, score, raw_score, name; rank 1 = most anomalous), maps/NAME.npy
+    (float32 anomaly map at the image's original size), heatmaps/NAME.png, overlays/NAME.png and
+    config.json (the resolved configuration, versions and timings).
+    """
+    from .export import write_result
+    from .io import find_images
+    from .pipeline import MuSc
+
+    config = _pop_config(kwargs)
+    progress = not quiet
+    paths = check_images(find_images(folder, recursive=not no_recursive), skip_unreadable, progress)
+    if len(paths) < 2:
+        raise InputError(f"MuSc needs at least 2 readable images in {folder}, found {len(paths)}")
+    result = MuSc(config).score(paths, progress=progress)
+    scores_path = write_result(result, out, root=folder, save_maps=not no_maps, save_images=not no_images,
+                               progress=progress)
+    if not quiet:
+        _print_summary(result, scores_path)
+
+
+def _print_summary(result: Any, scores_path: Path) -> None:
+    n = len(result)
+    click.echo(f"Scored {n} images with {result.config.backbone}; results in {scores_path.parent}")
+    click.echo("Most anomalous:")
+    for rank, i in enumerate(result.ranking()[:min(5, n)], start=1):
+        click.echo(f"  {rank}. {result.scores[i]:.4f}  {result.paths[i] if result.paths else i}")
+    t = result.timings
+    click.echo("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+
+
+@main.command()
+def backbones() -> None:
+    """List the backbone presets."""
+    for name in sorted(PRESETS):
+        p = PRESETS[name]
+        click.echo(f"{name:18s} {p.timm_id:40s} patch {p.patch_size:2d}  size {p.default_size}  "
+                   f"blocks {_ints(p.layers):12s} {p.description}")
+
+
+__all__ = ["main", "score_options", "config_from_options", "IntList"]

@@ -1,0 +1,105 @@
+"""The run configuration: one frozen dataclass whose defaults are the paper's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class MuScConfig:
+    """Every setting of a MuSc run. Constructing one only stores values; `validate()` checks them.
+
+    Defaults follow the paper: CLIP ViT-L/14-336 run at 518 px, blocks 5/11/17/23,
+    aggregation degrees r = 1, 3, 5, the smallest 30% of the N-1 image distances averaged,
+    and RsCIN with windows 1, 2, 3.
+    """
+
+    backbone: str = "clip_vit_l14_336"
+    image_size: int | None = None
+    """Input side S (images are resized to S x S); None = the preset's default (518 for the /14 presets)."""
+    layers: tuple[int, ...] | None = None
+    """0-indexed transformer blocks to tap; None = the preset's four blocks."""
+    r_values: tuple[int, ...] = (1, 3, 5)
+    interval: float = 0.3
+    """Fraction of the N-1 nearest-patch distances (the smallest ones) averaged into a patch score."""
+    rscin_windows: tuple[int, ...] = (1, 2, 3)
+    """RsCIN window sizes; an empty tuple turns RsCIN off."""
+    subsets: int = 1
+    """Score the images in this many random, label-free subsets (RsCIN still sees all)."""
+    seed: int = 0
+    device: str = "auto"
+    half: bool = True
+    """Half-precision backbone inference when running on a GPU (ignored on CPU)."""
+    batch_size: int = 8
+    weights: str | None = None
+    """Local state dict (timm layout, .safetensors or .pth) instead of hub weights."""
+    pretrained: bool = True
+    """False builds the backbone with random weights (for tests and smoke runs)."""
+    memory_budget_mb: int | None = None
+    """Upper bound for the scoring stage's working memory; None = a default per device."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work."""
+        if self.image_size is not None and self.image_size <= 0:
+            raise ConfigError(f"image_size must be positive, got {self.image_size}")
+        if not self.r_values:
+            raise ConfigError("r_values must name at least one aggregation degree")
+        for r in self.r_values:
+            if r < 1 or r % 2 == 0:
+                raise ConfigError(f"aggregation degree r must be a positive odd integer, got {r}")
+        if self.layers is not None:
+            if not self.layers:
+                raise ConfigError("layers must name at least one block")
+            if any(i < 0 for i in self.layers):
+                raise ConfigError(f"layers must be 0-indexed block numbers >= 0, got {list(self.layers)}")
+        if not 0.0 < self.interval <= 1.0:
+            raise ConfigError(f"interval must be in (0, 1], got {self.interval}")
+        if any(k < 1 for k in self.rscin_windows):
+            raise ConfigError(f"RsCIN windows must be >= 1, got {list(self.rscin_windows)}")
+        if self.subsets < 1:
+            raise ConfigError(f"subsets must be >= 1, got {self.subsets}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
+            raise ConfigError(f"memory_budget_mb must be >= 1, got {self.memory_budget_mb}")
+
+    def replace(self, **changes: Any) -> "MuScConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MuScConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the configuration (plus optional run facts) as JSON, atomically."""
+        from .io import atomic_write_text
+
+        payload = {"config": self.to_dict(), **(extra or {})}
+        atomic_write_text(Path(path), json.dumps(payload, indent=2, default=str) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MuScConfig":
+        data = json.loads(Path(path).read_text())
+        return cls.from_dict(data.get("config", data))
+
+
+__all__ = ["MuScConfig", "DEVICES"]

@@ -1,0 +1,72 @@
+"""Writing a Result to a folder: scores table, raw maps, heatmaps, overlays, configuration.
+
+Every file is written under a temporary name and renamed, and scores.csv, the table a person reads
+first, is written last: a folder with a scores.csv holds a complete result.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, output_name, read_image
+from .types import Result
+from .visualization import heatmap, overlay
+
+SCORES_FILE = "scores.csv"
+CONFIG_FILE = "config.json"
+
+
+def run_facts() -> dict[str, Any]:
+    """Versions and machine facts stored next to every result so a run can be repeated."""
+    import timm
+    import torch
+
+    from . import __version__
+
+    return {
+        "musc_version": __version__,
+        "torch_version": torch.__version__,
+        "timm_version": timm.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_result(result: Result, out: str | Path, root: str | Path | None = None, save_maps: bool = True,
+                 save_images: bool = True, progress: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Write result files into `out`; returns the path of scores.csv."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(result)
+    paths = [Path(p) for p in result.paths] if result.paths else [Path(f"image_{i:05d}.png") for i in range(n)]
+    base = Path(root) if root is not None else None
+    names = [output_name(p, base) for p in paths]
+    lo, hi = float(result.maps.min()), float(result.maps.max())
+    if save_maps or save_images:
+        for i in tqdm(range(n), desc="writing", unit="img", disable=not progress, leave=False):
+            amap = result.map_at_original_size(i).astype(np.float32)
+            if save_maps:
+                atomic_save_npy(out / "maps" / f"{names[i]}.npy", amap)
+            if save_images:
+                atomic_save_png(out / "heatmaps" / f"{names[i]}.png", heatmap(amap, lo, hi))
+                if result.paths:
+                    atomic_save_png(out / "overlays" / f"{names[i]}.png", overlay(read_image(paths[i]), amap, lo, hi))
+    facts = {**run_facts(), "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
+    result.config.save(out / CONFIG_FILE, extra=facts)
+    order = result.ranking()
+    rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i])
+            for rank, i in enumerate(order)]
+    scores_path = out / SCORES_FILE
+    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "name"), rows)
+    return scores_path
+
+
+__all__ = ["write_result", "run_facts", "SCORES_FILE", "CONFIG_FILE"]

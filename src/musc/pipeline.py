@@ -1,0 +1,187 @@
+"""The MuSc model: composes backbone -> LNAMD -> MSM -> maps -> RsCIN. No file output here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .aggregation import lnamd
+from .backbones import Backbone
+from .config import MuScConfig
+from .errors import ConfigError, InputError
+from .io import read_image, to_rgb
+from .rescoring import rscin
+from .scoring import mutual_scores
+from .types import Features, Result
+
+log = logging.getLogger(__name__)
+
+ImageSource = Union[str, Path, Image.Image, np.ndarray]
+
+
+def _as_image(source: ImageSource) -> Image.Image:
+    if isinstance(source, (str, Path)):
+        return read_image(source)
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, np.ndarray):
+        if source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4)):
+            arr = source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source
+            return to_rgb(Image.fromarray(arr))
+        raise InputError(f"an image array must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {source.shape}")
+    raise InputError(f"cannot use an object of type {type(source).__name__} as an image")
+
+
+def split_subsets(n: int, subsets: int, seed: int) -> list[np.ndarray]:
+    """Split range(n) into `subsets` random parts of near-equal size (label-free, seeded), each sorted."""
+    if subsets < 1:
+        raise ConfigError(f"subsets must be >= 1, got {subsets}")
+    if subsets == 1:
+        return [np.arange(n)]
+    if n // subsets < 2:
+        raise InputError(f"{n} images cannot be split into {subsets} subsets of at least 2 images")
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(perm, subsets)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class MuSc:
+    """Zero-shot anomaly scoring of a set of unlabeled images by mutual scoring.
+
+    >>> model = MuSc(MuScConfig(backbone="dinov2_vits14", image_size=224))
+    >>> result = model.score(["a.png", "b.png", "c.png"])
+    >>> result.scores, result.maps.shape
+    """
+
+    def __init__(self, config: MuScConfig | None = None, backbone: Backbone | None = None) -> None:
+        self.config = config or MuScConfig()
+        self._backbone = backbone
+
+    @property
+    def backbone(self) -> Backbone:
+        """The backbone, built on first use from the configuration."""
+        if self._backbone is None:
+            c = self.config
+            c.validate()
+            self._backbone = Backbone.load(c.backbone, c.image_size, c.layers, weights=c.weights,
+                                           pretrained=c.pretrained, device=c.device, half=c.half)
+        return self._backbone
+
+    def extract(self, images: Sequence[ImageSource], progress: bool = True) -> tuple[Features, list[tuple[int, int]]]:
+        """Backbone features of all images, plus each image's original (width, height)."""
+        bb = self.backbone
+        bs = self.config.batch_size
+        tokens: list[list[torch.Tensor]] = [[] for _ in bb.layers]
+        embeddings: list[torch.Tensor] = []
+        sizes: list[tuple[int, int]] = []
+        with tqdm(total=len(images), desc="extracting", unit="img", disable=not progress, leave=False) as bar:
+            for start in range(0, len(images), bs):
+                pil = [_as_image(src) for src in images[start:start + bs]]
+                sizes.extend(im.size for im in pil)
+                batch = torch.stack([bb.preprocess(im) for im in pil])
+                taps, emb = bb.extract(batch)
+                for store, t in zip(tokens, taps):
+                    store.append(t)
+                embeddings.append(emb)
+                bar.update(len(pil))
+        return Features([torch.cat(t) for t in tokens], torch.cat(embeddings)), sizes
+
+    def _tap_layers(self, count: int) -> tuple[int, ...]:
+        """Block numbers of the feature maps (labels for per-pair results), without building a backbone."""
+        if self._backbone is not None:
+            return self._backbone.layers
+        from .backbones import get_preset
+
+        layers = self.config.layers or get_preset(self.config.backbone).layers
+        return tuple(layers) if len(layers) == count else tuple(range(count))
+
+    def patch_scores(self, features: Features, progress: bool = True,
+                     keep_pairs: bool = False) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
+        """MSM over every (block, r) pair and subset: (N, h, w) mean patch scores (+ per-pair grids, timings)."""
+        c = self.config
+        n = features.num_images
+        _, _, h, w = features.tokens[0].shape
+        parts = split_subsets(n, c.subsets, c.seed)
+        budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
+        layers = self._tap_layers(len(features.tokens))
+        n_pairs = len(features.tokens) * len(c.r_values)
+        total = torch.zeros((n, h * w), dtype=torch.float32, device=features.tokens[0].device)
+        pairs: dict[tuple[int, int], torch.Tensor] = {}
+        t_agg = t_score = 0.0
+        device = features.tokens[0].device
+        with tqdm(total=n_pairs * n, desc="mutual scoring", unit="img", disable=not progress, leave=False) as bar:
+            for layer, tok in zip(layers, features.tokens):
+                for idx in parts:
+                    index = torch.as_tensor(idx, device=device)
+                    t0 = time.perf_counter()
+                    zs = lnamd(tok[index], c.r_values)
+                    _sync(device)
+                    t_agg += time.perf_counter() - t0
+                    for r, z in zip(c.r_values, zs):
+                        t0 = time.perf_counter()
+                        s = mutual_scores(z, c.interval, budget, progress=bar.update)
+                        _sync(device)
+                        t_score += time.perf_counter() - t0
+                        total[index] += s
+                        if keep_pairs:
+                            pairs.setdefault((layer, r), torch.zeros_like(total))[index] = s
+        total /= n_pairs
+        grids = {k: v.view(n, h, w) for k, v in pairs.items()}
+        return total.view(n, h, w), grids, {"aggregation": t_agg, "scoring": t_score}
+
+    def upsample(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        """(N, h, w) -> (N, S, S) bilinear with align_corners=True, as in the paper's code."""
+        size = self.backbone.image_size
+        return F.interpolate(patch_scores[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
+
+    def score_features(self, features: Features, progress: bool = True, keep_pairs: bool = False) -> Result:
+        """Maps and scores from already extracted features."""
+        c = self.config
+        if features.num_images < 2:
+            raise InputError(f"MuSc needs at least 2 images to score them against each other, got {features.num_images}")
+        grid, pairs, timings = self.patch_scores(features, progress, keep_pairs)
+        t0 = time.perf_counter()
+        maps = self.upsample(grid)
+        raw = maps.flatten(1).amax(dim=1)
+        timings["upsampling"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        emb = features.embeddings.cpu().numpy()
+        raw_np = raw.cpu().numpy().astype(np.float64)
+        scores = rscin(raw_np, emb, c.rscin_windows) if c.rscin_windows else raw_np
+        timings["rescoring"] = time.perf_counter() - t0
+        return Result(scores=scores, raw_scores=raw_np, maps=maps.cpu().numpy().astype(np.float32, copy=False),
+                      embeddings=emb, config=c, timings=timings,
+                      pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if keep_pairs else None)
+
+    def score(self, images: Sequence[ImageSource], progress: bool = True, keep_pairs: bool = False) -> Result:
+        """Score a set of unlabeled images of one product: anomaly maps and image scores for each."""
+        self.config.validate()
+        if len(images) < 2:
+            raise InputError(f"MuSc needs at least 2 images to score them against each other, got {len(images)}")
+        if self.config.subsets > 1 and len(images) // self.config.subsets < 2:
+            raise InputError(f"{len(images)} images cannot be split into {self.config.subsets} subsets of at least 2 images")
+        _ = self.backbone  # build it first so that model loading is not counted as extraction
+        t0 = time.perf_counter()
+        features, sizes = self.extract(images, progress)
+        _sync(features.embeddings.device)
+        t_extract = time.perf_counter() - t0
+        result = self.score_features(features, progress, keep_pairs)
+        result.timings = {"extraction": t_extract, **result.timings}
+        result.original_sizes = sizes
+        result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None
+        return result
+
+
+__all__ = ["MuSc", "split_subsets", "ImageSource"]

@@ -1,0 +1,155 @@
+"""MSM, mutual scoring (stage 2 of MuSc): each image's patches are scored by all the other images.
+
+For a patch p of image i and another image j, s_j(p) is the distance from p to its nearest patch
+in j. Of the N-1 values s_j(p) the smallest `interval` fraction is averaged: a normal patch has
+close look-alikes in most other images, a defect has none. Distances come from matrix products of
+unit vectors (d^2 = 2 - 2 cos), never from materialising all pairwise distances.
+
+The exact path computes each unordered image pair once: the L x L similarity block of (i, j) gives
+both i's nearest-patch similarities in j (row maxima) and j's in i (column maxima). When the
+(N, L, N) table of nearest-patch distances does not fit the memory budget, images are scored in
+blocks against all others instead (twice the products, a fraction of the memory). Both give the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import torch
+
+DEFAULT_BLOCK_BYTES = 256 * 2**20
+"""Size of one similarity block (rows x columns x 4 bytes) that the products work on at a time."""
+
+
+def interval_count(n_others: int, fraction: float) -> int:
+    """How many of the n_others smallest distances are averaged: max(1, floor(fraction * n_others))."""
+    return max(1, int(math.floor(fraction * n_others + 1e-9)))
+
+
+def interval_mean(distances: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of the smallest interval_count(M, fraction) values along the last axis (M = its length)."""
+    k = interval_count(distances.shape[-1], fraction)
+    return torch.topk(distances, k, dim=-1, largest=False, sorted=False).values.mean(dim=-1)
+
+
+def _similarity_to_distance_(sim: torch.Tensor) -> torch.Tensor:
+    """In place: cosine similarity of unit vectors -> Euclidean distance sqrt(max(0, 2 - 2 cos))."""
+    return sim.mul_(-2.0).add_(2.0).clamp_(min=0.0).sqrt_()
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes the scoring stage may use: 60% of free GPU memory, or 40% of physical RAM on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return int(total * 0.4)
+
+
+def _block_images(n_patches: int, block_bytes: int, elem_bytes: int = 4) -> int:
+    """Images per block side so that one (b*L) x (b*L) similarity block stays within block_bytes."""
+    return max(1, int(math.isqrt(max(1, block_bytes // (elem_bytes * n_patches * n_patches)))))
+
+
+def _matmul_sim(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or dtype == a.dtype:
+        return a @ b.T
+    return (a.to(dtype) @ b.to(dtype).T).float()
+
+
+def nearest_patch_distances(z: torch.Tensor, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                            matmul_dtype: torch.dtype | None = None,
+                            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """(N, L, C) unit patch vectors -> (N, L, N) table D[i, p, j] = min_q ||z_ip - z_jq||, +inf where j == i.
+
+    Pair-symmetric: each unordered pair of image blocks is multiplied once.
+    """
+    n, l, c = z.shape
+    b = min(n, _block_images(l, block_bytes))
+    flat = z.reshape(n * l, c)
+    table = torch.empty((n, l, n), dtype=torch.float32, device=z.device)
+    starts = list(range(0, n, b))
+    for bi, i0 in enumerate(starts):
+        i1 = min(n, i0 + b)
+        zi = flat[i0 * l:i1 * l]
+        for j0 in starts[bi:]:
+            j1 = min(n, j0 + b)
+            sim = _matmul_sim(zi, flat[j0 * l:j1 * l], matmul_dtype).view(i1 - i0, l, j1 - j0, l)
+            table[i0:i1, :, j0:j1] = sim.amax(dim=3)
+            if j0 != i0:
+                table[j0:j1, :, i0:i1] = sim.amax(dim=1).permute(1, 2, 0)
+            del sim
+        if progress is not None:
+            progress(i1 - i0)
+    _similarity_to_distance_(table)
+    idx = torch.arange(n, device=z.device)
+    table[idx, :, idx] = float("inf")
+    return table
+
+
+def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_dtype: torch.dtype | None,
+                          progress: Callable[[int], None] | None) -> torch.Tensor:
+    """Low-memory path: score blocks of images against all others; only (b, L, N) distances exist at once."""
+    n, l, c = z.shape
+    flat = z.reshape(n * l, c)
+    row_bytes = 4 * l * n
+    b_rows = max(1, min(n, budget // (2 * row_bytes)))
+    b_cols = max(1, min(n, (budget // 2) // max(1, 4 * b_rows * l * l)))
+    out = torch.empty((n, l), dtype=torch.float32, device=z.device)
+    for i0 in range(0, n, b_rows):
+        i1 = min(n, i0 + b_rows)
+        rows = torch.empty((i1 - i0, l, n), dtype=torch.float32, device=z.device)
+        zi = flat[i0 * l:i1 * l]
+        for j0 in range(0, n, b_cols):
+            j1 = min(n, j0 + b_cols)
+            sim = _matmul_sim(zi, flat[j0 * l:j1 * l], matmul_dtype).view(i1 - i0, l, j1 - j0, l)
+            rows[:, :, j0:j1] = sim.amax(dim=3)
+            del sim
+        _similarity_to_distance_(rows)
+        local = torch.arange(i1 - i0, device=z.device)
+        rows[local, :, local + i0] = float("inf")
+        out[i0:i1] = _interval_mean_excluding_self(rows, fraction)
+        if progress is not None:
+            progress(i1 - i0)
+    return out
+
+
+def _interval_mean_excluding_self(table: torch.Tensor, fraction: float, rows_per_chunk: int = 16) -> torch.Tensor:
+    """Interval mean over the N-1 finite entries of each (i, p) row; the +inf self entry is never among the k smallest.
+
+    Works on a few images at a time so that topk's values and indices stay small next to the table.
+    """
+    k = interval_count(table.shape[-1] - 1, fraction)
+    out = torch.empty(table.shape[:-1], dtype=table.dtype, device=table.device)
+    for i0 in range(0, table.shape[0], rows_per_chunk):
+        chunk = table[i0:i0 + rows_per_chunk]
+        out[i0:i0 + rows_per_chunk] = torch.topk(chunk, k, dim=-1, largest=False, sorted=False).values.mean(dim=-1)
+    return out
+
+
+def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | None = None,
+                  matmul_dtype: torch.dtype | None = None,
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """MSM for one (block, r) pair: (N, L, C) unit patch vectors -> (N, L) patch anomaly scores.
+
+    memory_budget (bytes) bounds the working memory; None = default_memory_budget(z.device).
+    """
+    n, l, _ = z.shape
+    if n < 2:
+        raise ValueError(f"mutual scoring needs at least 2 images, got {n}")
+    budget = default_memory_budget(z.device) if memory_budget is None else int(memory_budget)
+    table_bytes = 4 * n * l * n
+    if table_bytes * 5 // 4 <= budget:
+        block = min(DEFAULT_BLOCK_BYTES, budget - table_bytes * 5 // 4)
+        table = nearest_patch_distances(z, block_bytes=block, matmul_dtype=matmul_dtype, progress=progress)
+        return _interval_mean_excluding_self(table, fraction)
+    return _scores_by_row_blocks(z, fraction, budget, matmul_dtype, progress)
+
+
+__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget"]

@@ -1,0 +1,69 @@
+"""Small typed records passed between the stages and returned to the user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import MuScConfig
+
+
+@dataclass
+class Features:
+    """What the backbone gives for a set of images."""
+
+    tokens: list[torch.Tensor]
+    """Per tapped block: (N, C, h, w) patch tokens on the patch grid."""
+    embeddings: torch.Tensor
+    """(N, D) image embeddings (used by RsCIN)."""
+
+    @property
+    def num_images(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def subset(self, index: torch.Tensor | list[int]) -> "Features":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Features([t[index.to(t.device)] for t in self.tokens], self.embeddings[index.to(self.embeddings.device)])
+
+
+@dataclass
+class Result:
+    """Scores and maps of one MuSc run over N images."""
+
+    scores: np.ndarray
+    """(N,) final image scores (RsCIN-refined when enabled); higher = more anomalous."""
+    raw_scores: np.ndarray
+    """(N,) image scores before RsCIN: each map's maximum."""
+    maps: np.ndarray
+    """(N, S, S) float32 anomaly maps at the model's input size."""
+    embeddings: np.ndarray
+    """(N, D) image embeddings."""
+    config: MuScConfig
+    paths: list[str] | None = None
+    original_sizes: list[tuple[int, int]] | None = None
+    """(width, height) of each input image."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: extraction, aggregation, scoring, rescoring, upsampling."""
+    pair_maps: dict[tuple[int, int], np.ndarray] | None = None
+    """Optional (N, h, w) patch-score grids per (block, r) pair, for ablations."""
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def ranking(self) -> np.ndarray:
+        """Image indices from most to least anomalous (stable for ties)."""
+        return np.argsort(-self.scores, kind="stable")
+
+    def map_at_original_size(self, index: int) -> np.ndarray:
+        """The anomaly map of image `index` resized bilinearly to its original (height, width)."""
+        if self.original_sizes is None:
+            return self.maps[index]
+        w, h = self.original_sizes[index]
+        m = torch.from_numpy(np.ascontiguousarray(self.maps[index]))[None, None]
+        return F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+__all__ = ["Features", "Result"]

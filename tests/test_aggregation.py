@@ -1,0 +1,50 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from musc.aggregation import layer_norm_map, lnamd, neighbourhood_mean
+
+
+def unfold_mean(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Explicit reference: gather each r x r zero-padded neighbourhood and average all r*r entries."""
+    n, c, h, w = x.shape
+    cols = F.unfold(x, kernel_size=r, padding=r // 2)  # (n, c*r*r, h*w)
+    return cols.view(n, c, r * r, h * w).mean(dim=2).view(n, c, h, w)
+
+
+@pytest.mark.parametrize("r", [1, 3, 5, 7])
+def test_neighbourhood_mean_equals_unfold_and_mean(r):
+    x = torch.randn(3, 8, 6, 7)
+    assert torch.allclose(neighbourhood_mean(x, r), unfold_mean(x, r), atol=1e-6)
+
+
+def test_layer_norm_over_whole_map():
+    x = torch.randn(2, 5, 4, 4) * 3 + 7
+    y = layer_norm_map(x)
+    flat = y.flatten(1)
+    assert torch.allclose(flat.mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(flat.var(1, unbiased=False), torch.ones(2), atol=1e-3)
+    ref = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(x.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+def test_lnamd_matches_explicit_reference_and_is_unit_length():
+    x = torch.randn(4, 16, 5, 5)
+    outs = lnamd(x, (1, 3, 5))
+    for r, z in zip((1, 3, 5), outs):
+        assert z.shape == (4, 25, 16)
+        ref = unfold_mean(layer_norm_map(x), r).flatten(2).transpose(1, 2)
+        ref = ref / ref.norm(dim=-1, keepdim=True)
+        assert torch.allclose(z, ref, atol=1e-5)
+        assert torch.allclose(z.norm(dim=-1), torch.ones(4, 25), atol=1e-5)
+
+
+def test_r1_is_identity_before_normalisation():
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(neighbourhood_mean(x, 1), x)
+
+
+@pytest.mark.parametrize("r", [0, 2, -1])
+def test_bad_degree_rejected(r):
+    with pytest.raises(ValueError, match="odd"):
+        neighbourhood_mean(torch.zeros(1, 1, 3, 3), r)

@@ -1,0 +1,139 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import save_file
+
+from musc.cli import main
+
+from conftest import tiny_state_dict
+
+TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_score_writes_every_output(image_folder, tmp_path):
+    out = tmp_path / "out"
+    res = run("score", image_folder, "--out", out, *TINY[:-1])
+    assert res.exit_code == 0, res.output
+    assert "Scored 7 images" in res.output
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 8))
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    names = {r["name"] for r in rows}
+    assert "defect__odd" in names and "good__img_0" in names
+    for name in names:
+        amap = np.load(out / "maps" / f"{name}.npy")
+        assert amap.shape == (112, 112) and amap.dtype == np.float32
+        assert Image.open(out / "heatmaps" / f"{name}.png").size == (112, 112)
+        assert Image.open(out / "overlays" / f"{name}.png").size == (112, 112)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["backbone"] == "test_tiny_dino" and cfg["config"]["image_size"] == 56
+    assert cfg["num_images"] == 7 and "scoring" in cfg["timings_s"]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_score_options_reach_the_config(image_folder, tmp_path):
+    out = tmp_path / "o"
+    res = run("score", image_folder, "--out", out, *TINY, "--r", "1,3", "--layers", "1,3", "--interval", "0.5",
+              "--no-rscin", "--subsets", "2", "--no-images", "--no-maps", "--no-recursive")
+    # --no-recursive: the images are in sub-folders, so none is found
+    assert res.exit_code != 0 and "no images" in res.output
+    res = run("score", image_folder, "--out", out, *TINY, "--r", "1,3", "--layers", "1,3", "--interval", "0.5",
+              "--no-rscin", "--subsets", "2", "--no-images", "--no-maps")
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["r_values"] == [1, 3] and cfg["layers"] == [1, 3] and cfg["interval"] == 0.5
+    assert cfg["rscin_windows"] == [] and cfg["subsets"] == 2
+    assert not (out / "maps").exists() and not (out / "heatmaps").exists()
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert all(r["score"] == r["raw_score"] for r in rows)
+
+
+def _assert_failed_cleanly(res, out, *needles):
+    assert res.exit_code != 0
+    for needle in needles:
+        assert needle in res.output, res.output
+    assert "Traceback" not in res.output
+    assert not (out / "scores.csv").exists()
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", tmp_path / "empty", "--out", out, *TINY), out, "no images")
+
+
+def test_missing_folder(tmp_path):
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", tmp_path / "nope", "--out", out, *TINY), out, "folder not found")
+
+
+def test_single_image(image_folder, tmp_path):
+    out = tmp_path / "out"
+    res = run("score", image_folder / "defect", "--out", out, *TINY)
+    _assert_failed_cleanly(res, out, "at least 2 readable images")
+
+
+def test_corrupt_file_stops_or_is_skipped(image_folder, tmp_path):
+    (image_folder / "good" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", image_folder, "--out", out, *TINY), out, "broken.png", "--skip-unreadable")
+    res = run("score", image_folder, "--out", out, *TINY, "--skip-unreadable", "--no-images")
+    assert res.exit_code == 0
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 7
+
+
+def test_size_not_multiple_of_patch(image_folder, tmp_path):
+    out = tmp_path / "out"
+    args = [a if a != "56" else "50" for a in TINY]
+    _assert_failed_cleanly(run("score", image_folder, "--out", out, *args), out, "not a multiple of the patch size 14")
+
+
+def test_unknown_backbone(image_folder, tmp_path):
+    out = tmp_path / "out"
+    res = run("score", image_folder, "--out", out, "--backbone", "vit_nonexistent", "-q")
+    _assert_failed_cleanly(res, out, "unknown backbone 'vit_nonexistent'", "dinov2_vits14")
+
+
+def test_mismatched_weights(image_folder, tmp_path):
+    w = tmp_path / "clip.safetensors"
+    save_file(tiny_state_dict("test_tiny_clip"), str(w))
+    out = tmp_path / "out"
+    args = [a for a in TINY if a != "--random-weights"]
+    _assert_failed_cleanly(run("score", image_folder, "--out", out, *args, "--weights", w), out, "do not match backbone")
+
+
+@pytest.mark.parametrize("opt,val,msg", [
+    ("--r", "1,2", "odd"), ("--r", "a,b", "comma-separated"), ("--interval", "1.5", "interval"),
+    ("--subsets", "0", "subsets"), ("--device", "tpu", "device"), ("--batch-size", "0", "batch_size"),
+    ("--rscin-windows", "0", "RsCIN windows"), ("--subsets", "4", "subsets of at least 2"),
+])
+def test_bad_options(image_folder, tmp_path, opt, val, msg):
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", image_folder, "--out", out, *TINY, opt, val), out, msg)
+
+
+def test_previous_result_survives_a_failed_run(image_folder, tmp_path):
+    out = tmp_path / "out"
+    assert run("score", image_folder, "--out", out, *TINY, "--no-images").exit_code == 0
+    before = (out / "scores.csv").read_text()
+    (image_folder / "good" / "broken.png").write_bytes(b"junk")
+    assert run("score", image_folder, "--out", out, *TINY).exit_code != 0
+    assert (out / "scores.csv").read_text() == before
+
+
+def test_help_documents_every_option():
+    res = run("score", "--help")
+    for opt in ["--out", "--backbone", "--image-size", "--layers", "--r", "--interval", "--rscin-windows", "--no-rscin",
+                "--subsets", "--seed", "--device", "--half", "--batch-size", "--weights", "--random-weights",
+                "--memory-budget", "--skip-unreadable", "--no-maps", "--no-images", "--quiet"]:
+        assert opt in res.output, opt
+    assert "test_tiny_dino" in run("backbones").output

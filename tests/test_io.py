@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from musc.errors import ImageReadError, InputError
+from musc.io import atomic_write_text, find_images, output_name, read_image, to_rgb
+
+
+@pytest.mark.parametrize("mode,arr", [
+    ("L", np.full((4, 5), 100, np.uint8)),
+    ("RGBA", np.dstack([np.full((4, 5, 3), 200, np.uint8), np.full((4, 5), 255, np.uint8)])),
+    ("I;16", np.full((4, 5), 65535, np.uint16)),
+    ("F", np.full((4, 5), 0.5, np.float32)),
+])
+def test_to_rgb_modes(mode, arr):
+    img = Image.fromarray(arr, mode=mode) if mode != "I;16" else Image.fromarray(arr)
+    out = to_rgb(img)
+    assert out.mode == "RGB" and out.size == (5, 4)
+    expected = {"L": 100, "RGBA": 200, "I;16": 255, "F": 128}[mode]
+    assert abs(int(np.asarray(out)[0, 0, 0]) - expected) <= 1
+
+
+def test_transparent_pixels_become_black():
+    arr = np.full((2, 2, 4), 200, np.uint8)
+    arr[..., 3] = 255
+    arr[0, 0, 3] = 0
+    out = np.asarray(to_rgb(Image.fromarray(arr, mode="RGBA")))
+    assert out[0, 0].tolist() == [0, 0, 0] and out[1, 1].tolist() == [200, 200, 200]
+
+
+def test_16bit_png_read(tmp_path):
+    arr = np.full((6, 6), 32768, np.uint16)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    assert abs(int(np.asarray(read_image(tmp_path / "a.png"))[0, 0, 0]) - 128) <= 1
+
+
+def test_corrupt_and_missing_images(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "nope.png")
+    good = tmp_path / "t.jpg"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(good)
+    (tmp_path / "trunc.jpg").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ImageReadError, match="trunc.jpg"):
+        read_image(tmp_path / "trunc.jpg")
+
+
+def test_find_images(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        find_images(tmp_path / "missing")
+    with pytest.raises(InputError, match="no images"):
+        find_images(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for p in ["b.PNG", "sub/a.jpg", ".hidden/c.png", "notes.txt"]:
+        (tmp_path / p).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["b.PNG", "sub/a.jpg"]
+    assert [p.name for p in find_images(tmp_path, recursive=False)] == ["b.PNG"]
+
+
+def test_output_name_is_unique_per_relative_path(tmp_path):
+    assert output_name(tmp_path / "a" / "x.png", tmp_path) == "a__x"
+    assert output_name(tmp_path / "b" / "x.png", tmp_path) == "b__x"
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "scores.csv"
+    atomic_write_text(target, "old\n")
+    import musc.io as mio
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mio.os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]

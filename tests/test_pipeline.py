@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from musc import MuSc, MuScConfig, Result
+from musc.errors import ConfigError, InputError
+from musc.pipeline import split_subsets
+from musc.types import Features
+
+from conftest import planted, textured
+
+TINY = MuScConfig(backbone="test_tiny_dino", image_size=112, pretrained=False, device="cpu", batch_size=3)
+
+
+def images(n=7):
+    imgs = [textured(i) for i in range(n - 1)] + [planted(textured(99))]
+    return [Image.fromarray(a) for a in imgs]
+
+
+def test_planted_defect_has_highest_score_and_map_peak_on_it():
+    result = MuSc(TINY).score(images())
+    assert isinstance(result, Result)
+    assert result.maps.shape == (7, 112, 112) and result.maps.dtype == np.float32
+    assert int(np.argmax(result.scores)) == 6
+    assert int(np.argmax(result.raw_scores)) == 6
+    peak = np.unravel_index(np.argmax(result.maps[6]), result.maps[6].shape)
+    assert 40 - 14 <= peak[0] < 60 + 14 and 60 - 14 <= peak[1] < 80 + 14
+    np.testing.assert_allclose(result.raw_scores, result.maps.reshape(7, -1).max(1), rtol=1e-6)
+    assert set(result.timings) >= {"extraction", "aggregation", "scoring", "rescoring"}
+
+
+def test_paths_sizes_and_original_size_maps(image_folder):
+    paths = sorted(image_folder.rglob("*.png"))
+    Image.fromarray(textured(5, size=90)[:, :60]).save(paths[0])  # one image of another size
+    result = MuSc(TINY).score(paths, progress=False)
+    assert result.paths == [str(p) for p in paths]
+    assert result.original_sizes[0] == (60, 90)
+    assert result.map_at_original_size(0).shape == (90, 60)
+    assert result.map_at_original_size(1).shape == (112, 112)
+
+
+def test_without_rscin_score_is_map_max():
+    result = MuSc(TINY.replace(rscin_windows=())).score(images(), progress=False)
+    np.testing.assert_allclose(result.scores, result.raw_scores)
+
+
+def test_rscin_applied_to_raw_scores():
+    from musc.rescoring import rscin
+
+    result = MuSc(TINY).score(images(), progress=False)
+    np.testing.assert_allclose(result.scores, rscin(result.raw_scores, result.embeddings, (1, 2, 3)))
+
+
+def test_map_is_mean_over_pairs():
+    model = MuSc(TINY.replace(r_values=(1, 3)))
+    result = model.score(images(5), progress=False, keep_pairs=True)
+    assert sorted(result.pair_maps) == [(layer, r) for layer in (0, 1, 2, 3) for r in (1, 3)]
+    mean = np.mean(list(result.pair_maps.values()), axis=0)
+    grid = torch.from_numpy(mean)[:, None]
+    up = torch.nn.functional.interpolate(grid, size=(112, 112), mode="bilinear", align_corners=True)[:, 0].numpy()
+    np.testing.assert_allclose(result.maps, up, atol=1e-5)
+
+
+def test_subsets_score_separately_but_rscin_sees_all():
+    feats = Features([torch.randn(8, 6, 3, 3)], torch.randn(8, 5))
+    cfg = TINY.replace(subsets=2, seed=1, layers=(0,), r_values=(1,))
+    model = MuSc(cfg)
+    result = model.score_features(feats, progress=False)
+    parts = split_subsets(8, 2, 1)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(8))
+    for idx in parts:
+        alone = MuSc(cfg.replace(subsets=1)).score_features(feats.subset(list(idx)), progress=False)
+        np.testing.assert_allclose(result.raw_scores[idx], alone.raw_scores, rtol=1e-5)
+
+
+def test_split_subsets_is_seeded_and_balanced():
+    a = split_subsets(11, 3, 7)
+    assert [len(p) for p in a] == [4, 4, 3]
+    assert all(np.array_equal(x, y) for x, y in zip(a, split_subsets(11, 3, 7)))
+    with pytest.raises(InputError, match="subsets of at least 2"):
+        split_subsets(5, 3, 0)
+
+
+def test_bad_inputs():
+    with pytest.raises(InputError, match="at least 2 images"):
+        MuSc(TINY).score(images()[:1])
+    with pytest.raises(ConfigError, match="odd"):
+        MuSc(TINY.replace(r_values=(2,))).score(images())
+    with pytest.raises(InputError, match="shape"):
+        MuSc(TINY).score([np.zeros((4, 4, 7)), np.zeros((4, 4))])

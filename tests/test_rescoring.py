@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from musc.rescoring import knn_smoothing, minmax, rscin
+
+
+def test_hand_worked_example():
+    # Three images: 0 and 1 alike (cos 0.8), 2 apart (cos 0 with both). Raw scores 1, 3, 5 -> min-max 0, 0.5, 1.
+    emb = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    emb[2] = [0.6, -0.8]  # cos(0,2) = 0.6, cos(1,2) = 0.48 - 0.48 = 0
+    scores = np.array([1.0, 3.0, 5.0])
+    # k = 1: each row keeps only itself -> (0, 0.5, 1).
+    # k = 2: row0 keeps self (1) and img1 (0.8): (1*0 + 0.8*0.5) / 1.8 = 0.2222...
+    #        row1 keeps self (1) and img0 (0.8): (0.8*0 + 1*0.5) / 1.8 = 0.2777...
+    #        row2 keeps self (1) and img0 (0.6): (0.6*0 + 1*1) / 1.6 = 0.625
+    k2 = np.array([0.4 / 1.8, 0.5 / 1.8, 1 / 1.6])
+    np.testing.assert_allclose(knn_smoothing(minmax(scores), emb @ emb.T, 2), k2)
+    np.testing.assert_allclose(rscin(scores, emb, (1, 2)), (np.array([0, 0.5, 1.0]) + k2) / 2)
+
+
+def test_window_one_is_minmax_and_no_windows():
+    s = np.array([2.0, 4.0, 3.0])
+    e = np.random.default_rng(0).normal(size=(3, 5))
+    np.testing.assert_allclose(rscin(s, e, (1,)), [0, 1, 0.5])
+    np.testing.assert_allclose(rscin(s, e, ()), [0, 1, 0.5])
+
+
+def test_constant_scores_and_large_window():
+    e = np.random.default_rng(1).normal(size=(4, 3))
+    assert np.all(rscin(np.ones(4), e, (1, 2, 3)) == 0)
+    out = rscin(np.array([0.0, 1, 2, 3]), e, (10,))
+    assert out.shape == (4,) and np.all(np.isfinite(out))
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        rscin(np.zeros(3), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="1-D"):
+        rscin(np.zeros((3, 1)), np.zeros((3, 2)))

@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from musc.scoring import interval_count, interval_mean, mutual_scores, nearest_patch_distances
+
+
+def naive_scores(z: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The official formulation: for each image, cdist to every other image's patches, min, sort, interval mean."""
+    n, l, c = z.shape
+    out = torch.empty(n, l, dtype=torch.float64)
+    zd = z.double()
+    for i in range(n):
+        per_image = []
+        for j in range(n):
+            if j == i:
+                continue
+            d = torch.cdist(zd[i], zd[j], compute_mode="donot_use_mm_for_euclid_dist")
+            per_image.append(d.min(dim=1).values)
+        s = torch.stack(per_image, dim=1)  # (l, n-1)
+        k = max(1, math.floor(fraction * (n - 1)))
+        out[i] = s.sort(dim=1).values[:, :k].mean(dim=1)
+    return out.float()
+
+
+def unit(n, l, c, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, l, c, generator=g), dim=-1)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 11])
+def test_exact_path_matches_naive(n):
+    z = unit(n, 9, 16, seed=n)
+    ref = naive_scores(z, 0.3)
+    got = mutual_scores(z, 0.3)
+    assert not torch.isnan(got).any()
+    assert (got - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("block_bytes", [4 * 9 * 9, 4 * 9 * 9 * 4, 4 * 9 * 9 * 9, 4 * 9 * 9 * 49])
+def test_blocks_that_do_not_divide_n(block_bytes):
+    """Block sides 1, 2, 3, 7 images over N = 11: every remainder case of the pair loop."""
+    z = unit(11, 9, 8, seed=1)
+    table = nearest_patch_distances(z, block_bytes=block_bytes)
+    ref = torch.cdist(z.double().reshape(-1, 8), z.double().reshape(-1, 8)).view(11, 9, 11, 9).amin(3).float()
+    idx = torch.arange(11)
+    assert torch.isinf(table[idx, :, idx]).all()
+    ref[idx, :, idx] = float("inf")
+    finite = torch.isfinite(ref)
+    assert (table[finite] - ref[finite]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("budget", [1, 4 * 9 * 11 * 3, 4 * 9 * 11 * 11])
+def test_memory_budget_fallback_is_exact(budget):
+    """Tiny budgets force the row-block path (blocks of 1, a few, and all images); same numbers."""
+    z = unit(11, 9, 8, seed=2)
+    ref = naive_scores(z, 0.3)
+    got = mutual_scores(z, 0.3, memory_budget=budget)
+    assert (got - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.5, 1.0])
+def test_interval_fraction(fraction):
+    z = unit(7, 4, 8, seed=3)
+    assert (mutual_scores(z, fraction) - naive_scores(z, fraction)).abs().max() <= 1e-5
+
+
+def test_interval_count_and_mean():
+    assert interval_count(1, 0.3) == 1
+    assert interval_count(9, 0.3) == 2
+    assert interval_count(10, 0.3) == 3
+    assert interval_count(199, 0.3) == 59
+    d = torch.tensor([[5.0, 1.0, 3.0, 2.0, 4.0, 9.0, 7.0, 8.0, 6.0, 0.5]])
+    assert interval_mean(d, 0.3).item() == pytest.approx((0.5 + 1 + 2) / 3)
+
+
+def test_planted_patch_scores_highest():
+    """Image 3 has one patch that nowhere else occurs: it gets the highest patch score of all."""
+    g = torch.Generator().manual_seed(0)
+    n, l, c = 8, 16, 12
+    prototypes = F.normalize(torch.randn(4, c, generator=g), dim=-1)
+    z = prototypes[torch.randint(0, 4, (n, l), generator=g)] + 0.02 * torch.randn(n, l, c, generator=g)
+    z[3, 5] = -prototypes.sum(0)
+    z = F.normalize(z, dim=-1)
+    s = mutual_scores(z, 0.3)
+    assert s.argmax().item() == 3 * l + 5
+    assert s[3, 5] > 3 * s[torch.arange(n) != 3].max()
+
+
+def test_needs_two_images():
+    with pytest.raises(ValueError, match="at least 2"):
+        mutual_scores(unit(1, 4, 4), 0.3)
