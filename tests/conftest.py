@@ -38,8 +38,10 @@ def planted(img: np.ndarray, top: int = 40, left: int = 60, side: int = 20) -> n
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_cache(tmp_path_factory, monkeypatch) -> None:
+    """Fixed seed, and an empty musc cache so a user's imported weights never leak into tests."""
     torch.manual_seed(0)
+    monkeypatch.setenv("MUSC_CACHE_DIR", str(tmp_path_factory.mktemp("musc-cache")))
 
 
 @pytest.fixture

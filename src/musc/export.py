@@ -59,7 +59,7 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
                 atomic_save_png(out / "heatmaps" / f"{names[i]}.png", heatmap(amap, lo, hi))
                 if result.paths:
                     atomic_save_png(out / "overlays" / f"{names[i]}.png", overlay(read_image(paths[i]), amap, lo, hi))
-    facts = {**run_facts(), "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
+    facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
     order = result.ranking()
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i])

@@ -180,6 +180,7 @@ class MuSc:
         result = self.score_features(features, progress, keep_pairs)
         result.timings = {"extraction": t_extract, **result.timings}
         result.original_sizes = sizes
+        result.weights_source = self.backbone.weights_source
         result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None
         return result
 

@@ -47,6 +47,8 @@ class Result:
     """(width, height) of each input image."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: extraction, aggregation, scoring, rescoring, upsampling."""
+    weights_source: str | None = None
+    """Where the backbone's weights came from (file path, 'hub:<timm id>' or 'random')."""
     pair_maps: dict[tuple[int, int], np.ndarray] | None = None
     """Optional (N, h, w) patch-score grids per (block, r) pair, for ablations."""
 
