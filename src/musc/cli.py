@@ -181,6 +181,54 @@ def _print_summary(result: Any, scores_path: Path) -> None:
     click.echo("Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
 
 
+@main.command()
+@click.option("--dataset", type=click.Choice(["mvtec_ad", "visa", "btad", "mpdd", "mvtec_3d", "mvtec_loco", "mtd", "folder"]),
+              required=True, help="On-disk layout of the dataset.")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="The dataset's root folder.")
+@click.option("--category", "categories", multiple=True,
+              help="Category to evaluate (repeatable); 'all' or none = every category found.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the results.")
+@score_options
+@click.option("--metrics-size", type=click.Choice(["model", "original"]), default="model", show_default=True,
+              help="Compute pixel metrics at the model's input size (as the paper's code) or each image's size.")
+@click.option("--save-maps", is_flag=True, help="Also write each category's maps (maps/*.npy).")
+@click.option("--save-images", is_flag=True, help="Also write heatmaps and overlays.")
+@click.option("--overwrite", is_flag=True, help="Recompute categories whose results already exist.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no tables.")
+def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, metrics_size: str, save_maps: bool,
+             save_images: bool, overwrite: bool, quiet: bool, **kwargs: Any) -> None:
+    """Score every category of a labelled dataset and report the paper's metrics.
+
+    Labels and masks are used only for the metrics. Writes, per category, CATEGORY/scores.csv (with
+    label and defect type) and CATEGORY/metrics.json; and for the whole run metrics.md, metrics.csv and
+    metrics.json (per category and mean, columns in the paper's order). A category whose metrics.json
+    exists is skipped unless --overwrite, so an interrupted run resumes.
+    """
+    from .evaluation import markdown_table, run_evaluation
+    from .pipeline import MuSc
+
+    config = _pop_config(kwargs)
+
+    def show(report: Any) -> None:
+        if quiet:
+            return
+        state = " (existing result)" if report.skipped else ""
+        t = report.timings
+        click.echo(f"{report.name}: {report.num_images} images, {report.num_anomalous} anomalous{state}"
+                   + (f"; {t.get('extraction', 0) + t.get('scoring', 0) + t.get('aggregation', 0):.1f}s scoring, "
+                      f"{t.get('metrics', 0):.1f}s metrics" if t and not report.skipped else ""))
+        for note in report.notes:
+            click.echo(f"  note: {note}")
+
+    reports = run_evaluation(dataset, root, categories or None, MuSc(config), out, size=metrics_size,
+                             overwrite=overwrite, save_maps=save_maps, save_images=save_images,
+                             progress=not quiet, on_report=show)
+    if not quiet:
+        click.echo("")
+        click.echo(markdown_table(reports))
+        click.echo(f"Results in {out}")
+
+
 @main.group()
 def weights() -> None:
     """Manage offline weights (no model hub needed)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,8 +41,12 @@ def run_facts() -> dict[str, Any]:
 
 
 def write_result(result: Result, out: str | Path, root: str | Path | None = None, save_maps: bool = True,
-                 save_images: bool = True, progress: bool = True, extra: dict[str, Any] | None = None) -> Path:
-    """Write result files into `out`; returns the path of scores.csv."""
+                 save_images: bool = True, progress: bool = True, extra: dict[str, Any] | None = None,
+                 columns: dict[str, Sequence[Any]] | None = None) -> Path:
+    """Write result files into `out`; returns the path of scores.csv.
+
+    `columns` adds per-image columns to scores.csv (e.g. ground-truth labels in an evaluation).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n = len(result)
@@ -62,10 +66,12 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
     order = result.ranking()
-    rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i])
+    columns = columns or {}
+    rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i],
+             *(values[i] for values in columns.values()))
             for rank, i in enumerate(order)]
     scores_path = out / SCORES_FILE
-    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "name"), rows)
+    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "name", *columns), rows)
     return scores_path
 
 

@@ -1,0 +1,242 @@
+"""One small reader per on-disk layout. Each lists categories and builds a Category of test samples."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Callable
+
+from ..errors import DatasetError
+from .base import ANOMALOUS, NORMAL, Category, Sample, first_existing, images_in, require_dir
+
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg")
+
+
+def _subdirs(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class DatasetReader:
+    """Base: `categories(root)` and `load(root, category)`; subclasses own one layout."""
+
+    name = ""
+    description = ""
+
+    def categories(self, root: Path) -> list[str]:
+        raise NotImplementedError
+
+    def load(self, root: Path, category: str) -> Category:
+        raise NotImplementedError
+
+    def _check_category(self, root: Path, category: str) -> None:
+        known = self.categories(root)
+        if category not in known:
+            raise DatasetError(f"{self.name}: no category {category!r} in {root}; found: {', '.join(known) or 'none'}")
+
+
+class MVTecAD(DatasetReader):
+    """`<cat>/test/<type>/*.png`, masks `<cat>/ground_truth/<type>/<stem>_mask.png`, `good` = normal; train/good."""
+
+    name = "mvtec_ad"
+    description = "MVTec AD"
+
+    def categories(self, root: Path) -> list[str]:
+        require_dir(root, f"{self.name} root")
+        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+
+    def load(self, root: Path, category: str) -> Category:
+        self._check_category(root, category)
+        base = root / category
+        samples = []
+        for dtype in _subdirs(base / "test"):
+            for img in images_in(base / "test" / dtype):
+                if dtype == "good":
+                    samples.append(Sample(img, NORMAL, dtype))
+                    continue
+                mask = first_existing([base / "ground_truth" / dtype / f"{img.stem}_mask{ext}" for ext in MASK_EXTENSIONS])
+                samples.append(Sample(img, ANOMALOUS, dtype, (mask,) if mask else ()))
+        return Category(category, samples, images_in(base / "train" / "good"))
+
+
+class MPDD(MVTecAD):
+    name = "mpdd"
+    description = "MPDD (MVTec AD layout)"
+
+
+class VisA(DatasetReader):
+    """The official layout with `split_csv/1cls.csv` (object, split, label, image, mask); mask values > 0 are defect."""
+
+    name = "visa"
+    description = "VisA"
+    csv_name = Path("split_csv") / "1cls.csv"
+
+    def _rows(self, root: Path) -> list[dict[str, str]]:
+        path = root / self.csv_name
+        if not path.is_file():
+            raise DatasetError(f"visa: split file not found: {path}")
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        need = {"object", "split", "label", "image", "mask"}
+        if rows and not need <= set(rows[0]):
+            raise DatasetError(f"visa: {path} must have columns {', '.join(sorted(need))}")
+        return rows
+
+    def categories(self, root: Path) -> list[str]:
+        return sorted({r["object"] for r in self._rows(root)})
+
+    def load(self, root: Path, category: str) -> Category:
+        self._check_category(root, category)
+        samples, train = [], []
+        for r in self._rows(root):
+            if r["object"] != category:
+                continue
+            path = root / r["image"]
+            if r["split"] == "train":
+                if r["label"] == "normal":
+                    train.append(path)
+                continue
+            if r["label"] == "normal":
+                samples.append(Sample(path, NORMAL, "normal"))
+            else:
+                mask = root / r["mask"] if r["mask"] else None
+                samples.append(Sample(path, ANOMALOUS, "anomaly", (mask,) if mask and mask.is_file() else ()))
+        return Category(category, samples, train)
+
+
+class BTAD(DatasetReader):
+    """`<01|02|03>/test/{ok,ko}`, masks in `ground_truth/ko` (.png or .bmp); train/ok."""
+
+    name = "btad"
+    description = "BTAD"
+
+    def categories(self, root: Path) -> list[str]:
+        require_dir(root, f"{self.name} root")
+        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+
+    def load(self, root: Path, category: str) -> Category:
+        self._check_category(root, category)
+        base = root / category
+        samples = [Sample(p, NORMAL, "ok") for p in images_in(base / "test" / "ok")]
+        for img in images_in(base / "test" / "ko"):
+            mask = first_existing([base / "ground_truth" / "ko" / f"{img.stem}{ext}" for ext in MASK_EXTENSIONS])
+            samples.append(Sample(img, ANOMALOUS, "ko", (mask,) if mask else ()))
+        return Category(category, samples, images_in(base / "train" / "ok"))
+
+
+class MVTec3D(DatasetReader):
+    """RGB only: `<cat>/test/<type>/rgb/*.png`, masks `<cat>/test/<type>/gt/*.png`; train/good/rgb."""
+
+    name = "mvtec_3d"
+    description = "MVTec 3D-AD (RGB)"
+
+    def categories(self, root: Path) -> list[str]:
+        require_dir(root, f"{self.name} root")
+        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+
+    def load(self, root: Path, category: str) -> Category:
+        self._check_category(root, category)
+        base = root / category
+        samples = []
+        for dtype in _subdirs(base / "test"):
+            for img in images_in(base / "test" / dtype / "rgb"):
+                if dtype == "good":
+                    samples.append(Sample(img, NORMAL, dtype))
+                    continue
+                mask = first_existing([base / "test" / dtype / "gt" / f"{img.stem}{ext}" for ext in MASK_EXTENSIONS])
+                samples.append(Sample(img, ANOMALOUS, dtype, (mask,) if mask else ()))
+        return Category(category, samples, images_in(base / "train" / "good" / "rgb"))
+
+
+class MVTecLOCO(DatasetReader):
+    """`<cat>/test/{good,logical_anomalies,structural_anomalies}`; masks: folders `ground_truth/<type>/<id>/*.png`, united."""
+
+    name = "mvtec_loco"
+    description = "MVTec LOCO AD"
+
+    def categories(self, root: Path) -> list[str]:
+        require_dir(root, f"{self.name} root")
+        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+
+    def load(self, root: Path, category: str) -> Category:
+        self._check_category(root, category)
+        base = root / category
+        samples = []
+        for dtype in _subdirs(base / "test"):
+            for img in images_in(base / "test" / dtype):
+                if dtype == "good":
+                    samples.append(Sample(img, NORMAL, dtype))
+                    continue
+                parts = tuple(images_in(base / "ground_truth" / dtype / img.stem))
+                samples.append(Sample(img, ANOMALOUS, dtype, parts))
+        return Category(category, samples, images_in(base / "train" / "good"))
+
+
+class MagneticTile(DatasetReader):
+    """Magnetic Tile Defect: `MT_<type>/Imgs/*.jpg` with same-named `.png` masks (> 127 is defect); MT_Free = normal.
+
+    One category, `magnetic_tile`. It has no train split: `train_normals` is empty (few-shot draws
+    references from normal images outside the evaluated list).
+    """
+
+    name = "mtd"
+    description = "Magnetic Tile Defect"
+    category = "magnetic_tile"
+
+    def categories(self, root: Path) -> list[str]:
+        require_dir(root, f"{self.name} root")
+        if not any((root / d / "Imgs").is_dir() for d in _subdirs(root) if d.startswith("MT_")):
+            raise DatasetError(f"mtd: no MT_<type>/Imgs folders in {root}")
+        return [self.category]
+
+    def load(self, root: Path, category: str = "magnetic_tile") -> Category:
+        self._check_category(root, category)
+        samples = []
+        for folder in [d for d in _subdirs(root) if d.startswith("MT_")]:
+            dtype = folder[3:]
+            label = NORMAL if dtype == "Free" else ANOMALOUS
+            for img in sorted((root / folder / "Imgs").glob("*.jpg")):
+                mask = img.with_suffix(".png")
+                samples.append(Sample(img, label, dtype, (mask,) if mask.is_file() else (), mask_threshold=127))
+        return Category(category, samples)
+
+
+class GenericFolder(DatasetReader):
+    """`normal/` and `anomalous/` (any sub-folders), optional `masks/` matched by relative path and stem.
+
+    A mask for `anomalous/a/b.png` is `masks/a/b.<ext>` or `masks/a/b_mask.<ext>`. The folder is one
+    category named after the root folder.
+    """
+
+    name = "folder"
+    description = "generic normal/anomalous folder"
+
+    def categories(self, root: Path) -> list[str]:
+        require_dir(root, "folder root")
+        if not (root / "normal").is_dir() and not (root / "anomalous").is_dir():
+            raise DatasetError(f"folder: {root} must contain normal/ and/or anomalous/")
+        return [root.name]
+
+    def load(self, root: Path, category: str | None = None) -> Category:
+        name = self.categories(root)[0]
+        if category not in (None, name):
+            raise DatasetError(f"folder: the only category is {name!r}, not {category!r}")
+        samples = [Sample(p, NORMAL, "normal") for p in images_in(root / "normal", recursive=True)]
+        for img in images_in(root / "anomalous", recursive=True):
+            rel = img.relative_to(root / "anomalous")
+            stem = root / "masks" / rel.parent / img.stem
+            mask = first_existing([stem.with_name(stem.name + sfx + ext) for sfx in ("", "_mask") for ext in MASK_EXTENSIONS])
+            dtype = rel.parts[0] if len(rel.parts) > 1 else "anomalous"
+            samples.append(Sample(img, ANOMALOUS, dtype, (mask,) if mask else ()))
+        return Category(name, samples)
+
+
+READERS: dict[str, Callable[[], DatasetReader]] = {
+    r.name: r for r in (MVTecAD, MPDD, VisA, BTAD, MVTec3D, MVTecLOCO, MagneticTile, GenericFolder)
+}
+
+
+def get_reader(name: str) -> DatasetReader:
+    try:
+        return READERS[name]()
+    except KeyError:
+        raise DatasetError(f"unknown dataset layout {name!r}; known: {', '.join(READERS)}") from None

@@ -1,0 +1,167 @@
+"""`musc evaluate`: score each category of a labelled dataset and compute the paper's metrics.
+
+Labels and masks are read only to compute metrics, after scoring; they never reach the model or
+the subset split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from .datasets import Category, get_reader, load_mask, resize_mask
+from .errors import DatasetError
+from .export import run_facts, write_result
+from .io import atomic_write_csv, atomic_write_text
+from .metrics import METRIC_COLUMNS, METRIC_TITLES, all_metrics
+from .pipeline import MuSc
+from .types import Result
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+MetricsSize = Literal["model", "original"]
+
+
+@dataclass
+class CategoryReport:
+    """Metrics of one category (None = undefined) with counts, notes and timings."""
+
+    name: str
+    metrics: dict[str, float | None]
+    num_images: int
+    num_anomalous: int
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"category": self.name, "metrics": self.metrics, "num_images": self.num_images,
+                "num_anomalous": self.num_anomalous, "notes": self.notes, "timings_s": self.timings}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CategoryReport":
+        return cls(data["category"], data["metrics"], data["num_images"], data["num_anomalous"], data.get("notes", []),
+                   data.get("timings_s", {}), skipped=True)
+
+
+def ground_truth(category: Category, result: Result, size: MetricsSize) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """(masks, maps) at the evaluation size, or None when the category has no masks."""
+    if not category.has_masks:
+        return None
+    masks, maps = [], []
+    sizes = result.original_sizes or []
+    for i, sample in enumerate(category.samples):
+        mask = load_mask(sample, sizes[i])
+        if size == "model":
+            masks.append(resize_mask(mask, result.maps.shape[-1]))
+            maps.append(result.maps[i])
+        else:
+            masks.append(mask)
+            maps.append(result.map_at_original_size(i))
+    return masks, maps
+
+
+def metrics_for(category: Category, result: Result, size: MetricsSize = "model") -> dict[str, float | None]:
+    """The seven metrics of a scored category."""
+    gt = ground_truth(category, result, size)
+    return all_metrics(category.labels, result.scores, *(gt if gt is not None else (None, None)))
+
+
+def evaluate_category(model: MuSc, category: Category, size: MetricsSize = "model", progress: bool = True,
+                      keep_pairs: bool = False) -> tuple[Result, CategoryReport]:
+    """Score a category's test images (no labels involved), then compute its metrics."""
+    notes = category.check()
+    if len(category.samples) < 2:
+        raise DatasetError(f"category {category.name!r} has {len(category.samples)} test image(s); MuSc needs at least 2")
+    result = model.score([s.path for s in category.samples], progress=progress, keep_pairs=keep_pairs)
+    t0 = time.perf_counter()
+    metrics = metrics_for(category, result, size)
+    result.timings["metrics"] = time.perf_counter() - t0
+    report = CategoryReport(category.name, metrics, len(category.samples), int(category.labels.sum()), notes,
+                            dict(result.timings))
+    return result, report
+
+
+def mean_metrics(reports: Sequence[CategoryReport]) -> dict[str, float | None]:
+    """Mean over categories of each metric, over the categories where it is defined (None if none)."""
+    out: dict[str, float | None] = {}
+    for key in METRIC_COLUMNS:
+        values = [r.metrics[key] for r in reports if r.metrics.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def markdown_table(reports: Sequence[CategoryReport], title: str = "") -> str:
+    """Per-category rows and the mean, in percent, in the paper's column order."""
+    lines = [f"### {title}", ""] if title else []
+    lines.append("| category | " + " | ".join(METRIC_TITLES) + " |")
+    lines.append("|---|" + "---:|" * len(METRIC_TITLES))
+    for r in reports:
+        lines.append(f"| {r.name} | " + " | ".join(_pct(r.metrics.get(k)) for k in METRIC_COLUMNS) + " |")
+    if len(reports) > 1:
+        mean = mean_metrics(reports)
+        lines.append("| **mean** | " + " | ".join(_pct(mean[k]) for k in METRIC_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out: Path, reports: Sequence[CategoryReport], extra: dict[str, Any] | None = None) -> None:
+    """metrics.md, metrics.csv and metrics.json for all categories and their mean."""
+    mean = mean_metrics(reports)
+    atomic_write_text(out / "metrics.md", markdown_table(reports))
+    rows = [[r.name, *("" if r.metrics.get(k) is None else f"{r.metrics[k]:.6f}" for k in METRIC_COLUMNS)]
+            for r in reports]
+    rows.append(["mean", *("" if mean[k] is None else f"{mean[k]:.6f}" for k in METRIC_COLUMNS)])
+    atomic_write_csv(out / "metrics.csv", ["category", *METRIC_COLUMNS], rows)
+    payload = {"categories": [r.to_dict() for r in reports], "mean": mean, **(extra or {})}
+    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+
+
+def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | None, model: MuSc, out: str | Path,
+                   size: MetricsSize = "model", overwrite: bool = False, save_maps: bool = False,
+                   save_images: bool = False, progress: bool = True,
+                   on_report: Any = None) -> list[CategoryReport]:
+    """Evaluate the chosen categories (None = all), resuming: a category with a metrics.json is skipped."""
+    root = Path(root)
+    out = Path(out)
+    reader = get_reader(dataset)
+    known = reader.categories(root)
+    chosen = list(known) if not categories or list(categories) == ["all"] else list(categories)
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        raise DatasetError(f"{dataset}: unknown categories {', '.join(unknown)}; found: {', '.join(known)}")
+    reports = []
+    for name in chosen:
+        cat_dir = out / name
+        if (cat_dir / METRICS_FILE).is_file() and not overwrite:
+            report = CategoryReport.from_dict(json.loads((cat_dir / METRICS_FILE).read_text()))
+            log.info("skipping %s: results exist (use --overwrite)", name)
+        else:
+            category = reader.load(root, name)
+            result, report = evaluate_category(model, category, size, progress)
+            columns = {"label": [s.label for s in category.samples],
+                       "defect_type": [s.defect_type for s in category.samples]}
+            write_result(result, cat_dir, root=root, save_maps=save_maps, save_images=save_images, progress=progress,
+                         columns=columns)
+            atomic_write_text(cat_dir / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
+        reports.append(report)
+        if on_report is not None:
+            on_report(report)
+    write_summary(out, reports, {"dataset": dataset, "root": str(root), "metrics_size": size,
+                                 "config": model.config.to_dict(), **run_facts()})
+    return reports
+
+
+__all__ = ["CategoryReport", "evaluate_category", "metrics_for", "run_evaluation", "write_summary", "markdown_table",
+           "mean_metrics", "ground_truth"]

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from musc.datasets import ANOMALOUS, NORMAL, get_reader, load_mask, resize_mask
+from musc.errors import DatasetError
+
+from conftest import MTD_ROOT
+from synthetic_data import LAYOUTS, SIZE, SQUARE, make_dataset
+
+EXPECTED = {  # layout -> (categories, normal test images, anomalous test images, train normals) of the first category
+    "mvtec_ad": (["cat_a", "cat_b"], 5, 2, 3), "mpdd": (["cat_a", "cat_b"], 5, 2, 3),
+    "visa": (["cat_a", "cat_b"], 5, 2, 2), "btad": (["01", "02"], 5, 2, 2), "mvtec_3d": (["cat_a"], 5, 2, 2),
+    "mvtec_loco": (["cat_a"], 5, 4, 2), "mtd": (["magnetic_tile"], 5, 4, 0), "folder": (["data"], 5, 2, 0),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reader_finds_samples_labels_and_masks(layout, tmp_path):
+    root = make_dataset(layout, tmp_path / "data")
+    reader = get_reader(layout)
+    cats, n_norm, n_anom, n_train = EXPECTED[layout]
+    assert reader.categories(root) == cats
+    category = reader.load(root, cats[0])
+    labels = category.labels
+    assert (labels == NORMAL).sum() == n_norm and (labels == ANOMALOUS).sum() == n_anom
+    assert len(category.train_normals) == n_train
+    assert category.check() == []
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[SQUARE["top"]:SQUARE["top"] + SQUARE["side"], SQUARE["left"]:SQUARE["left"] + SQUARE["side"]] = True
+    for s in category.samples:
+        assert s.path.is_file()
+        mask = load_mask(s, Image.open(s.path).size)
+        if s.label == ANOMALOUS:
+            assert np.array_equal(mask, expected), (layout, s)
+        else:
+            assert not mask.any()
+
+
+def test_loco_mask_is_union_of_parts(tmp_path):
+    root = make_dataset("mvtec_loco", tmp_path / "d")
+    s = next(s for s in get_reader("mvtec_loco").load(root, "cat_a").samples if s.label == ANOMALOUS)
+    assert len(s.mask_paths) == 2
+    assert s.defect_type in ("logical_anomalies", "structural_anomalies")
+
+
+def test_missing_mask_for_anomalous_image_is_reported(tmp_path):
+    root = make_dataset("mvtec_ad", tmp_path / "d")
+    (root / "cat_a" / "ground_truth" / "scratch" / "001_mask.png").unlink()
+    with pytest.raises(DatasetError, match="1 anomalous image\\(s\\) have no mask.*001.png"):
+        get_reader("mvtec_ad").load(root, "cat_a").check()
+
+
+def test_mask_of_other_size_is_reported(tmp_path):
+    root = make_dataset("btad", tmp_path / "d")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(root / "01" / "ground_truth" / "ko" / "0000.png")
+    s = next(s for s in get_reader("btad").load(root, "01").samples if s.label == ANOMALOUS)
+    with pytest.raises(DatasetError, match="is 10x10 but its image .* is 56x56"):
+        load_mask(s, (SIZE, SIZE))
+
+
+def test_category_without_anomalies_or_normals(tmp_path):
+    root = make_dataset("mvtec_ad", tmp_path / "d")
+    import shutil
+
+    shutil.rmtree(root / "cat_a" / "test" / "scratch")
+    notes = get_reader("mvtec_ad").load(root, "cat_a").check()
+    assert any("no anomalous test image" in n for n in notes)
+    shutil.rmtree(root / "cat_b" / "test" / "good")
+    notes = get_reader("mvtec_ad").load(root, "cat_b").check()
+    assert any("no normal test image" in n for n in notes)
+
+
+def test_folder_without_masks_has_undefined_pixel_metrics(tmp_path):
+    root = make_dataset("folder", tmp_path / "d")
+    import shutil
+
+    shutil.rmtree(root / "masks")
+    notes = get_reader("folder").load(root).check()
+    assert any("pixel-level metrics are undefined" in n for n in notes)
+
+
+def test_bad_roots_and_names(tmp_path):
+    with pytest.raises(DatasetError, match="unknown dataset layout"):
+        get_reader("imagenet")
+    with pytest.raises(DatasetError, match="root not found"):
+        get_reader("mvtec_ad").categories(tmp_path / "nope")
+    root = make_dataset("mvtec_ad", tmp_path / "d")
+    with pytest.raises(DatasetError, match="no category 'zzz'.*cat_a"):
+        get_reader("mvtec_ad").load(root, "zzz")
+    with pytest.raises(DatasetError, match="split file not found"):
+        get_reader("visa").categories(tmp_path)
+    with pytest.raises(DatasetError, match="no MT_"):
+        get_reader("mtd").categories(tmp_path)
+
+
+def test_resize_mask_nearest():
+    m = np.zeros((4, 4), bool)
+    m[:2, :2] = True
+    r = resize_mask(m, 8)
+    assert r.shape == (8, 8) and r[:4, :4].all() and not r[4:].any()
+
+
+@pytest.mark.skipif(not MTD_ROOT.is_dir(), reason="../shared/datasets/mtd is not present")
+def test_real_mtd_layout():
+    category = get_reader("mtd").load(MTD_ROOT)
+    assert len(category.samples) == 1344
+    assert int(category.labels.sum()) == 392
+    assert category.check() == []
+    crack = next(s for s in category.samples if s.defect_type == "Crack")
+    mask = load_mask(crack, Image.open(crack.path).size)
+    assert mask.any() and mask.mean() < 0.5
