@@ -92,3 +92,29 @@ def test_planted_patch_scores_highest():
 def test_needs_two_images():
     with pytest.raises(ValueError, match="at least 2"):
         mutual_scores(unit(1, 4, 4), 0.3)
+
+
+def test_random_projection_keeps_unit_length_and_approximates_distances():
+    from musc.scoring import random_projection
+
+    z = unit(6, 16, 256, seed=5)
+    p = random_projection(z, 64, seed=1)
+    assert p.shape == (6, 16, 64)
+    assert torch.allclose(p.norm(dim=-1), torch.ones(6, 16), atol=1e-5)
+    assert torch.equal(random_projection(z, 64, seed=1), p)
+    assert random_projection(z, 512) is z
+    g = torch.Generator().manual_seed(0)
+    protos = F.normalize(torch.randn(6, 256, generator=g), dim=-1)
+    z = protos[torch.randint(0, 6, (10, 16), generator=g)] + 0.01 * torch.randn(10, 16, 256, generator=g)
+    z[4, 7] = torch.randn(256, generator=g)
+    z = F.normalize(z, dim=-1)
+    exact, approx = mutual_scores(z, 0.3), mutual_scores(random_projection(z, 64), 0.3)
+    assert approx.argmax() == exact.argmax() == 4 * 16 + 7
+    assert torch.corrcoef(torch.stack([exact.flatten(), approx.flatten()]))[0, 1] > 0.9
+
+
+def test_half_precision_products_close_to_float32():
+    z = unit(6, 16, 64, seed=6)
+    exact = mutual_scores(z, 0.3)
+    half = mutual_scores(z, 0.3, matmul_dtype=torch.bfloat16)
+    assert (half - exact).abs().max() < 0.05

@@ -82,6 +82,12 @@ def score_options(func: Callable) -> Callable:
         click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
                      help="Working-memory bound of the scoring stage in MiB. Default: 40%% of RAM (CPU) "
                           "or 60%% of free GPU memory."),
+        click.option("--score-dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+                     default=_DEFAULTS.score_dtype, show_default=True,
+                     help="Precision of the mutual-scoring products (half precision is for GPUs)."),
+        click.option("--projection-dim", type=int, default=None,
+                     help="Approximate fast mode: randomly project patch vectors to this many dimensions "
+                          "before mutual scoring (see BENCHMARKS.md for its accuracy cost)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -91,12 +97,14 @@ def score_options(func: Callable) -> Callable:
 def config_from_options(backbone: str, image_size: int | None, layers: tuple[int, ...] | None,
                         r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...], no_rscin: bool,
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
-                        random_weights: bool, memory_budget_mb: int | None) -> MuScConfig:
+                        random_weights: bool, memory_budget_mb: int | None, score_dtype: str = "float32",
+                        projection_dim: int | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built."""
     config = MuScConfig(backbone=backbone, image_size=image_size, layers=layers, r_values=r_values,
                         interval=interval, rscin_windows=() if no_rscin else rscin_windows, subsets=subsets,
                         seed=seed, device=device, half=half, batch_size=batch_size, weights=weights,
-                        pretrained=not random_weights, memory_budget_mb=memory_budget_mb)
+                        pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
+                        projection_dim=projection_dim)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -108,7 +116,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
 
 def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
-             "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb")
+             "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
+             "projection_dim")
     return config_from_options(**{k: kwargs.pop(k) for k in names})
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+SCORE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class MuScConfig:
     """False builds the backbone with random weights (for tests and smoke runs)."""
     memory_budget_mb: int | None = None
     """Upper bound for the scoring stage's working memory; None = a default per device."""
+    score_dtype: str = "float32"
+    """Precision of the similarity products in MSM: float32 (exact), or float16/bfloat16 (GPU speed-up)."""
+    projection_dim: int | None = None
+    """Approximate fast mode: random projection of the patch vectors to this many dimensions before MSM."""
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -72,6 +77,13 @@ class MuScConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
             raise ConfigError(f"memory_budget_mb must be >= 1, got {self.memory_budget_mb}")
+        self._validate_fast()
+
+    def _validate_fast(self) -> None:
+        if self.score_dtype not in SCORE_DTYPES:
+            raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}, got {self.score_dtype!r}")
+        if self.projection_dim is not None and self.projection_dim < 8:
+            raise ConfigError(f"projection_dim must be >= 8, got {self.projection_dim}")
 
     def replace(self, **changes: Any) -> "MuScConfig":
         """A copy with some fields changed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb
 from .rescoring import rscin
-from .scoring import mutual_scores
+from .scoring import mutual_scores, random_projection
 from .types import Features, Result
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,15 @@ class MuSc:
         layers = self.config.layers or get_preset(self.config.backbone).layers
         return tuple(layers) if len(layers) == count else tuple(range(count))
 
-    def patch_scores(self, features: Features, progress: bool = True,
-                     keep_pairs: bool = False) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
-        """MSM over every (block, r) pair and subset: (N, h, w) mean patch scores (+ per-pair grids, timings)."""
+    def patch_scores(self, features: Features, progress: bool = True, keep_pairs: bool = False,
+                     scorer: Callable[..., torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
+        """MSM over every (block, r) pair and subset: (N, h, w) mean patch scores (+ per-pair grids, timings).
+
+        `scorer(z, interval, budget, matmul_dtype=..., progress=...)` replaces `mutual_scores` (benchmarks use it
+        to compare formulations on the same features).
+        """
+        scorer = scorer or mutual_scores
         c = self.config
         n = features.num_images
         _, _, h, w = features.tokens[0].shape
@@ -117,6 +123,7 @@ class MuSc:
         budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
         layers = self._tap_layers(len(features.tokens))
         n_pairs = len(features.tokens) * len(c.r_values)
+        matmul_dtype = None if c.score_dtype == "float32" else getattr(torch, c.score_dtype)
         total = torch.zeros((n, h * w), dtype=torch.float32, device=features.tokens[0].device)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
         t_agg = t_score = 0.0
@@ -127,11 +134,13 @@ class MuSc:
                     index = torch.as_tensor(idx, device=device)
                     t0 = time.perf_counter()
                     zs = lnamd(tok[index], c.r_values)
+                    if c.projection_dim is not None:
+                        zs = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in zs]
                     _sync(device)
                     t_agg += time.perf_counter() - t0
                     for r, z in zip(c.r_values, zs):
                         t0 = time.perf_counter()
-                        s = mutual_scores(z, c.interval, budget, progress=bar.update)
+                        s = scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=bar.update)
                         _sync(device)
                         t_score += time.perf_counter() - t0
                         total[index] += s
@@ -146,12 +155,13 @@ class MuSc:
         size = self.backbone.image_size
         return F.interpolate(patch_scores[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
-    def score_features(self, features: Features, progress: bool = True, keep_pairs: bool = False) -> Result:
+    def score_features(self, features: Features, progress: bool = True, keep_pairs: bool = False,
+                       scorer: Callable[..., torch.Tensor] | None = None) -> Result:
         """Maps and scores from already extracted features."""
         c = self.config
         if features.num_images < 2:
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got {features.num_images}")
-        grid, pairs, timings = self.patch_scores(features, progress, keep_pairs)
+        grid, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer)
         t0 = time.perf_counter()
         maps = self.upsample(grid)
         raw = maps.flatten(1).amax(dim=1)
