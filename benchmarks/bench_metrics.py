@@ -24,7 +24,7 @@ def synthetic(n: int, size: int, seed: int = 0) -> tuple[list[np.ndarray], list[
                 h, w = rng.integers(5, 60, 2)
                 m[y:y + h, x:x + w] = True
         masks.append(m)
-        maps.append((rng.random((size, size), dtype=np.float32) * 0.5 + 0.5 * m).astype(np.float32))
+        maps.append((rng.random((size, size), dtype=np.float32) * 0.8 + 0.3 * m).astype(np.float32))
     return masks, maps
 
 

@@ -147,42 +147,140 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path], Path | None]:
+    """Image paths from folders and/or files, and the folder their output names are relative to."""
+    import os
+
+    from .io import IMAGE_EXTENSIONS, find_images
+
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += find_images(item, recursive=recursive)
+        elif item.is_file():
+            if item.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise InputError(f"not an image file ({', '.join(IMAGE_EXTENSIONS)}): {item}")
+            paths.append(item)
+        else:
+            raise InputError(f"folder not found: {item}" if not item.suffix else f"image not found: {item}")
+    if len(inputs) == 1 and inputs[0].is_dir():
+        return paths, inputs[0]
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths])) if paths else None
+    return [p.resolve() for p in paths], root
+
+
 @main.command()
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the results.")
+@click.option("--reference", "reference", type=click.Path(path_type=Path), default=None,
+              help="Folder of known-normal images: few-shot MuSc (--mode musc) or MuSc+ (--mode musc+).")
+@click.option("--bank", type=click.Path(path_type=Path), default=None,
+              help="A bank made with `musc bank build`: score new images against it (MuSc+ unless --mode musc).")
+@click.option("--mode", type=click.Choice(["musc", "musc+"]), default=None,
+              help="With references: musc = they join the scorers (few-shot), musc+ = they alone score. "
+                   "Default: musc with --reference, musc+ with --bank.")
 @score_options
 @click.option("--no-recursive", is_flag=True, help="Only images directly in FOLDER, not in sub-folders.")
 @click.option("--skip-unreadable", is_flag=True, help="Leave out unreadable images (with a warning) instead of stopping.")
 @click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
 @click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
+@click.option("--decision", "decision_method", type=click.Choice(["mad", "gmm", "otsu", "rate", "fixed"]),
+              default="mad", show_default=True,
+              help="How images are marked normal/defective without labels (see README: Decisions).")
+@click.option("--mad-k", type=float, default=3.0, show_default=True, help="mad: robust z-score above which an image is defective.")
+@click.option("--expected-defect-rate", type=float, default=None, help="Flag this top fraction of images (sets --decision rate).")
+@click.option("--threshold", type=float, default=None, help="Fixed image-score threshold (sets --decision fixed).")
+@click.option("--pixel-decision", type=click.Choice(["image", "mebin"]), default="image", show_default=True,
+              help="How each map becomes a binary defect mask (masks/NAME.png).")
+@click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps.")
+@click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
-def score(folder: Path, out: Path, no_recursive: bool, skip_unreadable: bool, no_maps: bool, no_images: bool,
-          quiet: bool, **kwargs: Any) -> None:
-    """Score every image under FOLDER against the others and write the results to --out.
+def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Path | None, mode: str | None,
+          no_recursive: bool, skip_unreadable: bool, no_maps: bool, no_images: bool,
+          decision_method: str, mad_k: float, expected_defect_rate: float | None, threshold: float | None,
+          pixel_decision: str, pixel_threshold: float | None, make_report: bool, quiet: bool, **kwargs: Any) -> None:
+    """Score every image in INPUTS (folders and/or image files) against the others; write the results to --out.
 
-    Writes scores.csv (rank, path, score, raw_score, name; rank 1 = most anomalous), maps/NAME.npy
-    (float32 anomaly map at the image's original size), heatmaps/NAME.png, overlays/NAME.png and
-    config.json (the resolved configuration, versions and timings).
+    With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored.
+
+    Writes scores.csv (rank, path, score, raw_score, name, decision; rank 1 = most anomalous),
+    decision.json (thresholds and how they were chosen), maps/NAME.npy (float32 anomaly map at the
+    image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
+    config.json (the resolved configuration, versions and timings) and, with --report, report.html.
     """
+    from .decision import decide_images, pixel_masks
     from .export import write_result
     from .io import find_images
     from .pipeline import MuSc
 
     config = _pop_config(kwargs)
+    if reference is not None and bank is not None:
+        raise ConfigError("give --reference or --bank, not both")
+    if mode is not None and reference is None and bank is None:
+        raise ConfigError("--mode needs --reference or --bank")
+    config = config.replace(mode=mode or ("musc+" if bank is not None else "musc"))
+    if expected_defect_rate is not None:
+        decision_method = "rate"
+    if threshold is not None:
+        decision_method = "fixed"
+    if decision_method == "rate" and (expected_defect_rate is None or not 0 <= expected_defect_rate <= 1):
+        raise ConfigError("--decision rate needs --expected-defect-rate between 0 and 1")
+    if decision_method == "fixed" and threshold is None:
+        raise ConfigError("--decision fixed needs --threshold")
     progress = not quiet
-    paths = check_images(find_images(folder, recursive=not no_recursive), skip_unreadable, progress)
-    if len(paths) < 2:
-        raise InputError(f"MuSc needs at least 2 readable images in {folder}, found {len(paths)}")
-    result = MuSc(config).score(paths, progress=progress)
-    scores_path = write_result(result, out, root=folder, save_maps=not no_maps, save_images=not no_images,
-                               progress=progress)
+    found, root = collect_images(inputs, recursive=not no_recursive)
+    paths = check_images(found, skip_unreadable, progress)
+    references: Any = None
+    model = MuSc(config)
+    if reference is not None:
+        references = check_images(find_images(reference, recursive=not no_recursive), skip_unreadable, progress)
+    elif bank is not None:
+        from .bank import Bank, run_settings
+
+        loaded = Bank.load(bank)
+        loaded.check_matches(run_settings(model))
+        references = loaded.features
+    if references is None and len(paths) < 2:
+        where = inputs[0] if len(inputs) == 1 else "the inputs"
+        raise InputError(f"MuSc needs at least 2 readable images in {where}, found {len(paths)} "
+                         "(or give --reference/--bank to score a single image)")
+    if not paths:
+        raise InputError("no readable images to score")
+    result = model.score(paths, progress=progress, references=references)
+    for note in result.notes:
+        log.warning(note)
+    if len(paths) < 3 and decision_method in ("mad", "gmm", "otsu"):
+        decision, masks, pixel_info = None, None, None
+        result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
+    else:
+        decision = decide_images(result.scores, decision_method, k=mad_k, rate=expected_defect_rate,
+                                 threshold=threshold)
+        masks, pixel_info = pixel_masks(result.maps, result.raw_scores, decision, pixel_decision, decision_method,
+                                        mad_k, pixel_threshold)
+    scores_path = write_result(result, out, root=root, save_maps=not no_maps, save_images=not no_images,
+                               progress=progress, decision=decision, masks=masks, pixel_info=pixel_info,
+                               extra={"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
+                                      "references": str(reference or bank) if references is not None else None})
+    for warning in decision.warnings if decision else []:
+        log.warning(warning)
+    if make_report:
+        from .report import write_report
+
+        write_report(out, progress=progress, title=f"musc: {' '.join(str(i) for i in inputs)}")
     if not quiet:
-        _print_summary(result, scores_path)
+        _print_summary(result, scores_path, decision)
 
 
-def _print_summary(result: Any, scores_path: Path) -> None:
+def _print_summary(result: Any, scores_path: Path, decision: Any) -> None:
     n = len(result)
     click.echo(f"Scored {n} images with {result.config.backbone}; results in {scores_path.parent}")
+    if decision is not None:
+        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}: "
+                   f"{decision.detail}); normal: {n - decision.count}")
+        for warning in decision.warnings:
+            click.echo(f"Warning: {warning}")
+    for note in result.notes:
+        click.echo(f"Note: {note}")
     click.echo("Most anomalous:")
     for rank, i in enumerate(result.ranking()[:min(5, n)], start=1):
         click.echo(f"  {rank}. {result.scores[i]:.4f}  {result.paths[i] if result.paths else i}")
@@ -236,6 +334,43 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
         click.echo("")
         click.echo(markdown_table(reports))
         click.echo(f"Results in {out}")
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def report(results: Path, quiet: bool) -> None:
+    """Write RESULTS/report.html for an existing `musc score` result folder."""
+    from .report import write_report
+
+    path = write_report(results, progress=not quiet, title=f"musc: {results}")
+    if not quiet:
+        click.echo(f"Wrote {path}")
+
+
+@main.group()
+def bank() -> None:
+    """Reference banks: known-good features built once, to score new images one at a time."""
+
+
+@bank.command("build")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Bank file to write.")
+@score_options
+@click.option("--quiet", "-q", is_flag=True)
+def bank_build(folder: Path, out: Path, quiet: bool, **kwargs: Any) -> None:
+    """Extract the features of the known-good images in FOLDER once and store them in a bank file."""
+    from .bank import build_bank
+    from .io import find_images
+    from .pipeline import MuSc
+
+    config = _pop_config(kwargs)
+    paths = check_images(find_images(folder), False, not quiet)
+    built = build_bank(MuSc(config), paths, progress=not quiet)
+    built.save(out)
+    if not quiet:
+        click.echo(f"Bank of {built.size} images ({built.settings['backbone']} at {built.settings['image_size']}) "
+                   f"written to {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 
 @main.group()

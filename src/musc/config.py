@@ -12,6 +12,7 @@ from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 SCORE_DTYPES = ("float32", "float16", "bfloat16")
+MODES = ("musc", "musc+")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class MuScConfig:
     """Precision of the similarity products in MSM: float32 (exact), or float16/bfloat16 (GPU speed-up)."""
     projection_dim: int | None = None
     """Approximate fast mode: random projection of the patch vectors to this many dimensions before MSM."""
+    mode: str = "musc"
+    """With reference images: 'musc' (few-shot: references join the scorers) or 'musc+' (references only)."""
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -82,6 +85,8 @@ class MuScConfig:
     def _validate_fast(self) -> None:
         if self.score_dtype not in SCORE_DTYPES:
             raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}, got {self.score_dtype!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.projection_dim is not None and self.projection_dim < 8:
             raise ConfigError(f"projection_dim must be >= 8, got {self.projection_dim}")
 

@@ -6,15 +6,18 @@ first, is written last: a folder with a scores.csv holds a complete result.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
-from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, output_name, read_image
+from .decision import Decision
+from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_name, read_image
 from .types import Result
 from .visualization import heatmap, overlay
 
@@ -42,10 +45,13 @@ def run_facts() -> dict[str, Any]:
 
 def write_result(result: Result, out: str | Path, root: str | Path | None = None, save_maps: bool = True,
                  save_images: bool = True, progress: bool = True, extra: dict[str, Any] | None = None,
-                 columns: dict[str, Sequence[Any]] | None = None) -> Path:
+                 columns: dict[str, Sequence[Any]] | None = None, decision: Decision | None = None,
+                 masks: np.ndarray | None = None, pixel_info: dict[str, Any] | None = None) -> Path:
     """Write result files into `out`; returns the path of scores.csv.
 
-    `columns` adds per-image columns to scores.csv (e.g. ground-truth labels in an evaluation).
+    `columns` adds per-image columns to scores.csv (e.g. ground-truth labels in an evaluation). With a
+    `decision`, scores.csv gets a `decision` column and decision.json says how the threshold was chosen;
+    `masks` (N, S, S) are written as masks/NAME.png at each image's original size.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,11 +60,16 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     base = Path(root) if root is not None else None
     names = [output_name(p, base) for p in paths]
     lo, hi = float(result.maps.min()), float(result.maps.max())
-    if save_maps or save_images:
+    if save_maps or save_images or masks is not None:
         for i in tqdm(range(n), desc="writing", unit="img", disable=not progress, leave=False):
             amap = result.map_at_original_size(i).astype(np.float32)
             if save_maps:
                 atomic_save_npy(out / "maps" / f"{names[i]}.npy", amap)
+            if masks is not None:
+                m = Image.fromarray(masks[i].astype(np.uint8) * 255)
+                if result.original_sizes is not None:
+                    m = m.resize(result.original_sizes[i], Image.NEAREST)
+                atomic_save_png(out / "masks" / f"{names[i]}.png", m)
             if save_images:
                 atomic_save_png(out / "heatmaps" / f"{names[i]}.png", heatmap(amap, lo, hi))
                 if result.paths:
@@ -66,7 +77,11 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
     order = result.ranking()
-    columns = columns or {}
+    columns = dict(columns or {})
+    if decision is not None:
+        columns["decision"] = ["defective" if d else "normal" for d in decision.defective]
+        payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
+        atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i],
              *(values[i] for values in columns.values()))
             for rank, i in enumerate(order)]

@@ -19,7 +19,7 @@ from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb
 from .rescoring import rscin
-from .scoring import mutual_scores, random_projection
+from .scoring import mutual_scores, random_projection, reference_scores
 from .types import Features, Result
 
 log = logging.getLogger(__name__)
@@ -108,18 +108,21 @@ class MuSc:
         return tuple(layers) if len(layers) == count else tuple(range(count))
 
     def patch_scores(self, features: Features, progress: bool = True, keep_pairs: bool = False,
-                     scorer: Callable[..., torch.Tensor] | None = None
+                     scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None
                      ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
         """MSM over every (block, r) pair and subset: (N, h, w) mean patch scores (+ per-pair grids, timings).
 
         `scorer(z, interval, budget, matmul_dtype=..., progress=...)` replaces `mutual_scores` (benchmarks use it
-        to compare formulations on the same features).
+        to compare formulations on the same features). With `references`, config.mode picks few-shot MuSc
+        (references join every subset's scorers) or MuSc+ (references alone score).
         """
         scorer = scorer or mutual_scores
         c = self.config
         n = features.num_images
         _, _, h, w = features.tokens[0].shape
-        parts = split_subsets(n, c.subsets, c.seed)
+        if references is not None and [t.shape[1:] for t in references.tokens] != [t.shape[1:] for t in features.tokens]:
+            raise InputError("reference features do not match the test features (other backbone, size or blocks)")
+        parts = split_subsets(n, c.subsets, c.seed) if references is None or n >= 2 * c.subsets else [np.arange(n)]
         budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
         layers = self._tap_layers(len(features.tokens))
         n_pairs = len(features.tokens) * len(c.r_values)
@@ -129,7 +132,12 @@ class MuSc:
         t_agg = t_score = 0.0
         device = features.tokens[0].device
         with tqdm(total=n_pairs * n, desc="mutual scoring", unit="img", disable=not progress, leave=False) as bar:
-            for layer, tok in zip(layers, features.tokens):
+            for li, (layer, tok) in enumerate(zip(layers, features.tokens)):
+                ref_z = None
+                if references is not None:
+                    ref_z = lnamd(references.tokens[li].to(device), c.r_values)
+                    if c.projection_dim is not None:
+                        ref_z = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in ref_z]
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
                     t0 = time.perf_counter()
@@ -138,9 +146,16 @@ class MuSc:
                         zs = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in zs]
                     _sync(device)
                     t_agg += time.perf_counter() - t0
-                    for r, z in zip(c.r_values, zs):
+                    for ri, (r, z) in enumerate(zip(c.r_values, zs)):
                         t0 = time.perf_counter()
-                        s = scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=bar.update)
+                        if ref_z is None:
+                            s = scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=bar.update)
+                        elif c.mode == "musc+":
+                            s = reference_scores(z, ref_z[ri], matmul_dtype=matmul_dtype)
+                            bar.update(len(idx))
+                        else:
+                            s = mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=ref_z[ri])
+                            bar.update(len(idx))
                         _sync(device)
                         t_score += time.perf_counter() - t0
                         total[index] += s
@@ -156,12 +171,13 @@ class MuSc:
         return F.interpolate(patch_scores[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
     def score_features(self, features: Features, progress: bool = True, keep_pairs: bool = False,
-                       scorer: Callable[..., torch.Tensor] | None = None) -> Result:
-        """Maps and scores from already extracted features."""
+                       scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None) -> Result:
+        """Maps and scores from already extracted features (and optional reference features)."""
         c = self.config
-        if features.num_images < 2:
-            raise InputError(f"MuSc needs at least 2 images to score them against each other, got {features.num_images}")
-        grid, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer)
+        if features.num_images < 1 or (references is None and features.num_images < 2):
+            raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
+                             f"{features.num_images} (give reference images to score a single one)")
+        grid, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
         t0 = time.perf_counter()
         maps = self.upsample(grid)
         raw = maps.flatten(1).amax(dim=1)
@@ -169,25 +185,41 @@ class MuSc:
         t0 = time.perf_counter()
         emb = features.embeddings.cpu().numpy()
         raw_np = raw.cpu().numpy().astype(np.float64)
-        scores = rscin(raw_np, emb, c.rscin_windows) if c.rscin_windows else raw_np
+        notes = []
+        if c.rscin_windows and len(raw_np) < 2:
+            notes.append("RsCIN skipped: it needs a batch of at least 2 images; the score is the map maximum")
+            scores = raw_np
+        else:
+            scores = rscin(raw_np, emb, c.rscin_windows) if c.rscin_windows else raw_np
         timings["rescoring"] = time.perf_counter() - t0
         return Result(scores=scores, raw_scores=raw_np, maps=maps.cpu().numpy().astype(np.float32, copy=False),
-                      embeddings=emb, config=c, timings=timings,
+                      embeddings=emb, config=c, timings=timings, notes=notes,
                       pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if keep_pairs else None)
 
-    def score(self, images: Sequence[ImageSource], progress: bool = True, keep_pairs: bool = False) -> Result:
-        """Score a set of unlabeled images of one product: anomaly maps and image scores for each."""
+    def score(self, images: Sequence[ImageSource], progress: bool = True, keep_pairs: bool = False,
+              references: Sequence[ImageSource] | Features | None = None) -> Result:
+        """Score a set of unlabeled images of one product: anomaly maps and image scores for each.
+
+        `references`: known-normal images (or their features, e.g. a loaded bank) used as config.mode says.
+        """
         self.config.validate()
-        if len(images) < 2:
-            raise InputError(f"MuSc needs at least 2 images to score them against each other, got {len(images)}")
+        if references is None and len(images) < 2:
+            raise InputError(f"MuSc needs at least 2 images to score them against each other, got {len(images)} "
+                             "(give reference images to score a single one)")
+        if references is not None and len(images) < 1:
+            raise InputError("no images to score")
         if self.config.subsets > 1 and len(images) // self.config.subsets < 2:
             raise InputError(f"{len(images)} images cannot be split into {self.config.subsets} subsets of at least 2 images")
         _ = self.backbone  # build it first so that model loading is not counted as extraction
         t0 = time.perf_counter()
         features, sizes = self.extract(images, progress)
+        if references is not None and not isinstance(references, Features):
+            if len(references) < 1:
+                raise InputError("the reference set is empty")
+            references = self.extract(references, progress)[0]
         _sync(features.embeddings.device)
         t_extract = time.perf_counter() - t0
-        result = self.score_features(features, progress, keep_pairs)
+        result = self.score_features(features, progress, keep_pairs, references=references)
         result.timings = {"extraction": t_extract, **result.timings}
         result.original_sizes = sizes
         result.weights_source = self.backbone.weights_source

@@ -99,6 +99,29 @@ def nearest_patch_distances(z: torch.Tensor, block_bytes: int | None = None,
     return table
 
 
+def distances_to_references(z: torch.Tensor, refs: torch.Tensor, block_bytes: int | None = None,
+                            matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(N, L, C) test and (K, L', C) reference unit vectors -> (N, L, K): distance to the nearest patch of each reference."""
+    n, l, c = z.shape
+    k, lr, _ = refs.shape
+    tile = max(1, min(n, _block_images(max(l, lr), block_bytes or default_block_bytes(z.device))))
+    flat, rflat = z.reshape(n * l, c), refs.reshape(k * lr, c)
+    table = torch.empty((n, l, k), dtype=torch.float32, device=z.device)
+    for i0 in range(0, n, tile):
+        i1 = min(n, i0 + tile)
+        for j0 in range(0, k, tile):
+            j1 = min(k, j0 + tile)
+            sim = _matmul_sim(flat[i0 * l:i1 * l], rflat[j0 * lr:j1 * lr], matmul_dtype)
+            table[i0:i1, :, j0:j1] = sim.view(i1 - i0, l, j1 - j0, lr).amax(dim=3)
+            del sim
+    return _similarity_to_distance_(table)
+
+
+def reference_scores(z: torch.Tensor, refs: torch.Tensor, matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """MuSc+ for one (block, r) pair: each test patch's distance to its nearest patch in any reference, (N, L)."""
+    return distances_to_references(z, refs, matmul_dtype=matmul_dtype).amin(dim=-1)
+
+
 def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_dtype: torch.dtype | None,
                           progress: Callable[[int], None] | None) -> torch.Tensor:
     """Low-memory path: score blocks of images against all others; only (b, L, N) distances exist at once."""
@@ -142,12 +165,19 @@ def _interval_mean_excluding_self(table: torch.Tensor, fraction: float, rows_per
 
 def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | None = None,
                   matmul_dtype: torch.dtype | None = None,
-                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                  progress: Callable[[int], None] | None = None, refs: torch.Tensor | None = None) -> torch.Tensor:
     """MSM for one (block, r) pair: (N, L, C) unit patch vectors -> (N, L) patch anomaly scores.
 
     memory_budget (bytes) bounds the working memory; None = default_memory_budget(z.device).
+    refs (K, L, C): few-shot MuSc, known-normal images that join the pool of scorers (each test patch
+    then has N-1+K distances to take the interval mean of); they are never scored themselves.
     """
     n, l, _ = z.shape
+    if refs is not None and refs.shape[0] > 0:
+        return _interval_mean_excluding_self(
+            torch.cat([nearest_patch_distances(z, matmul_dtype=matmul_dtype, progress=progress)
+                       if n > 1 else torch.full((n, l, n), float("inf"), device=z.device),
+                       distances_to_references(z, refs, matmul_dtype=matmul_dtype)], dim=-1), fraction)
     if n < 2:
         raise ValueError(f"mutual scoring needs at least 2 images, got {n}")
     budget = default_memory_budget(z.device) if memory_budget is None else int(memory_budget)
@@ -174,4 +204,4 @@ def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
 
 
 __all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget",
-           "random_projection"]
+           "random_projection", "distances_to_references", "reference_scores"]

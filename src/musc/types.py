@@ -51,6 +51,8 @@ class Result:
     """Where the backbone's weights came from (file path, 'hub:<timm id>' or 'random')."""
     pair_maps: dict[tuple[int, int], np.ndarray] | None = None
     """Optional (N, h, w) patch-score grids per (block, r) pair, for ablations."""
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know about this result (e.g. RsCIN skipped for a single image)."""
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

@@ -12,7 +12,7 @@ def sort_scores(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     scores = np.asarray(scores).ravel()
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinite values")
-    order = np.argsort(scores, kind="stable")[::-1]
+    order = np.argsort(scores)[::-1]  # tie order is irrelevant: only the boundaries between distinct values count
     s = scores[order]
     last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1] if s.size else np.empty(0, dtype=np.int64)
     return order, last, s[last]

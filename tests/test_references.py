@@ -1,0 +1,138 @@
+"""Few-shot MuSc, MuSc+ and the reference bank."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from musc import MuSc, MuScConfig
+from musc.bank import Bank, build_bank, run_settings
+from musc.cli import main
+from musc.errors import InputError
+from musc.scoring import mutual_scores, reference_scores
+
+from conftest import planted, textured
+
+TINY = MuScConfig(backbone="test_tiny_dino", image_size=112, pretrained=False, device="cpu")
+CLI_TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
+
+
+def unit(n, l, c, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, l, c, generator=g), dim=-1)
+
+
+def nearest(a, b):
+    return torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+
+
+def slow_few_shot(z, refs, fraction):
+    n, l, _ = z.shape
+    out = torch.empty(n, l, dtype=torch.float64)
+    for i in range(n):
+        cols = [nearest(z[i], z[j]) for j in range(n) if j != i] + [nearest(z[i], r) for r in refs]
+        s = torch.stack(cols, dim=1).sort(dim=1).values
+        k = max(1, math.floor(fraction * s.shape[1]))
+        out[i] = s[:, :k].mean(dim=1)
+    return out.float()
+
+
+def slow_musc_plus(z, refs):
+    return torch.stack([torch.stack([nearest(z[i], r) for r in refs], dim=1).min(dim=1).values
+                        for i in range(z.shape[0])]).float()
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (1, 3), (2, 1), (4, 2), (5, 7)])
+def test_few_shot_matches_slow(n, k):
+    z, refs = unit(n, 9, 16, n), unit(k, 9, 16, 100 + k)
+    assert (mutual_scores(z, 0.3, refs=refs) - slow_few_shot(z, refs, 0.3)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (3, 4)])
+def test_musc_plus_matches_slow(n, k):
+    z, refs = unit(n, 9, 16, n), unit(k, 12, 16, 50 + k)  # references may have another patch count
+    assert (reference_scores(z, refs) - slow_musc_plus(z, refs)).abs().max() <= 1e-5
+
+
+def images(n=6):
+    return [Image.fromarray(textured(i)) for i in range(n - 1)] + [Image.fromarray(planted(textured(99)))]
+
+
+def test_normal_twin_in_references_lowers_normal_scores():
+    test = images()
+    refs = [Image.fromarray(textured(99))] + [Image.fromarray(textured(200 + i)) for i in range(3)]
+    zero = MuSc(TINY.replace(rscin_windows=())).score(test, progress=False)
+    few = MuSc(TINY.replace(rscin_windows=())).score(test, progress=False, references=refs)
+    plus = MuSc(TINY.replace(rscin_windows=(), mode="musc+")).score(test, progress=False, references=refs)
+    assert few.raw_scores[:5].mean() < zero.raw_scores[:5].mean()
+    assert int(np.argmax(few.raw_scores)) == 5 and int(np.argmax(plus.raw_scores)) == 5
+
+
+def test_single_image_with_references_skips_rscin():
+    result = MuSc(TINY.replace(mode="musc+")).score(images()[-1:], progress=False, references=images()[:3])
+    assert len(result) == 1 and result.scores[0] == result.raw_scores[0]
+    assert any("RsCIN skipped" in n for n in result.notes)
+    with pytest.raises(InputError, match="reference set is empty"):
+        MuSc(TINY).score(images()[:2], progress=False, references=[])
+
+
+def test_bank_round_trip_gives_the_same_maps(tmp_path):
+    model = MuSc(TINY.replace(mode="musc+"))
+    refs = [Image.fromarray(textured(300 + i)) for i in range(4)]
+    bank = build_bank(model, refs, progress=False)
+    path = bank.save(tmp_path / "good.bank")
+    loaded = Bank.load(path)
+    assert loaded.size == 4 and loaded.settings == run_settings(model)
+    direct = model.score(images(), progress=False, references=refs)
+    via_bank = model.score(images(), progress=False, references=loaded.features)
+    np.testing.assert_array_equal(direct.maps, via_bank.maps)
+    np.testing.assert_array_equal(direct.scores, via_bank.scores)
+
+
+def test_bank_mismatch_and_damage_refused(tmp_path):
+    bank = build_bank(MuSc(TINY), [Image.fromarray(textured(1))], progress=False)
+    path = bank.save(tmp_path / "b.bank")
+    other = MuSc(TINY.replace(image_size=56, r_values=(1, 3)))
+    with pytest.raises(InputError, match="other settings.*image_size: bank 112, run 56.*r_values"):
+        Bank.load(path).check_matches(run_settings(other))
+    data = bytearray(path.read_bytes())
+    data[-8:] = b"\x00" * 8
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="damaged"):
+        Bank.load(path)
+    (tmp_path / "x.bank").write_bytes(b"junk")
+    with pytest.raises(InputError, match="cannot read bank"):
+        Bank.load(tmp_path / "x.bank")
+
+
+def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        Image.fromarray(textured(400 + i)).save(refs / f"r{i}.png")
+    runner = CliRunner()
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "few"), "--reference", str(refs),
+                               "--mode", "musc+", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "few" / "config.json").read_text())["mode"] == "musc+"
+    bank_file = tmp_path / "good.bank"
+    res = runner.invoke(main, ["bank", "build", str(refs), "--out", str(bank_file), *CLI_TINY])
+    assert res.exit_code == 0 and bank_file.is_file()
+    one = image_folder / "defect" / "odd.png"
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "one"), "--bank", str(bank_file),
+                               *CLI_TINY[:-1]])
+    assert res.exit_code == 0, res.output
+    assert "RsCIN skipped" in res.output and "no label-free decision" in res.output
+    assert (tmp_path / "one" / "maps" / "odd.npy").is_file()
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "two"), "--bank", str(bank_file),
+                               *[a if a != "56" else "112" for a in CLI_TINY]])
+    assert res.exit_code != 0 and "other settings" in res.output
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "x"), "--mode", "musc+", *CLI_TINY])
+    assert res.exit_code != 0 and "--mode needs --reference or --bank" in res.output
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "y"), *CLI_TINY])
+    assert res.exit_code != 0 and "at least 2 readable images" in res.output

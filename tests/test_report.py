@@ -1,0 +1,94 @@
+"""The report: decisions and files from `musc score --report`, and the page in a real headless browser."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from musc.cli import main
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def browse(url: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--v=0", "--window-size=1400,3000", "--virtual-time-budget=8000", *extra, url],
+                          capture_output=True, text=True, timeout=180)
+
+
+def console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line and re.search(r"error|uncaught|failed", line, re.I)]
+
+
+@pytest.fixture
+def scored(image_folder, tmp_path):
+    out = tmp_path / "out"
+    res = run("score", image_folder, "--out", out, "--report", *TINY)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_score_writes_decisions_masks_and_report(scored):
+    rows = list(csv.DictReader(open(scored / "scores.csv")))
+    assert {r["decision"] for r in rows} <= {"normal", "defective"}
+    decision = json.loads((scored / "decision.json").read_text())
+    assert decision["image"]["method"] == "mad" and decision["image"]["total"] == 7
+    assert decision["image"]["defective"] == sum(r["decision"] == "defective" for r in rows)
+    assert decision["pixel"]["method"] == "image"
+    assert len(list((scored / "masks").glob("*.png"))) == 7
+    page = (scored / "report.html").read_text()
+    assert not re.search(r'(src|href)="https?:', page)
+    assert page.count('class="card ') == 7 and 'loading="lazy"' in page and "threshold" in page
+    assert len(list((scored / "thumbs").glob("*.jpg"))) == 7
+
+
+def test_decision_options(image_folder, tmp_path):
+    out = tmp_path / "o"
+    res = run("score", image_folder, "--out", out, *TINY[:-1], "--expected-defect-rate", "0.3", "--no-images")
+    assert res.exit_code == 0, res.output
+    assert "Defective: 2 of 7 (rate" in res.output
+    res = run("score", image_folder, "--out", out, *TINY, "--threshold", "2.0", "--pixel-decision", "mebin")
+    assert res.exit_code == 0
+    assert json.loads((out / "decision.json").read_text())["image"]["method"] == "fixed"
+    res = run("score", image_folder, "--out", out, *TINY, "--decision", "rate")
+    assert res.exit_code != 0 and "--expected-defect-rate" in res.output
+
+
+def test_report_command_on_existing_result(scored):
+    (scored / "report.html").unlink()
+    res = run("report", scored)
+    assert res.exit_code == 0 and (scored / "report.html").is_file()
+    res = run("report", scored.parent / "nothing")
+    assert res.exit_code != 0 and "not a musc result folder" in res.output
+
+
+@needs_browser
+def test_harness_catches_console_errors(tmp_path):
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>throw new Error('boom')</script></body></html>")
+    proc = browse(bad.as_uri(), "--dump-dom")
+    assert console_errors(proc.stderr), proc.stderr[-2000:]
+
+
+@needs_browser
+def test_report_renders_in_headless_browser(scored):
+    url = (scored / "report.html").as_uri()
+    proc = browse(url, "--dump-dom")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert console_errors(proc.stderr) == []
+    rendered = re.search(r'data-thumbs-rendered="(\d+)/(\d+)"', proc.stdout)
+    assert rendered and rendered.group(1) == rendered.group(2) == "7", proc.stdout[:500]
+    shot = scored / "report.png"
+    proc = browse(url, f"--screenshot={shot}")
+    assert shot.is_file() and shot.stat().st_size > 5000
