@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from common import MTD_ROOT, machine, mtd_subset, update_section
+from common import MTD_ROOT, mtd_subset, publish
 
 from musc import MuSc, MuScConfig
 from musc.datasets import get_reader, load_mask, resize_mask
@@ -69,11 +69,7 @@ def main() -> None:
                          f"{pct(f1(d.defective, labels))} | {pct(img_oracle)} | {pct(f1(pred_masks, masks))} | "
                          f"{pct(pix_oracle)} | {'yes' if d.warnings else ''} |")
             print(lines[-1], flush=True)
-    lines += ["", f"Machine: {machine()}."]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        update_section("decision", text)
+    publish("decision", lines, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from common import machine, peak_rss_mib, update_section
+from common import peak_rss_mib, publish
 
 
 def synthetic(n: int, size: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -58,7 +58,6 @@ def main() -> None:
         "",
         f"`python benchmarks/bench_metrics.py` — {args.images} maps of {args.size}x{args.size} "
         f"({n_pix / 1e6:.1f} M pixels), random scores, rectangular defect regions in half the images.",
-        f"Machine: {machine()}.",
         "",
         "| what | seconds |",
         "|---|---:|",
@@ -67,10 +66,7 @@ def main() -> None:
         f"Peak memory above the inputs: {extra:.0f} MiB. Values: "
         + ", ".join(f"{k} {v:.4f}" for k, v in out.items()) + ".",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        update_section("metrics", text)
+    publish("metrics", lines, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from common import MTD_ROOT, machine, mtd_subset, peak_rss_mib, update_section
+from common import MTD_ROOT, mtd_subset, peak_rss_mib, publish
 
 
 def run_size(size: int) -> dict:
@@ -91,11 +91,8 @@ def main() -> None:
         total = sum(t[s] for s in stages)
         lines.append(f"| {run['size']} | " + " | ".join(f"{t[s]:.2f}" for s in stages)
                      + f" | {total:.1f} | {1000 * total / run['n']:.0f} | {run['peak_rss_mib']:.0f} |")
-    lines += ["", f"Machine: {machine()}. Weights: {runs[0]['weights']}."]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        update_section("mtd", text)
+    lines += ["", f"Weights: {runs[0]['weights']}."]
+    publish("mtd", lines, not args.no_write)
 
 
 if __name__ == "__main__":

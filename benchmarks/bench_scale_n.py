@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import MTD_ROOT, machine, peak_rss_mib, update_section
+from common import MTD_ROOT, peak_rss_mib, publish
 
 
 def main() -> None:
@@ -50,12 +50,8 @@ def main() -> None:
              f"| {args.n} | {args.size} | {t['extraction']:.0f} | {t['aggregation'] + t['scoring']:.0f} | {wall:.0f} | "
              f"{1000 * wall / args.n:.0f} | {peak_rss_mib():.0f} | {budget:.0f} |", "",
              "| " + " | ".join(METRIC_TITLES) + " |", "|" + "---:|" * len(METRIC_TITLES),
-             "| " + " | ".join("n/a" if metrics[k] is None else f"{100 * metrics[k]:.1f}" for k in METRIC_COLUMNS) + " |",
-             "", f"Machine: {machine()}."]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        update_section(f"scale-n{args.n}-{args.size}", text)
+             "| " + " | ".join("n/a" if metrics[k] is None else f"{100 * metrics[k]:.1f}" for k in METRIC_COLUMNS) + " |"]
+    publish(f"scale-n{args.n}-{args.size}", lines, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,12 @@ def mtd_subset(root: Path = MTD_ROOT) -> list:
         of_type = sorted((s for s in category.samples if s.defect_type == dtype), key=lambda s: s.path.name)
         chosen += of_type[:count]
     return chosen
+
+
+def publish(section: str, lines: list[str], write: bool = True) -> str:
+    """Add the machine line, print the section, and (unless told not to) write it into BENCHMARKS.md."""
+    text = "\n".join([*lines, "", f"Machine: {machine()}."])
+    print(text, flush=True)
+    if write:
+        update_section(section, text)
+    return text

@@ -136,3 +136,25 @@ def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
     assert res.exit_code != 0 and "--mode needs --reference or --bank" in res.output
     res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "y"), *CLI_TINY])
     assert res.exit_code != 0 and "at least 2 readable images" in res.output
+
+
+def test_evaluate_few_shot_both_modes(tmp_path):
+    from synthetic_data import make_dataset
+
+    root = make_dataset("mvtec_ad", tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["evaluate", "--dataset", "mvtec_ad", "--root", str(root), "--out", str(out), "--shots", "2",
+            "--seeds", "0,1", *CLI_TINY[:-1]]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    md = (out / "metrics_2shot.md").read_text()
+    assert "### musc, 2-shot (mean ± std over 2 seeds)" in md and "### musc+, 2-shot" in md
+    assert "| cat_a | " in md and "±" in md and "**mean**" in md
+    runs = json.loads((out / "metrics_2shot.json").read_text())["runs"]
+    assert set(runs) == {"musc", "musc+"} and len(runs["musc"]["cat_a"]) == 2
+    cfg0 = json.loads((out / "cat_a" / "2shot-musc-seed0" / "config.json").read_text())
+    cfg1 = json.loads((out / "cat_a" / "2shot-musc-seed1" / "config.json").read_text())
+    assert len(cfg0["references"]) == 2 and all("/train/good/" in p for p in cfg0["references"])
+    assert cfg0["references"] != cfg1["references"]
+    res = CliRunner().invoke(main, [*args[:7], "--shots", "5", *CLI_TINY])
+    assert res.exit_code != 0 and "needs at least 5" in res.output

@@ -301,9 +301,14 @@ def _print_summary(result: Any, scores_path: Path, decision: Any) -> None:
 @click.option("--save-maps", is_flag=True, help="Also write each category's maps (maps/*.npy).")
 @click.option("--save-images", is_flag=True, help="Also write heatmaps and overlays.")
 @click.option("--overwrite", is_flag=True, help="Recompute categories whose results already exist.")
+@click.option("--shots", type=int, default=None,
+              help="Few-shot: draw K normal reference images per category from its training normals and report "
+                   "few-shot MuSc and MuSc+ (mean ± std over --seeds) instead of zero-shot.")
+@click.option("--seeds", type=IntList(), default="0,1,2", show_default=True, help="Seeds for drawing --shots references.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no tables.")
 def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, metrics_size: str, save_maps: bool,
-             save_images: bool, overwrite: bool, quiet: bool, **kwargs: Any) -> None:
+             save_images: bool, overwrite: bool, shots: int | None, seeds: tuple[int, ...], quiet: bool,
+             **kwargs: Any) -> None:
     """Score every category of a labelled dataset and report the paper's metrics.
 
     Labels and masks are used only for the metrics. Writes, per category, CATEGORY/scores.csv (with
@@ -311,10 +316,19 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
     metrics.json (per category and mean, columns in the paper's order). A category whose metrics.json
     exists is skipped unless --overwrite, so an interrupted run resumes.
     """
-    from .evaluation import markdown_table, run_evaluation
+    from .evaluation import few_shot_table, markdown_table, run_evaluation, run_few_shot
     from .pipeline import MuSc
 
     config = _pop_config(kwargs)
+    if shots is not None:
+        if shots < 1:
+            raise ConfigError(f"--shots must be >= 1, got {shots}")
+        runs = run_few_shot(dataset, root, categories or None, MuSc(config), out, shots, seeds, metrics_size,
+                            overwrite, progress=not quiet)
+        if not quiet:
+            click.echo(few_shot_table(runs, shots))
+            click.echo(f"Results in {out}")
+        return
 
     def show(report: Any) -> None:
         if quiet:

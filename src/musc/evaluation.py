@@ -128,6 +128,92 @@ def write_summary(out: Path, reports: Sequence[CategoryReport], extra: dict[str,
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
 
 
+def draw_references(category: Category, shots: int, seed: int) -> list[Path]:
+    """K training normals of a category drawn with a seed (sorted, so a seed always gives the same set)."""
+    pool = sorted(category.train_normals)
+    if len(pool) < shots:
+        raise DatasetError(f"category {category.name!r} has {len(pool)} training normal image(s); "
+                           f"--shots {shots} needs at least {shots}")
+    picks = np.random.default_rng(seed).choice(len(pool), size=shots, replace=False)
+    return [pool[i] for i in sorted(picks)]
+
+
+def _pm(values: list[float | None]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    return f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals):.1f}"
+
+
+def few_shot_table(runs: dict[str, dict[str, list[CategoryReport]]], shots: int) -> str:
+    """Per mode: a table of mean ± std over seeds for each category, and the mean over categories."""
+    out = []
+    for mode, per_cat in runs.items():
+        out += [f"### {mode}, {shots}-shot (mean ± std over {len(next(iter(per_cat.values())))} seeds)", "",
+                "| category | " + " | ".join(METRIC_TITLES) + " |", "|---|" + "---:|" * len(METRIC_TITLES)]
+        for name, reports in per_cat.items():
+            out.append(f"| {name} | " + " | ".join(_pm([r.metrics.get(k) for r in reports]) for k in METRIC_COLUMNS) + " |")
+        if len(per_cat) > 1:
+            n_seeds = len(next(iter(per_cat.values())))
+            per_seed = [mean_metrics([reports[i] for reports in per_cat.values()]) for i in range(n_seeds)]
+            out.append("| **mean** | " + " | ".join(_pm([m[k] for m in per_seed]) for k in METRIC_COLUMNS) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | None, model: MuSc, out: str | Path,
+                 shots: int, seeds: Sequence[int], size: MetricsSize = "model", overwrite: bool = False,
+                 progress: bool = True, on_report: Any = None) -> dict[str, dict[str, list[CategoryReport]]]:
+    """K-shot evaluation in both modes (few-shot MuSc and MuSc+), each seed drawing its own references."""
+    root, out = Path(root), Path(out)
+    reader = get_reader(dataset)
+    chosen = _choose(reader, root, dataset, categories)
+    runs: dict[str, dict[str, list[CategoryReport]]] = {"musc": {}, "musc+": {}}
+    for name in chosen:
+        category = reader.load(root, name)
+        notes = category.check()
+        features = sizes = None
+        for seed in seeds:
+            for mode in runs:
+                run_dir = out / name / f"{shots}shot-{mode.replace('+', 'plus')}-seed{seed}"
+                if (run_dir / METRICS_FILE).is_file() and not overwrite:
+                    report = CategoryReport.from_dict(json.loads((run_dir / METRICS_FILE).read_text()))
+                else:
+                    refs = draw_references(category, shots, seed)
+                    if features is None:
+                        features, sizes = model.extract([s.path for s in category.samples], progress)
+                    ref_features, _ = model.extract(refs, progress)
+                    scorer = MuSc(model.config.replace(mode=mode), backbone=model.backbone)
+                    result = scorer.score_features(features, progress, references=ref_features)
+                    result.original_sizes, result.paths = sizes, [str(s.path) for s in category.samples]
+                    metrics = metrics_for(category, result, size)
+                    report = CategoryReport(name, metrics, len(category.samples), int(category.labels.sum()),
+                                            notes, dict(result.timings))
+                    write_result(result, run_dir, root=root, save_maps=False, save_images=False, progress=False,
+                                 columns={"label": [s.label for s in category.samples]},
+                                 extra={"references": [str(p) for p in refs], "seed": seed, "mode": mode})
+                    atomic_write_text(run_dir / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
+                runs[mode].setdefault(name, []).append(report)
+                if on_report is not None:
+                    on_report(report, mode, seed)
+    text = few_shot_table(runs, shots)
+    atomic_write_text(out / f"metrics_{shots}shot.md", text)
+    payload = {mode: {name: [r.to_dict() for r in reports] for name, reports in per_cat.items()}
+               for mode, per_cat in runs.items()}
+    atomic_write_text(out / f"metrics_{shots}shot.json", json.dumps(
+        {"shots": shots, "seeds": list(seeds), "runs": payload, "config": model.config.to_dict()}, indent=2) + "\n")
+    return runs
+
+
+def _choose(reader: Any, root: Path, dataset: str, categories: Sequence[str] | None) -> list[str]:
+    known = reader.categories(root)
+    chosen = list(known) if not categories or list(categories) == ["all"] else list(categories)
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        raise DatasetError(f"{dataset}: unknown categories {', '.join(unknown)}; found: {', '.join(known)}")
+    return chosen
+
+
 def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | None, model: MuSc, out: str | Path,
                    size: MetricsSize = "model", overwrite: bool = False, save_maps: bool = False,
                    save_images: bool = False, progress: bool = True,
@@ -136,11 +222,7 @@ def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | N
     root = Path(root)
     out = Path(out)
     reader = get_reader(dataset)
-    known = reader.categories(root)
-    chosen = list(known) if not categories or list(categories) == ["all"] else list(categories)
-    unknown = [c for c in chosen if c not in known]
-    if unknown:
-        raise DatasetError(f"{dataset}: unknown categories {', '.join(unknown)}; found: {', '.join(known)}")
+    chosen = _choose(reader, root, dataset, categories)
     reports = []
     for name in chosen:
         cat_dir = out / name
@@ -163,5 +245,5 @@ def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | N
     return reports
 
 
-__all__ = ["CategoryReport", "evaluate_category", "metrics_for", "run_evaluation", "write_summary", "markdown_table",
+__all__ = ["run_few_shot", "draw_references", "few_shot_table", "CategoryReport", "evaluate_category", "metrics_for", "run_evaluation", "write_summary", "markdown_table",
            "mean_metrics", "ground_truth"]

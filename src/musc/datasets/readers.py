@@ -34,28 +34,52 @@ class DatasetReader:
             raise DatasetError(f"{self.name}: no category {category!r} in {root}; found: {', '.join(known) or 'none'}")
 
 
-class MVTecAD(DatasetReader):
-    """`<cat>/test/<type>/*.png`, masks `<cat>/ground_truth/<type>/<stem>_mask.png`, `good` = normal; train/good."""
+class TypedTestLayout(DatasetReader):
+    """Layouts with `<cat>/test/<type>/...`: one folder per defect type, `normal_type` holding the normal images.
 
-    name = "mvtec_ad"
-    description = "MVTec AD"
+    Subclasses say where a type's images are, where an image's mask files are, and where training normals are.
+    """
+
+    normal_type = "good"
 
     def categories(self, root: Path) -> list[str]:
         require_dir(root, f"{self.name} root")
         return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+
+    def images(self, base: Path, dtype: str) -> list[Path]:
+        return images_in(base / "test" / dtype)
+
+    def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
+        raise NotImplementedError
+
+    def train(self, base: Path) -> list[Path]:
+        return images_in(base / "train" / self.normal_type)
 
     def load(self, root: Path, category: str) -> Category:
         self._check_category(root, category)
         base = root / category
         samples = []
         for dtype in _subdirs(base / "test"):
-            for img in images_in(base / "test" / dtype):
-                if dtype == "good":
+            for img in self.images(base, dtype):
+                if dtype == self.normal_type:
                     samples.append(Sample(img, NORMAL, dtype))
-                    continue
-                mask = first_existing([base / "ground_truth" / dtype / f"{img.stem}_mask{ext}" for ext in MASK_EXTENSIONS])
-                samples.append(Sample(img, ANOMALOUS, dtype, (mask,) if mask else ()))
-        return Category(category, samples, images_in(base / "train" / "good"))
+                else:
+                    samples.append(Sample(img, ANOMALOUS, dtype, self.masks(base, dtype, img)))
+        return Category(category, samples, self.train(base))
+
+
+def _one(path: Path | None) -> tuple[Path, ...]:
+    return (path,) if path else ()
+
+
+class MVTecAD(TypedTestLayout):
+    """`<cat>/test/<type>/*.png`, masks `<cat>/ground_truth/<type>/<stem>_mask.png`, `good` = normal; train/good."""
+
+    name = "mvtec_ad"
+    description = "MVTec AD"
+
+    def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
+        return _one(first_existing([base / "ground_truth" / dtype / f"{image.stem}_mask{e}" for e in MASK_EXTENSIONS]))
 
 
 class MPDD(MVTecAD):
@@ -103,72 +127,41 @@ class VisA(DatasetReader):
         return Category(category, samples, train)
 
 
-class BTAD(DatasetReader):
+class BTAD(TypedTestLayout):
     """`<01|02|03>/test/{ok,ko}`, masks in `ground_truth/ko` (.png or .bmp); train/ok."""
 
     name = "btad"
     description = "BTAD"
+    normal_type = "ok"
 
-    def categories(self, root: Path) -> list[str]:
-        require_dir(root, f"{self.name} root")
-        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
-
-    def load(self, root: Path, category: str) -> Category:
-        self._check_category(root, category)
-        base = root / category
-        samples = [Sample(p, NORMAL, "ok") for p in images_in(base / "test" / "ok")]
-        for img in images_in(base / "test" / "ko"):
-            mask = first_existing([base / "ground_truth" / "ko" / f"{img.stem}{ext}" for ext in MASK_EXTENSIONS])
-            samples.append(Sample(img, ANOMALOUS, "ko", (mask,) if mask else ()))
-        return Category(category, samples, images_in(base / "train" / "ok"))
+    def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
+        return _one(first_existing([base / "ground_truth" / dtype / f"{image.stem}{e}" for e in MASK_EXTENSIONS]))
 
 
-class MVTec3D(DatasetReader):
+class MVTec3D(TypedTestLayout):
     """RGB only: `<cat>/test/<type>/rgb/*.png`, masks `<cat>/test/<type>/gt/*.png`; train/good/rgb."""
 
     name = "mvtec_3d"
     description = "MVTec 3D-AD (RGB)"
 
-    def categories(self, root: Path) -> list[str]:
-        require_dir(root, f"{self.name} root")
-        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+    def images(self, base: Path, dtype: str) -> list[Path]:
+        return images_in(base / "test" / dtype / "rgb")
 
-    def load(self, root: Path, category: str) -> Category:
-        self._check_category(root, category)
-        base = root / category
-        samples = []
-        for dtype in _subdirs(base / "test"):
-            for img in images_in(base / "test" / dtype / "rgb"):
-                if dtype == "good":
-                    samples.append(Sample(img, NORMAL, dtype))
-                    continue
-                mask = first_existing([base / "test" / dtype / "gt" / f"{img.stem}{ext}" for ext in MASK_EXTENSIONS])
-                samples.append(Sample(img, ANOMALOUS, dtype, (mask,) if mask else ()))
-        return Category(category, samples, images_in(base / "train" / "good" / "rgb"))
+    def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
+        return _one(first_existing([base / "test" / dtype / "gt" / f"{image.stem}{e}" for e in MASK_EXTENSIONS]))
+
+    def train(self, base: Path) -> list[Path]:
+        return images_in(base / "train" / "good" / "rgb")
 
 
-class MVTecLOCO(DatasetReader):
+class MVTecLOCO(TypedTestLayout):
     """`<cat>/test/{good,logical_anomalies,structural_anomalies}`; masks: folders `ground_truth/<type>/<id>/*.png`, united."""
 
     name = "mvtec_loco"
     description = "MVTec LOCO AD"
 
-    def categories(self, root: Path) -> list[str]:
-        require_dir(root, f"{self.name} root")
-        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
-
-    def load(self, root: Path, category: str) -> Category:
-        self._check_category(root, category)
-        base = root / category
-        samples = []
-        for dtype in _subdirs(base / "test"):
-            for img in images_in(base / "test" / dtype):
-                if dtype == "good":
-                    samples.append(Sample(img, NORMAL, dtype))
-                    continue
-                parts = tuple(images_in(base / "ground_truth" / dtype / img.stem))
-                samples.append(Sample(img, ANOMALOUS, dtype, parts))
-        return Category(category, samples, images_in(base / "train" / "good"))
+    def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
+        return tuple(images_in(base / "ground_truth" / dtype / image.stem))
 
 
 class MagneticTile(DatasetReader):
