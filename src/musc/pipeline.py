@@ -107,6 +107,25 @@ class MuSc:
         layers = self.config.layers or get_preset(self.config.backbone).layers
         return tuple(layers) if len(layers) == count else tuple(range(count))
 
+    def _aggregate(self, tokens: torch.Tensor, layer: int) -> list[torch.Tensor]:
+        """LNAMD at every r (then the optional random projection of the fast mode)."""
+        c = self.config
+        zs = lnamd(tokens, c.r_values)
+        if c.projection_dim is not None:
+            zs = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in zs]
+        return zs
+
+    def _score_pair(self, z: torch.Tensor, refs: torch.Tensor | None, scorer: Callable[..., torch.Tensor],
+                    budget: int | None, matmul_dtype: torch.dtype | None, progress: Callable[[int], None]) -> torch.Tensor:
+        """Patch scores of one (block, r) pair: zero-shot MSM, few-shot MSM with references, or MuSc+."""
+        c = self.config
+        if refs is None:
+            return scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=progress)
+        progress(len(z))
+        if c.mode == "musc+":
+            return reference_scores(z, refs, matmul_dtype=matmul_dtype)
+        return mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=refs)
+
     def patch_scores(self, features: Features, progress: bool = True, keep_pairs: bool = False,
                      scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None
                      ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
@@ -133,29 +152,17 @@ class MuSc:
         device = features.tokens[0].device
         with tqdm(total=n_pairs * n, desc="mutual scoring", unit="img", disable=not progress, leave=False) as bar:
             for li, (layer, tok) in enumerate(zip(layers, features.tokens)):
-                ref_z = None
-                if references is not None:
-                    ref_z = lnamd(references.tokens[li].to(device), c.r_values)
-                    if c.projection_dim is not None:
-                        ref_z = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in ref_z]
+                ref_z = self._aggregate(references.tokens[li].to(device), layer) if references is not None else None
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
                     t0 = time.perf_counter()
-                    zs = lnamd(tok[index], c.r_values)
-                    if c.projection_dim is not None:
-                        zs = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in zs]
+                    zs = self._aggregate(tok[index], layer)
                     _sync(device)
                     t_agg += time.perf_counter() - t0
                     for ri, (r, z) in enumerate(zip(c.r_values, zs)):
                         t0 = time.perf_counter()
-                        if ref_z is None:
-                            s = scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=bar.update)
-                        elif c.mode == "musc+":
-                            s = reference_scores(z, ref_z[ri], matmul_dtype=matmul_dtype)
-                            bar.update(len(idx))
-                        else:
-                            s = mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=ref_z[ri])
-                            bar.update(len(idx))
+                        s = self._score_pair(z, None if ref_z is None else ref_z[ri], scorer, budget, matmul_dtype,
+                                             bar.update)
                         _sync(device)
                         t_score += time.perf_counter() - t0
                         total[index] += s
