@@ -6,7 +6,7 @@ defects of different sizes are matched at the scale where they stand out.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +34,16 @@ def to_patch_vectors(tokens: torch.Tensor) -> torch.Tensor:
     return F.normalize(tokens.reshape(n, c, h * w).transpose(1, 2).contiguous(), dim=-1)
 
 
+def lnamd_iter(tokens: torch.Tensor, r_values: Sequence[int]) -> Iterator[torch.Tensor]:
+    """Like `lnamd`, one r at a time, so only one aggregated copy of the features exists at once."""
+    normed = layer_norm_map(tokens.float())
+    for r in r_values:
+        yield to_patch_vectors(neighbourhood_mean(normed, r))
+
+
 def lnamd(tokens: torch.Tensor, r_values: Sequence[int]) -> list[torch.Tensor]:
     """One tapped block's tokens (N, C, H, W) -> per r, unit patch vectors (N, H*W, C) row-major over the grid."""
-    normed = layer_norm_map(tokens.float())
-    return [to_patch_vectors(neighbourhood_mean(normed, r)) for r in r_values]
+    return list(lnamd_iter(tokens, r_values))
 
 
-__all__ = ["layer_norm_map", "neighbourhood_mean", "to_patch_vectors", "lnamd"]
+__all__ = ["layer_norm_map", "neighbourhood_mean", "to_patch_vectors", "lnamd", "lnamd_iter"]

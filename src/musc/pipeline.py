@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .aggregation import lnamd
+from .aggregation import lnamd_iter
 from .backbones import Backbone
 from .config import MuScConfig
 from .errors import ConfigError, InputError
@@ -107,13 +107,11 @@ class MuSc:
         layers = self.config.layers or get_preset(self.config.backbone).layers
         return tuple(layers) if len(layers) == count else tuple(range(count))
 
-    def _aggregate(self, tokens: torch.Tensor, layer: int) -> list[torch.Tensor]:
-        """LNAMD at every r (then the optional random projection of the fast mode)."""
+    def _aggregate(self, tokens: torch.Tensor, layer: int) -> Iterator[torch.Tensor]:
+        """LNAMD at each r in turn (then the optional random projection of the fast mode)."""
         c = self.config
-        zs = lnamd(tokens, c.r_values)
-        if c.projection_dim is not None:
-            zs = [random_projection(z, c.projection_dim, seed=c.seed + layer) for z in zs]
-        return zs
+        for z in lnamd_iter(tokens, c.r_values):
+            yield z if c.projection_dim is None else random_projection(z, c.projection_dim, seed=c.seed + layer)
 
     def _score_pair(self, z: torch.Tensor, refs: torch.Tensor | None, scorer: Callable[..., torch.Tensor],
                     budget: int | None, matmul_dtype: torch.dtype | None, progress: Callable[[int], None]) -> torch.Tensor:
@@ -152,14 +150,15 @@ class MuSc:
         device = features.tokens[0].device
         with tqdm(total=n_pairs * n, desc="mutual scoring", unit="img", disable=not progress, leave=False) as bar:
             for li, (layer, tok) in enumerate(zip(layers, features.tokens)):
-                ref_z = self._aggregate(references.tokens[li].to(device), layer) if references is not None else None
+                ref_z = list(self._aggregate(references.tokens[li].to(device), layer)) if references is not None else None
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
-                    t0 = time.perf_counter()
                     zs = self._aggregate(tok[index], layer)
-                    _sync(device)
-                    t_agg += time.perf_counter() - t0
-                    for ri, (r, z) in enumerate(zip(c.r_values, zs)):
+                    for ri, r in enumerate(c.r_values):
+                        t0 = time.perf_counter()
+                        z = next(zs)
+                        _sync(device)
+                        t_agg += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         s = self._score_pair(z, None if ref_z is None else ref_z[ri], scorer, budget, matmul_dtype,
                                              bar.update)
