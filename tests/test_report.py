@@ -43,7 +43,7 @@ def test_score_writes_decisions_masks_and_report(scored):
     rows = list(csv.DictReader(open(scored / "scores.csv")))
     assert {r["decision"] for r in rows} <= {"normal", "defective"}
     decision = json.loads((scored / "decision.json").read_text())
-    assert decision["image"]["method"] == "mad" and decision["image"]["total"] == 7
+    assert decision["image"]["method"] == "gmm" and decision["image"]["total"] == 7
     assert decision["image"]["defective"] == sum(r["decision"] == "defective" for r in rows)
     assert decision["pixel"]["method"] == "image"
     assert len(list((scored / "masks").glob("*.png"))) == 7

@@ -185,7 +185,7 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
 @click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
 @click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
 @click.option("--decision", "decision_method", type=click.Choice(["mad", "gmm", "otsu", "rate", "fixed"]),
-              default="mad", show_default=True,
+              default="gmm", show_default=True,
               help="How images are marked normal/defective without labels (see README: Decisions).")
 @click.option("--mad-k", type=float, default=3.0, show_default=True, help="mad: robust z-score above which an image is defective.")
 @click.option("--expected-defect-rate", type=float, default=None, help="Flag this top fraction of images (sets --decision rate).")
