@@ -158,3 +158,16 @@ def test_evaluate_few_shot_both_modes(tmp_path):
     assert cfg0["references"] != cfg1["references"]
     res = CliRunner().invoke(main, [*args[:7], "--shots", "5", *CLI_TINY])
     assert res.exit_code != 0 and "needs at least 5" in res.output
+
+
+def test_reference_aggregation_is_reused_for_the_same_bank():
+    model = MuSc(TINY.replace(mode="musc+"))
+    bank = build_bank(model, [Image.fromarray(textured(500 + i)) for i in range(3)], progress=False)
+    first = model.score(images()[:1], progress=False, references=bank.features)
+    cached = model._reference_cache[1]
+    second = model.score(images()[:1], progress=False, references=bank.features)
+    assert model._reference_cache[1] is cached
+    np.testing.assert_array_equal(first.maps, second.maps)
+    other = build_bank(model, [Image.fromarray(textured(600))], progress=False)
+    model.score(images()[:1], progress=False, references=other.features)
+    assert model._reference_cache[0] is other.features

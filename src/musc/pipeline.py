@@ -68,6 +68,7 @@ class MuSc:
     def __init__(self, config: MuScConfig | None = None, backbone: Backbone | None = None) -> None:
         self.config = config or MuScConfig()
         self._backbone = backbone
+        self._reference_cache: tuple[Features, list[list[torch.Tensor]]] | None = None
 
     @property
     def backbone(self) -> Backbone:
@@ -113,6 +114,16 @@ class MuSc:
         for z in lnamd_iter(tokens, c.r_values):
             yield z if c.projection_dim is None else random_projection(z, c.projection_dim, seed=c.seed + layer)
 
+    def _aggregated_references(self, references: Features, layers: tuple[int, ...],
+                               device: torch.device) -> list[list[torch.Tensor]]:
+        """LNAMD of the references per block and r, kept while the same references come back (e.g. a bank
+        scoring one new image after another)."""
+        if self._reference_cache is None or self._reference_cache[0] is not references:
+            self._reference_cache = None
+            aggregated = [list(self._aggregate(t.to(device), layer)) for layer, t in zip(layers, references.tokens)]
+            self._reference_cache = (references, aggregated)
+        return self._reference_cache[1]
+
     def _score_pair(self, z: torch.Tensor, refs: torch.Tensor | None, scorer: Callable[..., torch.Tensor],
                     budget: int | None, matmul_dtype: torch.dtype | None, progress: Callable[[int], None]) -> torch.Tensor:
         """Patch scores of one (block, r) pair: zero-shot MSM, few-shot MSM with references, or MuSc+."""
@@ -149,8 +160,9 @@ class MuSc:
         t_agg = t_score = 0.0
         device = features.tokens[0].device
         with tqdm(total=n_pairs * n, desc="mutual scoring", unit="img", disable=not progress, leave=False) as bar:
+            aggregated_refs = self._aggregated_references(references, layers, device) if references is not None else None
             for li, (layer, tok) in enumerate(zip(layers, features.tokens)):
-                ref_z = list(self._aggregate(references.tokens[li].to(device), layer)) if references is not None else None
+                ref_z = aggregated_refs[li] if aggregated_refs is not None else None
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
                     zs = self._aggregate(tok[index], layer)

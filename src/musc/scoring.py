@@ -104,13 +104,15 @@ def distances_to_references(z: torch.Tensor, refs: torch.Tensor, block_bytes: in
     """(N, L, C) test and (K, L', C) reference unit vectors -> (N, L, K): distance to the nearest patch of each reference."""
     n, l, c = z.shape
     k, lr, _ = refs.shape
-    tile = max(1, min(n, _block_images(max(l, lr), block_bytes or default_block_bytes(z.device))))
+    budget = block_bytes or default_block_bytes(z.device)
+    rows = max(1, min(n, budget // (4 * l * lr)))  # test images per tile, then as many references as fit
+    cols = max(1, min(k, budget // (4 * rows * l * lr)))
     flat, rflat = z.reshape(n * l, c), refs.reshape(k * lr, c)
     table = torch.empty((n, l, k), dtype=torch.float32, device=z.device)
-    for i0 in range(0, n, tile):
-        i1 = min(n, i0 + tile)
-        for j0 in range(0, k, tile):
-            j1 = min(k, j0 + tile)
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        for j0 in range(0, k, cols):
+            j1 = min(k, j0 + cols)
             sim = _matmul_sim(flat[i0 * l:i1 * l], rflat[j0 * lr:j1 * lr], matmul_dtype)
             table[i0:i1, :, j0:j1] = sim.view(i1 - i0, l, j1 - j0, lr).amax(dim=3)
             del sim
