@@ -121,6 +121,33 @@ def mtd_part(sizes: list[int], naive_one_pair: set[int], projections: list[int])
     return "\n".join(lines)
 
 
+def precision_part(size: int) -> str:
+    """Half-precision similarity products (the GPU option) vs float32 on real features: map difference, metrics."""
+    samples = mtd_subset()
+    category = Category("mtd-200", samples)
+    config = MuScConfig(backbone="dinov2_vits14", image_size=size, device="cpu", layers=(11,), r_values=(3,))
+    model = MuSc(config)
+    features, sizes_ = model.extract([s.path for s in samples], progress=False)
+    features = type(features)([features.tokens[3]], features.embeddings)
+    lines = ["## Half-precision products (the GPU option) vs float32, on real features", "",
+             f"`python benchmarks/bench_scoring.py --parts precision` — mtd-200, dinov2_vits14 at {size}, one (block, r) "
+             "pair (block 11, r = 3), `--score-dtype` float32 / bfloat16 / float16 (inputs rounded, float32 "
+             "accumulation). No GPU was available: these runs are on the CPU, where half precision is slower, so only "
+             "the accuracy columns carry over to a GPU.", "",
+             "| score dtype | max map diff | " + " | ".join(METRIC_TITLES) + " |", "|---|---:|" + "---:|" * len(METRIC_TITLES)]
+    ref = None
+    for dtype in ("float32", "bfloat16", "float16"):
+        m = MuSc(config.replace(score_dtype=dtype), backbone=model.backbone)
+        result = m.score_features(features, progress=False)
+        result.original_sizes = sizes_
+        metrics = metrics_for(category, result)
+        diff = "—" if ref is None else f"{float(np.abs(result.maps - ref).max()):.1e}"
+        ref = result.maps if ref is None else ref
+        lines.append(f"| {dtype} | {diff} | " + " | ".join(fmt(metrics[k]) for k in METRIC_COLUMNS) + " |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def random_unit(n: int, l: int, c: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, l, c, generator=g), dim=-1)
@@ -188,6 +215,11 @@ def main() -> None:
         print(text)
         if not args.no_write:
             update_section("scoring-paper", text)
+    if "precision" in parts:
+        text = precision_part(int(args.sizes.split(",")[0])) + "\n" + head
+        print(text)
+        if not args.no_write:
+            update_section("scoring-precision", text)
     if "scale" in parts:
         text = scale_part() + "\n" + head
         print(text)
