@@ -127,8 +127,7 @@ def precision_part(size: int) -> str:
     category = Category("mtd-200", samples)
     config = MuScConfig(backbone="dinov2_vits14", image_size=size, device="cpu", layers=(11,), r_values=(3,))
     model = MuSc(config)
-    features, sizes_ = model.extract([s.path for s in samples], progress=False)
-    features = type(features)([features.tokens[3]], features.embeddings)
+    features, sizes_ = model.extract([s.path for s in samples], progress=False)  # already block 11 only
     lines = ["## Half-precision products (the GPU option) vs float32, on real features", "",
              f"`python benchmarks/bench_scoring.py --parts precision` — mtd-200, dinov2_vits14 at {size}, one (block, r) "
              "pair (block 11, r = 3), `--score-dtype` float32 / bfloat16 / float16 (inputs rounded, float32 "
