@@ -50,11 +50,6 @@ def read_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image after fully decoding it (so truncated files are caught)."""
-    return read_image(path).size
-
-
 def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """All image files under `folder` (common extensions), sorted by path."""
     folder = Path(folder)

@@ -68,8 +68,10 @@ class TypedTestLayout(DatasetReader):
         return Category(category, samples, self.train(base))
 
 
-def _one(path: Path | None) -> tuple[Path, ...]:
-    return (path,) if path else ()
+def _mask_file(folder: Path, name: str) -> tuple[Path, ...]:
+    """The mask `folder/name.<ext>` for the first mask extension that exists, as a one-tuple (empty if none)."""
+    found = first_existing([folder / f"{name}{ext}" for ext in MASK_EXTENSIONS])
+    return (found,) if found else ()
 
 
 class MVTecAD(TypedTestLayout):
@@ -79,7 +81,7 @@ class MVTecAD(TypedTestLayout):
     description = "MVTec AD"
 
     def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
-        return _one(first_existing([base / "ground_truth" / dtype / f"{image.stem}_mask{e}" for e in MASK_EXTENSIONS]))
+        return _mask_file(base / "ground_truth" / dtype, f"{image.stem}_mask")
 
 
 class MPDD(MVTecAD):
@@ -135,7 +137,7 @@ class BTAD(TypedTestLayout):
     normal_type = "ok"
 
     def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
-        return _one(first_existing([base / "ground_truth" / dtype / f"{image.stem}{e}" for e in MASK_EXTENSIONS]))
+        return _mask_file(base / "ground_truth" / dtype, image.stem)
 
 
 class MVTec3D(TypedTestLayout):
@@ -148,7 +150,7 @@ class MVTec3D(TypedTestLayout):
         return images_in(base / "test" / dtype / "rgb")
 
     def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
-        return _one(first_existing([base / "test" / dtype / "gt" / f"{image.stem}{e}" for e in MASK_EXTENSIONS]))
+        return _mask_file(base / "test" / dtype / "gt", image.stem)
 
     def train(self, base: Path) -> list[Path]:
         return images_in(base / "train" / "good" / "rgb")
@@ -216,10 +218,10 @@ class GenericFolder(DatasetReader):
         samples = [Sample(p, NORMAL, "normal") for p in images_in(root / "normal", recursive=True)]
         for img in images_in(root / "anomalous", recursive=True):
             rel = img.relative_to(root / "anomalous")
-            stem = root / "masks" / rel.parent / img.stem
-            mask = first_existing([stem.with_name(stem.name + sfx + ext) for sfx in ("", "_mask") for ext in MASK_EXTENSIONS])
+            folder = root / "masks" / rel.parent
+            masks = _mask_file(folder, img.stem) or _mask_file(folder, f"{img.stem}_mask")
             dtype = rel.parts[0] if len(rel.parts) > 1 else "anomalous"
-            samples.append(Sample(img, ANOMALOUS, dtype, (mask,) if mask else ()))
+            samples.append(Sample(img, ANOMALOUS, dtype, masks))
         return Category(name, samples)
 
 
