@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musc.aggregation import layer_norm_map, lnamd, neighbourhood_mean
+from musc.aggregation import layer_norm_map, lnamd, lnamd_iter, neighbourhood_mean
 
 
 def unfold_mean(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -37,6 +37,17 @@ def test_lnamd_matches_explicit_reference_and_is_unit_length():
         ref = ref / ref.norm(dim=-1, keepdim=True)
         assert torch.allclose(z, ref, atol=1e-5)
         assert torch.allclose(z.norm(dim=-1), torch.ones(4, 25), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 * 16 * 25 * 3])
+def test_chunked_aggregation_matches_whole_batch(chunk_bytes):
+    """Images are aggregated a chunk at a time (1 image, 3 images with a short last chunk); same vectors."""
+    x = torch.randn(7, 16, 5, 5, dtype=torch.float16)
+    whole = [F.normalize(neighbourhood_mean(layer_norm_map(x.float()), r).flatten(2).transpose(1, 2), dim=-1)
+             for r in (1, 3, 5)]
+    for got, ref in zip(lnamd_iter(x, (1, 3, 5), chunk_bytes=chunk_bytes), whole):
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, ref, atol=1e-6)
 
 
 def test_r1_is_identity_before_normalisation():

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from musc import MuSc, MuScConfig, Result
-from musc.errors import ConfigError, InputError
+from musc.errors import ConfigError, ImageReadError, InputError
 from musc.pipeline import split_subsets
 from musc.types import Features
 
@@ -89,3 +89,46 @@ def test_bad_inputs():
         MuSc(TINY.replace(r_values=(2,))).score(images())
     with pytest.raises(InputError, match="shape"):
         MuSc(TINY).score([np.zeros((4, 4, 7)), np.zeros((4, 4))])
+
+
+def test_score_dtype_auto_is_float16_on_gpus_only():
+    from musc.pipeline import score_matmul_dtype
+
+    assert score_matmul_dtype("auto", torch.device("cpu")) is None
+    assert score_matmul_dtype("auto", torch.device("cuda")) == torch.float16
+    assert score_matmul_dtype("float32", torch.device("cuda")) is None
+    assert score_matmul_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ConfigError, match="score_dtype"):
+        MuScConfig(score_dtype="half").validate()
+
+
+def test_half_score_dtype_keeps_maps_close_and_ranking_equal():
+    model = MuSc(TINY)
+    features, _ = model.extract(images(), progress=False)
+    exact = model.score_features(features, progress=False)
+    half = MuSc(TINY.replace(score_dtype="float16"), backbone=model.backbone).score_features(features, progress=False)
+    assert 0 < np.abs(half.maps - exact.maps).max() < 1e-2
+    assert np.array_equal(np.argsort(half.scores), np.argsort(exact.scores))
+
+
+def test_extracted_features_fill_preallocated_batches():
+    """Features are written batch by batch into one tensor per block (batch_size 3 over 7 images: 3 + 3 + 1)."""
+    model = MuSc(TINY)
+    imgs = images()
+    features, sizes = model.extract(imgs, progress=False)
+    one_by_one = [model.extract([im], progress=False)[0] for im in imgs]
+    assert features.num_images == 7 and len(sizes) == 7
+    for k, t in enumerate(features.tokens):
+        assert torch.allclose(t, torch.cat([f.tokens[k] for f in one_by_one]), atol=1e-5)
+    assert torch.allclose(features.embeddings, torch.cat([f.embeddings for f in one_by_one]), atol=1e-5)
+
+
+def test_unreadable_image_in_a_prefetched_batch_is_named(tmp_path):
+    """The next batch is decoded in a thread; its errors still surface as ImageReadError naming the file."""
+    paths = []
+    for i, im in enumerate(images()):
+        paths.append(tmp_path / f"img{i}.png")
+        im.save(paths[-1])
+    paths[5].write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="img5.png"):
+        MuSc(TINY).extract(paths, progress=False)

@@ -1,10 +1,12 @@
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from musc.scoring import interval_count, interval_mean, mutual_scores, nearest_patch_distances
+from musc.scoring import (distances_to_references, half_inputs, interval_count, interval_mean, mutual_scores,
+                          nearest_patch_distances)
 
 
 def naive_scores(z: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -116,5 +118,41 @@ def test_random_projection_keeps_unit_length_and_approximates_distances():
 def test_half_precision_products_close_to_float32():
     z = unit(6, 16, 64, seed=6)
     exact = mutual_scores(z, 0.3)
-    half = mutual_scores(z, 0.3, matmul_dtype=torch.bfloat16)
-    assert (half - exact).abs().max() < 0.05
+    for dtype, tol in ((torch.bfloat16, 0.05), (torch.float16, 0.01)):
+        half = mutual_scores(z, 0.3, matmul_dtype=dtype)
+        assert 0 < (half - exact).abs().max() < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_float32_products_of_rounded_vectors(dtype):
+    """The CPU computes what a float32-accumulating GPU product of half inputs computes: float32 products of the
+    rounded vectors; every memory path agrees on it."""
+    z = unit(7, 9, 32, seed=8)
+    rounded = z.to(dtype).float()
+    expected = mutual_scores(rounded, 0.3)
+    assert half_inputs(z, dtype).dtype == torch.float32
+    assert torch.equal(half_inputs(z, dtype), rounded)
+    assert half_inputs(z, None) is z
+    for budget in (None, 1, 4 * 9 * 7 * 3):
+        assert torch.allclose(mutual_scores(z, 0.3, memory_budget=budget, matmul_dtype=dtype), expected, atol=1e-6)
+    refs = unit(3, 9, 32, seed=9)
+    assert torch.allclose(distances_to_references(z, refs, matmul_dtype=dtype),
+                          distances_to_references(rounded, refs.to(dtype).float()), atol=1e-6)
+
+
+def test_half_product_returns_float32_of_the_half_inputs():
+    from musc.scoring import _matmul_sim
+
+    a, b = unit(1, 5, 16, seed=10)[0].half(), unit(1, 6, 16, seed=11)[0].half()
+    out = _matmul_sim(a, b)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, a.float() @ b.float().T)
+
+
+def test_default_memory_budget_follows_available_memory(monkeypatch):
+    import musc.scoring as scoring
+
+    monkeypatch.setattr(scoring, "_available_memory", lambda: 2 * 2**30)
+    assert scoring.default_memory_budget(torch.device("cpu")) == 2**30
+    monkeypatch.setattr(scoring, "_available_memory", lambda: None)
+    assert 0 < scoring.default_memory_budget(torch.device("cpu")) <= 0.4 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

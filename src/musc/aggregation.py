@@ -34,11 +34,25 @@ def to_patch_vectors(tokens: torch.Tensor) -> torch.Tensor:
     return F.normalize(tokens.reshape(n, c, h * w).transpose(1, 2).contiguous(), dim=-1)
 
 
-def lnamd_iter(tokens: torch.Tensor, r_values: Sequence[int]) -> Iterator[torch.Tensor]:
-    """Like `lnamd`, one r at a time, so only one aggregated copy of the features exists at once."""
-    normed = layer_norm_map(tokens.float())
+LNAMD_CHUNK_BYTES = 64 * 2**20
+"""Float32 token bytes aggregated at once: LayerNorm and pooling transients stay this small whatever N is."""
+
+
+def lnamd_iter(tokens: torch.Tensor, r_values: Sequence[int],
+               chunk_bytes: int = LNAMD_CHUNK_BYTES) -> Iterator[torch.Tensor]:
+    """Like `lnamd`, one r at a time, so only one aggregated copy of the features exists at once.
+
+    Every step is per image, so images are aggregated a chunk at a time into the (N, H*W, C) output:
+    the LayerNorm and pooling intermediates never hold all N images.
+    """
+    n, c, h, w = tokens.shape
+    step = max(1, chunk_bytes // max(1, 4 * c * h * w))
     for r in r_values:
-        yield to_patch_vectors(neighbourhood_mean(normed, r))
+        out = torch.empty((n, h * w, c), dtype=torch.float32, device=tokens.device)
+        for i0 in range(0, n, step):
+            out[i0:i0 + step] = to_patch_vectors(neighbourhood_mean(layer_norm_map(tokens[i0:i0 + step].float()), r))
+        yield out
+        del out  # the consumer's copy is the only one left while the next r is computed
 
 
 def lnamd(tokens: torch.Tensor, r_values: Sequence[int]) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import MuScConfig
+from .config import SCORE_DTYPES, MuScConfig
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
 log = logging.getLogger("musc")
@@ -80,11 +80,12 @@ def score_options(func: Callable) -> Callable:
         click.option("--random-weights", is_flag=True,
                      help="Random backbone weights: for smoke tests only, results are meaningless."),
         click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
-                     help="Working-memory bound of the scoring stage in MiB. Default: 40%% of RAM (CPU) "
-                          "or 60%% of free GPU memory."),
-        click.option("--score-dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
+                     help="Working-memory bound of the scoring stage in MiB. Default: half the available RAM, "
+                          "at most 40%% of it (CPU), or 60%% of free GPU memory."),
+        click.option("--score-dtype", type=click.Choice(list(SCORE_DTYPES)),
                      default=_DEFAULTS.score_dtype, show_default=True,
-                     help="Precision of the mutual-scoring products (half precision is for GPUs)."),
+                     help="Precision of the mutual-scoring products: half inputs with float32 accumulation are "
+                          "for GPUs; auto = float16 on a GPU, float32 on the CPU."),
         click.option("--projection-dim", type=int, default=None,
                      help="Approximate fast mode: randomly project patch vectors to this many dimensions "
                           "before mutual scoring (see BENCHMARKS.md for its accuracy cost)."),
@@ -97,7 +98,7 @@ def score_options(func: Callable) -> Callable:
 def config_from_options(backbone: str, image_size: int | None, layers: tuple[int, ...] | None,
                         r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...], no_rscin: bool,
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
-                        random_weights: bool, memory_budget_mb: int | None, score_dtype: str = "float32",
+                        random_weights: bool, memory_budget_mb: int | None, score_dtype: str = "auto",
                         projection_dim: int | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built."""
     config = MuScConfig(backbone=backbone, image_size=image_size, layers=layers, r_values=r_values,

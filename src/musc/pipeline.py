@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
 
@@ -52,6 +53,13 @@ def split_subsets(n: int, subsets: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(perm, subsets)]
 
 
+def score_matmul_dtype(score_dtype: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of the MSM similarity products for a config value on a device (None = float32)."""
+    if score_dtype == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return None if score_dtype == "float32" else getattr(torch, score_dtype)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -84,20 +92,33 @@ class MuSc:
         """Backbone features of all images, plus each image's original (width, height)."""
         bb = self.backbone
         bs = self.config.batch_size
-        tokens: list[list[torch.Tensor]] = [[] for _ in bb.layers]
-        embeddings: list[torch.Tensor] = []
+        n = len(images)
+        tokens: list[torch.Tensor] = []
+        embeddings = torch.empty(0)
         sizes: list[tuple[int, int]] = []
-        with tqdm(total=len(images), desc="extracting", unit="img", disable=not progress, leave=False) as bar:
-            for start in range(0, len(images), bs):
-                pil = [_as_image(src) for src in images[start:start + bs]]
-                sizes.extend(im.size for im in pil)
-                batch = torch.stack([bb.preprocess(im) for im in pil])
+
+        def load(start: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+            pil = [_as_image(src) for src in images[start:start + bs]]
+            return [im.size for im in pil], torch.stack([bb.preprocess(im) for im in pil])
+
+        # One thread decodes and resizes the next batch while the backbone runs on this one.
+        with tqdm(total=n, desc="extracting", unit="img", disable=not progress, leave=False) as bar, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="musc-load") as pool:
+            pending = pool.submit(load, 0) if n else None
+            for start in range(0, n, bs):
+                batch_sizes, batch = pending.result()
+                if start + bs < n:
+                    pending = pool.submit(load, start + bs)
+                sizes.extend(batch_sizes)
                 taps, emb = bb.extract(batch)
+                if start == 0:  # filled in place: the features never exist twice (no concatenation at the end)
+                    tokens = [t.new_empty((n, *t.shape[1:])) for t in taps]
+                    embeddings = emb.new_empty((n, *emb.shape[1:]))
                 for store, t in zip(tokens, taps):
-                    store.append(t)
-                embeddings.append(emb)
-                bar.update(len(pil))
-        return Features([torch.cat(t) for t in tokens], torch.cat(embeddings)), sizes
+                    store[start:start + len(batch)] = t
+                embeddings[start:start + len(batch)] = emb
+                bar.update(len(batch))
+        return Features(tokens, embeddings), sizes
 
     def _tap_layers(self, count: int) -> tuple[int, ...]:
         """Block numbers of the feature maps (labels for per-pair results), without building a backbone."""
@@ -154,7 +175,7 @@ class MuSc:
         budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
         layers = self._tap_layers(len(features.tokens))
         n_pairs = len(features.tokens) * len(c.r_values)
-        matmul_dtype = None if c.score_dtype == "float32" else getattr(torch, c.score_dtype)
+        matmul_dtype = score_matmul_dtype(c.score_dtype, features.tokens[0].device)
         total = torch.zeros((n, h * w), dtype=torch.float32, device=features.tokens[0].device)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
         t_agg = t_score = 0.0
@@ -165,7 +186,7 @@ class MuSc:
                 ref_z = aggregated_refs[li] if aggregated_refs is not None else None
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
-                    zs = self._aggregate(tok[index], layer)
+                    zs = self._aggregate(tok if len(parts) == 1 else tok[index], layer)
                     for ri, r in enumerate(c.r_values):
                         t0 = time.perf_counter()
                         z = next(zs)
@@ -179,6 +200,7 @@ class MuSc:
                         total[index] += s
                         if keep_pairs:
                             pairs.setdefault((layer, r), torch.zeros_like(total))[index] = s
+                        del z  # freed before the next r is aggregated
         total /= n_pairs
         grids = {k: v.view(n, h, w) for k, v in pairs.items()}
         return total.view(n, h, w), grids, {"aggregation": t_agg, "scoring": t_score}

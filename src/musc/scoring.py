@@ -46,16 +46,30 @@ def _similarity_to_distance_(sim: torch.Tensor) -> torch.Tensor:
     return sim.mul_(-2.0).add_(2.0).clamp_(min=0.0).sqrt_()
 
 
+def _available_memory() -> int | None:
+    """Bytes the kernel says can still be allocated without swapping (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def default_memory_budget(device: torch.device) -> int:
-    """Bytes the scoring stage may use: 60% of free GPU memory, or 40% of physical RAM on the CPU."""
+    """Bytes the scoring stage may use: 60% of free GPU memory; on the CPU half of the memory still available
+    (so features already held are accounted for), at most 40% of physical RAM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.6)
     try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.4)
     except (ValueError, OSError, AttributeError):
         total = 8 * 2**30
-    return int(total * 0.4)
+    available = _available_memory()
+    return total if available is None else min(total, available // 2)
 
 
 def _block_images(n_patches: int, block_bytes: int, elem_bytes: int = 4) -> int:
@@ -63,10 +77,37 @@ def _block_images(n_patches: int, block_bytes: int, elem_bytes: int = 4) -> int:
     return max(1, int(math.isqrt(max(1, block_bytes // (elem_bytes * n_patches * n_patches)))))
 
 
-def _matmul_sim(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    if dtype is None or dtype == a.dtype:
+def half_inputs(z: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Round patch vectors once to the half dtype of the similarity products (None = keep float32).
+
+    On a GPU the vectors are stored in `dtype` (half the memory) and multiplied by tensor cores with float32
+    accumulation and output. On the CPU, where half products are slower, they are rounded and kept in
+    float32: the products of rounded values are exact in float32, so the CPU gives the numbers a
+    float32-accumulating GPU product gives, at float32 speed (this is how BENCHMARKS.md measures the
+    accuracy of the half-precision option without a GPU).
+    """
+    if dtype is None or dtype == torch.float32:
+        return z
+    rounded = z.to(dtype)
+    return rounded if z.device.type == "cuda" else rounded.float()
+
+
+_OUT_DTYPE_MM: bool | None = None
+
+
+def _matmul_sim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T in float32: half inputs (from `half_inputs`, GPU only) accumulate and return in float32."""
+    global _OUT_DTYPE_MM
+    if a.dtype == torch.float32:
         return a @ b.T
-    return (a.to(dtype) @ b.to(dtype).T).float()
+    if a.is_cuda and _OUT_DTYPE_MM is not False:
+        try:
+            out = torch.mm(a, b.T, out_dtype=torch.float32)
+            _OUT_DTYPE_MM = True
+            return out
+        except (RuntimeError, TypeError):
+            _OUT_DTYPE_MM = False  # torch without mm(out_dtype=): keep the numbers, lose the speed-up
+    return a.float() @ b.float().T
 
 
 def nearest_patch_distances(z: torch.Tensor, block_bytes: int | None = None,
@@ -78,7 +119,7 @@ def nearest_patch_distances(z: torch.Tensor, block_bytes: int | None = None,
     """
     n, l, c = z.shape
     b = min(n, _block_images(l, block_bytes or default_block_bytes(z.device)))
-    flat = z.reshape(n * l, c)
+    flat = half_inputs(z, matmul_dtype).reshape(n * l, c)
     table = torch.empty((n, l, n), dtype=torch.float32, device=z.device)
     starts = list(range(0, n, b))
     for bi, i0 in enumerate(starts):
@@ -86,7 +127,7 @@ def nearest_patch_distances(z: torch.Tensor, block_bytes: int | None = None,
         zi = flat[i0 * l:i1 * l]
         for j0 in starts[bi:]:
             j1 = min(n, j0 + b)
-            sim = _matmul_sim(zi, flat[j0 * l:j1 * l], matmul_dtype).view(i1 - i0, l, j1 - j0, l)
+            sim = _matmul_sim(zi, flat[j0 * l:j1 * l]).view(i1 - i0, l, j1 - j0, l)
             table[i0:i1, :, j0:j1] = sim.amax(dim=3)
             if j0 != i0:
                 table[j0:j1, :, i0:i1] = sim.amax(dim=1).permute(1, 2, 0)
@@ -107,13 +148,13 @@ def distances_to_references(z: torch.Tensor, refs: torch.Tensor, block_bytes: in
     budget = block_bytes or default_block_bytes(z.device)
     rows = max(1, min(n, budget // (4 * l * lr)))  # test images per tile, then as many references as fit
     cols = max(1, min(k, budget // (4 * rows * l * lr)))
-    flat, rflat = z.reshape(n * l, c), refs.reshape(k * lr, c)
+    flat, rflat = half_inputs(z, matmul_dtype).reshape(n * l, c), half_inputs(refs, matmul_dtype).reshape(k * lr, c)
     table = torch.empty((n, l, k), dtype=torch.float32, device=z.device)
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
         for j0 in range(0, k, cols):
             j1 = min(k, j0 + cols)
-            sim = _matmul_sim(flat[i0 * l:i1 * l], rflat[j0 * lr:j1 * lr], matmul_dtype)
+            sim = _matmul_sim(flat[i0 * l:i1 * l], rflat[j0 * lr:j1 * lr])
             table[i0:i1, :, j0:j1] = sim.view(i1 - i0, l, j1 - j0, lr).amax(dim=3)
             del sim
     return _similarity_to_distance_(table)
@@ -128,7 +169,7 @@ def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_
                           progress: Callable[[int], None] | None) -> torch.Tensor:
     """Low-memory path: score blocks of images against all others; only (b, L, N) distances exist at once."""
     n, l, c = z.shape
-    flat = z.reshape(n * l, c)
+    flat = half_inputs(z, matmul_dtype).reshape(n * l, c)
     b_rows = max(1, min(n, budget // (2 * 4 * l * n)))
     tile = min(n, _block_images(l, min(default_block_bytes(z.device), max(1, budget // 2))))
     out = torch.empty((n, l), dtype=torch.float32, device=z.device)
@@ -140,7 +181,7 @@ def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_
             za = flat[a0 * l:a1 * l]
             for j0 in range(0, n, tile):
                 j1 = min(n, j0 + tile)
-                sim = _matmul_sim(za, flat[j0 * l:j1 * l], matmul_dtype).view(a1 - a0, l, j1 - j0, l)
+                sim = _matmul_sim(za, flat[j0 * l:j1 * l]).view(a1 - a0, l, j1 - j0, l)
                 rows[a0 - i0:a1 - i0, :, j0:j1] = sim.amax(dim=3)
                 del sim
         _similarity_to_distance_(rows)
@@ -205,5 +246,5 @@ def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(z @ proj, dim=-1)
 
 
-__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget",
+__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget", "half_inputs",
            "random_projection", "distances_to_references", "reference_scores"]
