@@ -98,7 +98,7 @@ def score_options(func: Callable) -> Callable:
 def config_from_options(backbone: str, image_size: int | None, layers: tuple[int, ...] | None,
                         r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...], no_rscin: bool,
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
-                        random_weights: bool, memory_budget_mb: int | None, score_dtype: str = "auto",
+                        random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
                         projection_dim: int | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built."""
     config = MuScConfig(backbone=backbone, image_size=image_size, layers=layers, r_values=r_values,

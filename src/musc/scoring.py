@@ -246,5 +246,5 @@ def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(z @ proj, dim=-1)
 
 
-__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget", "half_inputs",
-           "random_projection", "distances_to_references", "reference_scores"]
+__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget",
+           "half_inputs", "random_projection", "distances_to_references", "reference_scores"]
