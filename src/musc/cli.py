@@ -81,7 +81,7 @@ def score_options(func: Callable) -> Callable:
                      help="Random backbone weights: for smoke tests only, results are meaningless."),
         click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
                      help="Working-memory bound of the scoring stage in MiB. Default: half the available RAM, "
-                          "at most 40%% of it (CPU), or 60%% of free GPU memory."),
+                          "at most 40% of it (CPU), or 60% of free GPU memory."),
         click.option("--score-dtype", type=click.Choice(list(SCORE_DTYPES)),
                      default=_DEFAULTS.score_dtype, show_default=True,
                      help="Precision of the mutual-scoring products: half inputs with float32 accumulation are "
@@ -115,6 +115,13 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
     return config
 
 
+def check_weights_available(config: MuScConfig) -> None:
+    """Fail within seconds, before any image is read, when the backbone would have no weights."""
+    from .backbones import resolve_weights
+
+    resolve_weights(config.backbone, config.weights, config.pretrained)
+
+
 def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
@@ -122,8 +129,12 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     return config_from_options(**{k: kwargs.pop(k) for k in names})
 
 
-def check_images(paths: list[Path], skip_unreadable: bool, progress: bool) -> list[Path]:
-    """Decode every image once so a corrupt file is reported before any work is done."""
+def check_images(paths: list[Path], skip_unreadable: bool, progress: bool,
+                 skipped: list[str] | None = None) -> list[Path]:
+    """Decode every image once so a corrupt file is reported before any work is done.
+
+    With `skip_unreadable`, unreadable files are left out with a warning and appended to `skipped`.
+    """
     from .io import read_image
 
     good = []
@@ -134,9 +145,16 @@ def check_images(paths: list[Path], skip_unreadable: bool, progress: bool) -> li
             if not skip_unreadable:
                 raise ImageReadError(f"{exc} (use --skip-unreadable to leave such files out)") from exc
             log.warning("skipping unreadable image: %s", exc)
+            if skipped is not None:
+                skipped.append(str(p))
             continue
         good.append(p)
     return good
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 @click.group(cls=MuscGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -166,8 +184,14 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
             raise InputError(f"folder not found: {item}" if not item.suffix else f"image not found: {item}")
     if len(inputs) == 1 and inputs[0].is_dir():
         return paths, inputs[0]
-    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths])) if paths else None
-    return [p.resolve() for p in paths], root
+    unique: dict[Path, None] = {}
+    for p in paths:
+        if p.resolve() in unique:
+            log.warning("image given more than once, scored once: %s", p)
+        unique[p.resolve()] = None
+    paths = list(unique)
+    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+    return paths, root
 
 
 @main.command()
@@ -211,7 +235,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     """
     from .decision import decide_images, pixel_masks
     from .export import write_result
-    from .io import find_images
+    from .io import ResultFolder, check_output_folder, find_images
     from .pipeline import MuSc
 
     config = _pop_config(kwargs)
@@ -228,13 +252,17 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise ConfigError("--decision rate needs --expected-defect-rate between 0 and 1")
     if decision_method == "fixed" and threshold is None:
         raise ConfigError("--decision fixed needs --threshold")
+    check_output_folder(out)
     progress = not quiet
     found, root = collect_images(inputs, recursive=not no_recursive)
-    paths = check_images(found, skip_unreadable, progress)
+    check_weights_available(config)
+    skipped: list[str] = []
+    paths = check_images(found, skip_unreadable, progress, skipped)
     references: Any = None
     model = MuSc(config)
     if reference is not None:
-        references = check_images(find_images(reference, recursive=not no_recursive), skip_unreadable, progress)
+        references = check_images(find_images(reference, recursive=not no_recursive), skip_unreadable, progress,
+                                  skipped)
     elif bank is not None:
         from .bank import Bank, run_settings
 
@@ -247,34 +275,39 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
                          "(or give --reference/--bank to score a single image)")
     if not paths:
         raise InputError("no readable images to score")
-    result = model.score(paths, progress=progress, references=references)
-    for note in result.notes:
-        log.warning(note)
-    if len(paths) < 3 and decision_method in ("mad", "gmm", "otsu"):
-        decision, masks, pixel_info = None, None, None
-        result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
-    else:
-        decision = decide_images(result.scores, decision_method, k=mad_k, rate=expected_defect_rate,
-                                 threshold=threshold)
-        masks, pixel_info = pixel_masks(result.maps, result.raw_scores, decision, pixel_decision, decision_method,
-                                        mad_k, pixel_threshold)
-    scores_path = write_result(result, out, root=root, save_maps=not no_maps, save_images=not no_images,
-                               progress=progress, decision=decision, masks=masks, pixel_info=pixel_info,
-                               extra={"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
-                                      "references": str(reference or bank) if references is not None else None})
+    with ResultFolder(out) as folder:
+        result = model.score(paths, progress=progress, references=references)
+        for note in result.notes:
+            log.warning(note)
+        if len(paths) < 3 and decision_method in ("mad", "gmm", "otsu"):
+            decision, masks, pixel_info = None, None, None
+            result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
+        else:
+            decision = decide_images(result.scores, decision_method, k=mad_k, rate=expected_defect_rate,
+                                     threshold=threshold)
+            masks, pixel_info = pixel_masks(result.maps, result.raw_scores, decision, pixel_decision,
+                                            decision_method, mad_k, pixel_threshold)
+        extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
+                 "references": str(reference or bank) if references is not None else None,
+                 "skipped_unreadable": skipped}
+        scores_path = write_result(result, folder, root=root, save_maps=not no_maps, save_images=not no_images,
+                                   progress=progress, decision=decision, masks=masks, pixel_info=pixel_info,
+                                   extra=extra)
+        if make_report:
+            from .report import write_report
+
+            write_report(folder, progress=progress, title=f"musc: {' '.join(str(i) for i in inputs)}")
     for warning in decision.warnings if decision else []:
         log.warning(warning)
-    if make_report:
-        from .report import write_report
-
-        write_report(out, progress=progress, title=f"musc: {' '.join(str(i) for i in inputs)}")
     if not quiet:
-        _print_summary(result, scores_path, decision)
+        _print_summary(result, out / scores_path.name, decision, skipped)
 
 
-def _print_summary(result: Any, scores_path: Path, decision: Any) -> None:
+def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[str]) -> None:
     n = len(result)
-    click.echo(f"Scored {n} images with {result.config.backbone}; results in {scores_path.parent}")
+    click.echo(f"Scored {plural(n, 'image')} with {result.config.backbone}; results in {scores_path.parent}")
+    if skipped:
+        click.echo(f"Skipped {plural(len(skipped), 'unreadable file')} (listed in config.json)")
     if decision is not None:
         click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}: "
                    f"{decision.detail}); normal: {n - decision.count}")
@@ -318,9 +351,12 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
     exists is skipped unless --overwrite, so an interrupted run resumes.
     """
     from .evaluation import few_shot_table, markdown_table, run_evaluation, run_few_shot
+    from .io import check_output_folder
     from .pipeline import MuSc
 
     config = _pop_config(kwargs)
+    check_output_folder(out, replaced=False)
+    check_weights_available(config)
     if shots is not None:
         if shots < 1:
             raise ConfigError(f"--shots must be >= 1, got {shots}")
@@ -376,10 +412,12 @@ def bank() -> None:
 def bank_build(folder: Path, out: Path, quiet: bool, **kwargs: Any) -> None:
     """Extract the features of the known-good images in FOLDER once and store them in a bank file."""
     from .bank import build_bank
-    from .io import find_images
+    from .io import check_output_file, find_images
     from .pipeline import MuSc
 
     config = _pop_config(kwargs)
+    check_output_file(out)
+    check_weights_available(config)
     paths = check_images(find_images(folder), False, not quiet)
     built = build_bank(MuSc(config), paths, progress=not quiet)
     built.save(out)

@@ -35,6 +35,8 @@ from scipy import ndimage
 from .errors import ConfigError
 
 IMAGE_METHODS = ("mad", "gmm", "otsu", "rate", "fixed")
+MIN_LABEL_FREE_IMAGES = 10
+"""Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
 PIXEL_METHODS = ("image", "mebin")
 MAD_SCALE = 1.4826
 
@@ -147,6 +149,9 @@ def decide_images(scores: Sequence[float], method: str = "gmm", k: float = 3.0, 
 def assumption_warnings(scores: np.ndarray, defective: np.ndarray) -> list[str]:
     """Say when the batch does not look mostly normal, the assumption of every label-free method here."""
     out = []
+    if scores.size < MIN_LABEL_FREE_IMAGES:
+        out.append(f"only {scores.size} images: too few to tell defective from normal without labels, so the "
+                   "automatic decision is unreliable; score a larger batch, or set --threshold or --expected-defect-rate")
     if defective.mean() > 0.5:
         out.append(f"{defective.mean():.0%} of the images are flagged: the batch does not look mostly normal, "
                    "so the automatic threshold is unreliable; set --expected-defect-rate or --threshold")

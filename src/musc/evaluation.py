@@ -19,7 +19,7 @@ import numpy as np
 from .datasets import Category, get_reader, load_mask, resize_mask
 from .errors import DatasetError
 from .export import run_facts, write_result
-from .io import atomic_write_csv, atomic_write_text
+from .io import ResultFolder, atomic_write_csv, atomic_write_text, check_output_folder
 from .metrics import METRIC_COLUMNS, METRIC_TITLES, all_metrics
 from .pipeline import MuSc
 from .types import Result
@@ -165,7 +165,7 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
                  shots: int, seeds: Sequence[int], size: MetricsSize = "model", overwrite: bool = False,
                  progress: bool = True, on_report: Any = None) -> dict[str, dict[str, list[CategoryReport]]]:
     """K-shot evaluation in both modes (few-shot MuSc and MuSc+), each seed drawing its own references."""
-    root, out = Path(root), Path(out)
+    root, out = Path(root), check_output_folder(out, replaced=False)
     reader = get_reader(dataset)
     chosen = _choose(reader, root, dataset, categories)
     runs: dict[str, dict[str, list[CategoryReport]]] = {"musc": {}, "musc+": {}}
@@ -189,10 +189,11 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
                     metrics = metrics_for(category, result, size)
                     report = CategoryReport(name, metrics, len(category.samples), int(category.labels.sum()),
                                             notes, dict(result.timings))
-                    write_result(result, run_dir, root=root, save_maps=False, save_images=False, progress=False,
-                                 columns={"label": [s.label for s in category.samples]},
-                                 extra={"references": [str(p) for p in refs], "seed": seed, "mode": mode})
-                    atomic_write_text(run_dir / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
+                    with ResultFolder(run_dir) as folder:
+                        write_result(result, folder, root=root, save_maps=False, save_images=False, progress=False,
+                                     columns={"label": [s.label for s in category.samples]},
+                                     extra={"references": [str(p) for p in refs], "seed": seed, "mode": mode})
+                        atomic_write_text(folder / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
                 runs[mode].setdefault(name, []).append(report)
                 if on_report is not None:
                     on_report(report, mode, seed)
@@ -220,7 +221,7 @@ def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | N
                    on_report: Any = None) -> list[CategoryReport]:
     """Evaluate the chosen categories (None = all), resuming: a category with a metrics.json is skipped."""
     root = Path(root)
-    out = Path(out)
+    out = check_output_folder(out, replaced=False)
     reader = get_reader(dataset)
     chosen = _choose(reader, root, dataset, categories)
     reports = []
@@ -234,9 +235,10 @@ def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | N
             result, report = evaluate_category(model, category, size, progress)
             columns = {"label": [s.label for s in category.samples],
                        "defect_type": [s.defect_type for s in category.samples]}
-            write_result(result, cat_dir, root=root, save_maps=save_maps, save_images=save_images, progress=progress,
-                         columns=columns)
-            atomic_write_text(cat_dir / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
+            with ResultFolder(cat_dir) as folder:  # replaced whole: a category folder never mixes two runs
+                write_result(result, folder, root=root, save_maps=save_maps, save_images=save_images,
+                             progress=progress, columns=columns)
+                atomic_write_text(folder / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
         reports.append(report)
         if on_report is not None:
             on_report(report)

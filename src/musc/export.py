@@ -1,7 +1,8 @@
 """Writing a Result to a folder: scores table, raw maps, heatmaps, overlays, configuration.
 
-Every file is written under a temporary name and renamed, and scores.csv, the table a person reads
-first, is written last: a folder with a scores.csv holds a complete result.
+Every input gets its own output stem (`io.output_names`), and scores.csv names each image's files, so
+no result overwrites another. The command line writes into an `io.ResultFolder`, which replaces the
+whole folder at once; scores.csv, the table a person reads first, is written last.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .decision import Decision
-from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_name, read_image
+from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_names, read_image
 from .types import Result
 from .visualization import heatmap, overlay
 
@@ -57,23 +58,25 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     out.mkdir(parents=True, exist_ok=True)
     n = len(result)
     paths = [Path(p) for p in result.paths] if result.paths else [Path(f"image_{i:05d}.png") for i in range(n)]
-    base = Path(root) if root is not None else None
-    names = [output_name(p, base) for p in paths]
+    names = output_names(paths, Path(root) if root is not None else None)
+    files = {kind: [f"{kind}s/{name}.{ext}" if wanted else "" for name in names]
+             for kind, ext, wanted in (("map", "npy", save_maps), ("mask", "png", masks is not None),
+                                       ("heatmap", "png", save_images), ("overlay", "png", save_images and bool(result.paths)))}
     lo, hi = float(result.maps.min()), float(result.maps.max())
     if save_maps or save_images or masks is not None:
         for i in tqdm(range(n), desc="writing", unit="img", disable=not progress, leave=False):
             amap = result.map_at_original_size(i).astype(np.float32)
             if save_maps:
-                atomic_save_npy(out / "maps" / f"{names[i]}.npy", amap)
+                atomic_save_npy(out / files["map"][i], amap)
             if masks is not None:
                 m = Image.fromarray(masks[i].astype(np.uint8) * 255)
                 if result.original_sizes is not None:
                     m = m.resize(result.original_sizes[i], Image.NEAREST)
-                atomic_save_png(out / "masks" / f"{names[i]}.png", m)
+                atomic_save_png(out / files["mask"][i], m)
             if save_images:
-                atomic_save_png(out / "heatmaps" / f"{names[i]}.png", heatmap(amap, lo, hi))
+                atomic_save_png(out / files["heatmap"][i], heatmap(amap, lo, hi))
                 if result.paths:
-                    atomic_save_png(out / "overlays" / f"{names[i]}.png", overlay(read_image(paths[i]), amap, lo, hi))
+                    atomic_save_png(out / files["overlay"][i], overlay(read_image(paths[i]), amap, lo, hi))
     facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
     order = result.ranking()
@@ -83,10 +86,10 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
         payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i],
-             *(values[i] for values in columns.values()))
+             *(values[i] for values in columns.values()), *(f[i] for f in files.values()))
             for rank, i in enumerate(order)]
     scores_path = out / SCORES_FILE
-    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "name", *columns), rows)
+    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "name", *columns, *files), rows)
     return scores_path
 
 

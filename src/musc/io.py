@@ -1,12 +1,22 @@
-"""Reading images robustly and writing result files atomically (temporary name, then rename)."""
+"""Reading images robustly and writing results safely.
+
+Every file is written under a temporary name and renamed, with the permissions the user's umask gives
+(not mkstemp's 0600). A result folder is replaced as a whole: it is written as a hidden sibling and
+swapped in when complete, so it always holds exactly one complete run, or the earlier one untouched.
+"""
 
 from __future__ import annotations
 
 import csv
+import ctypes
 import io as _io
+import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
+from types import TracebackType
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -67,12 +77,37 @@ def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return files
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions of a new output file: what open() would give it (0666 less the umask)."""
+    return 0o666 & ~current_umask()
+
+
+def folder_mode() -> int:
+    """Permissions of a new output folder: what mkdir would give it (0777 less the umask)."""
+    return 0o777 & ~current_umask()
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; outputs follow the umask like any program's
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -107,7 +142,179 @@ def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Seq
     atomic_write_text(path, buf.getvalue())
 
 
-def output_name(path: Path, root: Path | None) -> str:
-    """A flat, unique file stem for an input image: its path below `root` with separators replaced."""
+def output_name(path: Path, root: Path | None, keep_suffix: bool = False) -> str:
+    """A flat file stem for an input image: its path below `root` with separators replaced by '__'."""
     rel = path.relative_to(root) if root is not None and path.is_relative_to(root) else Path(path.name)
-    return "__".join(rel.with_suffix("").parts)
+    return "__".join((rel if keep_suffix else rel.with_suffix("")).parts)
+
+
+def output_names(paths: Sequence[Path], root: Path | None) -> list[str]:
+    """One output stem per input, unique even on case-insensitive file systems.
+
+    The stem is the path below `root` without its extension (`good/a.png` -> `good__a`); inputs that would
+    share a stem (`a.jpg` and `a.png`, or `A.png` and `a.png`) keep their extension (`a.jpg`, `a.png`), and
+    any stem still taken gets a numbered suffix (`a-2`).
+    """
+    plain = [output_name(Path(p), root) for p in paths]
+    counts: dict[str, int] = {}
+    for name in plain:
+        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    suffixed = [output_name(Path(p), root, keep_suffix=True) for p in paths]
+    suffixed_counts: dict[str, int] = {}
+    for name in suffixed:
+        suffixed_counts[name.casefold()] = suffixed_counts.get(name.casefold(), 0) + 1
+    names = [long if counts[name.casefold()] > 1 and suffixed_counts[long.casefold()] == 1 else name
+             for name, long in zip(plain, suffixed)]
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate.casefold() in taken:
+            k += 1
+            candidate = f"{name}-{k}"
+        taken.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
+
+
+RESULT_MARKERS = ("scores.csv", "config.json", "metrics.json")
+"""Files whose presence (with musc's content) marks a folder as one musc wrote: it may be replaced."""
+_STAGING = re.compile(r"^\.(?P<name>.+)\.musc-(?:staging|old)-(?P<pid>\d+)-[^/]*$")
+
+
+def _written_by_musc(folder: Path) -> bool:
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+            return isinstance(data, dict) and "musc_version" in data
+        except (OSError, ValueError):
+            return False
+    scores = folder / "scores.csv"
+    if scores.is_file():
+        with open(scores, newline="") as fh:
+            return fh.readline().startswith("rank,path,score")
+    return (folder / "metrics.json").is_file() and (folder / "metrics.md").is_file()
+
+
+def check_output_folder(path: str | Path, option: str = "--out", replaced: bool = True) -> Path:
+    """Fail with one line, before any work, when `path` cannot become a result folder.
+
+    It must be a folder (or not exist yet) and lie where files can be made; a folder that is `replaced`
+    as a whole must hold nothing but an earlier musc result, since other files in it would be lost.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} is a file, not a folder: give a folder for the results")
+    if path.is_dir() and not replaced:
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{option} {path}: no permission to write in this folder")
+        return path
+    if path.is_dir() and any(path.iterdir()) and not _written_by_musc(path):
+        raise InputError(f"{option} {path} is a folder holding other files, not an earlier musc result: "
+                         "give a new or empty folder (a result folder is replaced as a whole)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: no permission to create folders in {parent}")
+    return path
+
+
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Fail with one line, before any work, when a file cannot be written at `path`."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder: give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: cannot write in {parent}")
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Staging folders that a killed run left beside `path` (their process is gone) are removed."""
+    for sibling in path.parent.glob(f".{path.name}.musc-*"):
+        match = _STAGING.match(sibling.name)
+        if match and match["name"] == path.name and sibling.is_dir() and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    res = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return res == 0
+
+
+class ResultFolder:
+    """A result folder written as a whole: files go into a hidden sibling that replaces `path` on success.
+
+    >>> with ResultFolder(out) as folder:   # checks `out` and makes the sibling
+    ...     write_result(result, folder)    # any error here leaves `out` as it was
+    """
+
+    def __init__(self, path: str | Path, option: str = "--out") -> None:
+        self.path = Path(path)
+        self.option = option
+        self.staging: Path | None = None
+
+    def __enter__(self) -> Path:
+        self.path = check_output_folder(self.path, self.option)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(self.path)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.musc-staging-{os.getpid()}-",
+                                            dir=self.path.parent))
+        except OSError as exc:
+            raise InputError(f"{self.option} {self.path}: cannot write there ({exc.strerror or exc})") from exc
+        os.chmod(staging, folder_mode())
+        self.staging = staging
+        return staging
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        staging, self.staging = self.staging, None
+        if staging is None:
+            return
+        if exc_type is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        self._commit(staging)
+
+    def _commit(self, staging: Path) -> None:
+        path = self.path
+        if path.is_dir() and any(path.iterdir()) and not _written_by_musc(path):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise InputError(f"{self.option} {path} now holds other files: the results were not written")
+        if not path.exists():
+            os.rename(staging, path)
+        elif _exchange(staging, path):
+            shutil.rmtree(staging, ignore_errors=True)  # holds the earlier result now
+        else:
+            old = path.with_name(f".{path.name}.musc-old-{os.getpid()}-{staging.name[-8:]}")
+            os.rename(path, old)
+            os.rename(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
