@@ -115,6 +115,17 @@ def make_dataset(layout: str, root: Path, n_normal: int = 5, n_anomalous: int = 
                 m = np.asarray(mask).copy()
                 m[m == 0] = 100  # below the > 127 threshold: not defect
                 _save(Image.fromarray(m), root / f"MT_{dtype}" / "Imgs" / f"exp_{i}.png")
+    elif layout == "ksdd":  # two commutators; labels as .png in one and .bmp in the other, as both copies have
+        for k, ext in ((1, ".png"), (2, ".bmp")):
+            folder = root / f"kos{k:02d}"
+            for i in range(n_normal if k == 1 else 1):
+                _save(_normal(next(seed)), folder / f"Part{i}.jpg")
+                _save(Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)), folder / f"Part{i}_label{ext}")
+            start = n_normal if k == 1 else 1
+            for i in range(start, start + n_anomalous // 2):
+                img, mask = _anomalous(next(seed))
+                _save(img, folder / f"Part{i}.jpg")
+                _save(mask, folder / f"Part{i}_label{ext}")
     elif layout == "folder":
         for i in range(n_normal):
             _save(_normal(next(seed)), root / "normal" / f"{i}.png")
@@ -127,4 +138,4 @@ def make_dataset(layout: str, root: Path, n_normal: int = 5, n_anomalous: int = 
     return root
 
 
-LAYOUTS = ("mvtec_ad", "mpdd", "visa", "btad", "mvtec_3d", "mvtec_loco", "mtd", "folder")
+LAYOUTS = ("mvtec_ad", "mpdd", "visa", "btad", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder")

@@ -11,7 +11,8 @@ from synthetic_data import LAYOUTS, SIZE, SQUARE, make_dataset
 EXPECTED = {  # layout -> (categories, normal test images, anomalous test images, train normals) of the first category
     "mvtec_ad": (["cat_a", "cat_b"], 5, 2, 3), "mpdd": (["cat_a", "cat_b"], 5, 2, 3),
     "visa": (["cat_a", "cat_b"], 5, 2, 2), "btad": (["01", "02"], 5, 2, 2), "mvtec_3d": (["cat_a"], 5, 2, 2),
-    "mvtec_loco": (["cat_a"], 5, 4, 2), "mtd": (["magnetic_tile"], 5, 4, 0), "folder": (["data"], 5, 2, 0),
+    "mvtec_loco": (["cat_a"], 5, 4, 2), "mtd": (["magnetic_tile"], 5, 4, 0),
+    "ksdd": (["kolektor"], 6, 2, 0), "folder": (["data"], 5, 2, 0),
 }
 
 
@@ -35,6 +36,20 @@ def test_reader_finds_samples_labels_and_masks(layout, tmp_path):
             assert np.array_equal(mask, expected), (layout, s)
         else:
             assert not mask.any()
+
+
+def test_ksdd_missing_label_is_named(tmp_path):
+    root = make_dataset("ksdd", tmp_path / "data")
+    (root / "kos01" / "Part0_label.png").unlink()
+    with pytest.raises(DatasetError, match="no label Part0_label.png or .bmp"):
+        get_reader("ksdd").load(root)
+
+
+@pytest.mark.skipif(not (MTD_ROOT.parent / "ksdd").is_dir(), reason="../shared/datasets/ksdd not present")
+def test_real_ksdd_counts():
+    category = get_reader("ksdd").load(MTD_ROOT.parent / "ksdd")
+    assert len(category.samples) == 200 and int(category.labels.sum()) == 25
+    assert category.check() == []
 
 
 def test_loco_mask_is_union_of_parts(tmp_path):

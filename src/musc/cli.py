@@ -323,7 +323,7 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["mvtec_ad", "visa", "btad", "mpdd", "mvtec_3d", "mvtec_loco", "mtd", "folder"]),
+@click.option("--dataset", type=click.Choice(["mvtec_ad", "visa", "btad", "mpdd", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder"]),
               required=True, help="On-disk layout of the dataset.")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="The dataset's root folder.")
 @click.option("--category", "categories", multiple=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DatasetError
-from .base import ANOMALOUS, NORMAL, Category, Sample, first_existing, images_in, require_dir
+from .base import ANOMALOUS, NORMAL, Category, Sample, first_existing, images_in, load_mask, require_dir
 
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".jpg")
 
@@ -195,6 +195,45 @@ class MagneticTile(DatasetReader):
         return Category(category, samples)
 
 
+class KolektorSDD(DatasetReader):
+    """KolektorSDD: `kosNN/PartK.jpg` with `kosNN/PartK_label.png` (or `.bmp`); defect where the label is > 0.
+
+    One category, `kolektor`, holding every commutator folder. An image is anomalous when its label is not
+    all zero, so the labels are read once while listing (only for the metrics, never for scoring).
+    """
+
+    name = "ksdd"
+    description = "KolektorSDD"
+    category = "kolektor"
+    label_extensions = (".png", ".bmp")
+
+    def _folders(self, root: Path) -> list[Path]:
+        require_dir(root, f"{self.name} root")
+        folders = [root / d for d in _subdirs(root) if any((root / d).glob("Part*.jpg"))]
+        if not folders:
+            raise DatasetError(f"ksdd: no folders with Part*.jpg images in {root}")
+        return folders
+
+    def categories(self, root: Path) -> list[str]:
+        self._folders(root)
+        return [self.category]
+
+    def load(self, root: Path, category: str = "kolektor") -> Category:
+        self._check_category(root, category)
+        samples = []
+        for folder in self._folders(root):
+            for img in sorted(folder.glob("Part*.jpg"), key=lambda p: (len(p.stem), p.stem)):
+                label = first_existing([folder / f"{img.stem}_label{ext}" for ext in self.label_extensions])
+                if label is None:
+                    raise DatasetError(f"ksdd: no label {img.stem}_label.png or .bmp beside {img}")
+                mask = Sample(img, ANOMALOUS, "defect", (label,))
+                if load_mask(mask).any():
+                    samples.append(mask)
+                else:
+                    samples.append(Sample(img, NORMAL, "good"))
+        return Category(category, samples)
+
+
 class GenericFolder(DatasetReader):
     """`normal/` and `anomalous/` (any sub-folders), optional `masks/` matched by relative path and stem.
 
@@ -226,7 +265,7 @@ class GenericFolder(DatasetReader):
 
 
 READERS: dict[str, Callable[[], DatasetReader]] = {
-    r.name: r for r in (MVTecAD, MPDD, VisA, BTAD, MVTec3D, MVTecLOCO, MagneticTile, GenericFolder)
+    r.name: r for r in (MVTecAD, MPDD, VisA, BTAD, MVTec3D, MVTecLOCO, MagneticTile, KolektorSDD, GenericFolder)
 }
 
 
