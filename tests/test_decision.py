@@ -80,3 +80,89 @@ def test_pixel_masks_only_on_flagged_images(method):
     assert masks[-2:, 4:8, 4:8].mean() > 0.5
     masks, info = pixel_masks(maps, raw, d, method, threshold=0.5)
     assert info == {"method": "fixed", "threshold": 0.5} and masks[-2:, 4:8, 4:8].all()
+
+
+# fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
+
+from musc.decision import (benjamini_hochberg, decide, decide_fdr, estimate_defect_rate, fit_null,  # noqa: E402
+                           shorth_location)
+
+
+def synthetic_maps(n_normal, n_defect, seed=0, size=16, planted=0.55):
+    """Background ~0.2; every image has one peak pixel, Normal(0.30, 0.02) (the null); defects add a 3x3
+    region at Normal(planted, 0.03) at a random place. Returns maps (N, size, size), labels, truth masks."""
+    rng = np.random.default_rng(seed)
+    n = n_normal + n_defect
+    maps = rng.normal(0.2, 0.01, (n, size, size))
+    maps[np.arange(n), rng.integers(0, size, n), rng.integers(0, size, n)] = rng.normal(0.30, 0.02, n)
+    labels = np.r_[np.zeros(n_normal, bool), np.ones(n_defect, bool)]
+    truth = np.zeros(maps.shape, bool)
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(1, size - 4, 2)
+        maps[i, y:y + 3, x:x + 3] = rng.normal(planted, 0.03, (3, 3))
+        truth[i, y:y + 3, x:x + 3] = True
+    order = rng.permutation(n)
+    return maps[order], labels[order], truth[order]
+
+
+def test_fdr_controls_the_false_discovery_rate():
+    fdps, powers = [], []
+    for seed in range(40):  # defects close to the null so that some false discoveries happen
+        maps, labels, _ = synthetic_maps(180, 20, seed, planted=0.36)
+        d, _, _ = decide_fdr(maps, fdr=0.1)
+        flagged = d.defective
+        fdps.append((flagged & ~labels).sum() / max(1, flagged.sum()))
+        powers.append((flagged & labels).sum() / labels.sum())
+    assert np.mean(fdps) <= 0.1 + 0.03  # the promise, on average over batches
+    assert np.mean(powers) > 0.5
+
+
+def test_fdr_finds_planted_regions_and_masks_match_decisions():
+    maps, labels, truth = synthetic_maps(90, 10, seed=1)
+    decided = decide(np.zeros(len(maps)), maps, "fdr")
+    d, masks = decided.image, decided.masks
+    assert d.method == "fdr" and not d.undecided and d.on == "raw_score"
+    assert d.defective[labels].all() and (d.defective & ~labels).sum() <= 3  # FDR 5 %: a few false ones may be
+    assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)  # flagged <=> non-empty mask
+    assert masks[truth].mean() > 0.5 and not masks[~d.defective].any()
+    assert (masks[labels] & ~truth[labels]).sum() <= 0.2 * masks[labels].sum()
+    assert d.rate is not None and d.rate.low <= 0.1 <= d.rate.high and abs(d.rate.estimate - 0.1) <= 0.1
+
+
+def test_fdr_all_normal_batch_flags_at_most_a_few():
+    flagged = [decide_fdr(synthetic_maps(100, 0, seed)[0])[0].count for seed in range(10)]
+    assert np.mean(flagged) <= 5
+    rate = estimate_defect_rate(synthetic_maps(100, 0, 3)[0].reshape(100, -1).max(1))
+    assert rate.low <= 0.0 + 1e-9 or rate.estimate <= 0.1
+
+
+def test_fdr_says_when_it_cannot_decide():
+    maps, _, _ = synthetic_maps(2, 1)
+    d, masks, _ = decide_fdr(maps)
+    assert d.undecided and d.count == 0 and not masks.any() and "too few" in d.warnings[0]
+    assert d.labels() == ["undecided"] * 3
+    maps, _, _ = synthetic_maps(20, 80, seed=2)  # most of the batch defective: the main peak is not normal
+    d, masks, _ = decide_fdr(maps)
+    assert d.undecided and d.count == 0 and not masks.any()
+    assert "does not look mostly normal" in d.warnings[0]
+    with pytest.raises(ConfigError, match="--fdr"):
+        decide_fdr(maps, fdr=1.5)
+
+
+def test_null_fit_and_mode_on_a_contaminated_sample():
+    rng = np.random.default_rng(4)
+    x = np.r_[rng.normal(1.0, 0.1, 700), rng.uniform(1.3, 3.0, 300)]
+    assert abs(shorth_location(x) - 1.0) < 0.05
+    null = fit_null(x)
+    assert abs(null.loc - 1.0) < 0.05 and abs(null.scale - 0.1) < 0.03 and abs(null.null_fraction - 0.7) < 0.07
+
+
+def test_benjamini_hochberg_matches_its_definition():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        p = np.r_[rng.uniform(size=30), rng.uniform(0, 0.01, 5)]
+        q = 0.1
+        ranked = np.sort(p)
+        passing = [k for k in range(1, p.size + 1) if ranked[k - 1] <= q * k / p.size]
+        cut = ranked[max(passing) - 1] if passing else -1.0
+        assert np.array_equal(benjamini_hochberg(p, q), p <= cut)

@@ -306,9 +306,12 @@ def test_tiny_batch_decision_says_it_cannot_be_trusted(tmp_path):
         Image.fromarray(textured(10 + i)).save(folder / f"n{i}.png")
     res = run("score", folder, "--out", tmp_path / "out", *TINY[:-1])
     assert res.exit_code == 0, res.output
-    assert "only 3 images: too few" in res.output
+    assert "only 3 images: too few" in res.output and "Undecided" in res.output
     decision = json.loads((tmp_path / "out" / "decision.json").read_text())
-    assert any("too few" in w for w in decision["image"]["warnings"])
+    assert any("too few" in w for w in decision["image"]["warnings"]) and decision["image"]["undecided"]
+    assert {r["decision"] for r in rows_of(tmp_path / "out")} == {"undecided"}
+    res = run("score", folder, "--out", tmp_path / "gmm", *TINY[:-1], "--decision", "gmm")
+    assert "only 3 images: too few" in res.output
 
 
 def test_help_has_no_doubled_percent():

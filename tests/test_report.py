@@ -34,7 +34,7 @@ def console_errors(stderr: str) -> list[str]:
 @pytest.fixture
 def scored(image_folder, tmp_path):
     out = tmp_path / "out"
-    res = run("score", image_folder, "--out", out, "--report", *TINY)
+    res = run("score", image_folder, "--out", out, "--report", "--decision", "gmm", *TINY)
     assert res.exit_code == 0, res.output
     return out
 
@@ -51,6 +51,44 @@ def test_score_writes_decisions_masks_and_report(scored):
     assert not re.search(r'(src|href)="https?:', page)
     assert page.count('class="card ') == 7 and 'loading="lazy"' in page and "threshold" in page
     assert len(list((scored / "thumbs").glob("*.jpg"))) == 7
+
+
+def test_undecided_batch_is_reported_as_such(image_folder, tmp_path):
+    out = tmp_path / "fdr"
+    res = run("score", image_folder, "--out", out, "--report", *TINY)  # fdr, the default, needs 10 images
+    assert res.exit_code == 0, res.output
+    assert {r["decision"] for r in csv.DictReader(open(out / "scores.csv"))} == {"undecided"}
+    image = json.loads((out / "decision.json").read_text())["image"]
+    assert image["method"] == "fdr" and image["undecided"] and image["threshold"] is None
+    assert "<b>undecided</b>" in (out / "report.html").read_text()
+
+
+def test_fdr_decides_a_larger_batch_and_reports_the_rate(tmp_path):
+    from PIL import Image
+
+    from conftest import planted, textured
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for i in range(14):
+        Image.fromarray(textured(200 + i)).save(folder / f"n{i:02d}.png")
+    Image.fromarray(planted(textured(300))).save(folder / "odd.png")
+    out = tmp_path / "out"
+    res = run("score", folder, "--out", out, "--report", *TINY[:-1])
+    assert res.exit_code == 0, res.output
+    assert "Estimated defect rate:" in res.output
+    image = json.loads((out / "decision.json").read_text())["image"]
+    assert image["method"] == "fdr" and not image["undecided"] and image["threshold_on"] == "raw_score"
+    assert 0 <= image["defect_rate"]["low"] <= image["defect_rate"]["estimate"] <= image["defect_rate"]["high"] <= 1
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert {r["decision"] for r in rows} <= {"normal", "defective"}
+    flagged = {r["name"] for r in rows if r["decision"] == "defective"}
+    from PIL import Image as PILImage
+    import numpy as np
+
+    with_mask = {r["name"] for r in rows if np.asarray(PILImage.open(out / r["mask"])).any()}
+    assert flagged == with_mask
+    assert "estimated defect rate" in (out / "report.html").read_text()
 
 
 def test_decision_options(image_folder, tmp_path):

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
 from .config import SCORE_DTYPES, MuScConfig
+from .decision import DEFAULT_FDR, IMAGE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
 log = logging.getLogger("musc")
@@ -209,20 +210,23 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
 @click.option("--skip-unreadable", is_flag=True, help="Leave out unreadable images (with a warning) instead of stopping.")
 @click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
 @click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
-@click.option("--decision", "decision_method", type=click.Choice(["mad", "gmm", "otsu", "rate", "fixed"]),
-              default="gmm", show_default=True,
+@click.option("--decision", "decision_method", type=click.Choice(list(IMAGE_METHODS)),
+              default="fdr", show_default=True,
               help="How images are marked normal/defective without labels (see README: Decisions).")
+@click.option("--fdr", type=float, default=DEFAULT_FDR, show_default=True,
+              help="fdr: the false-discovery rate over images (the expected share of normal images among those flagged).")
 @click.option("--mad-k", type=float, default=3.0, show_default=True, help="mad: robust z-score above which an image is defective.")
 @click.option("--expected-defect-rate", type=float, default=None, help="Flag this top fraction of images (sets --decision rate).")
 @click.option("--threshold", type=float, default=None, help="Fixed image-score threshold (sets --decision fixed).")
-@click.option("--pixel-decision", type=click.Choice(["image", "mebin"]), default="image", show_default=True,
-              help="How each map becomes a binary defect mask (masks/NAME.png).")
+@click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default="image", show_default=True,
+              help="How each map becomes a binary defect mask (masks/NAME.png) for the methods other than fdr, "
+                   "which draws masks from its own cut-off.")
 @click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps.")
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Path | None, mode: str | None,
           no_recursive: bool, skip_unreadable: bool, no_maps: bool, no_images: bool,
-          decision_method: str, mad_k: float, expected_defect_rate: float | None, threshold: float | None,
+          decision_method: str, fdr: float, mad_k: float, expected_defect_rate: float | None, threshold: float | None,
           pixel_decision: str, pixel_threshold: float | None, make_report: bool, quiet: bool, **kwargs: Any) -> None:
     """Score every image in INPUTS (folders and/or image files) against the others; write the results to --out.
 
@@ -233,7 +237,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
     """
-    from .decision import decide_images, pixel_masks
+    from .decision import decide
     from .export import write_result
     from .io import ResultFolder, check_output_folder, find_images
     from .pipeline import MuSc
@@ -252,6 +256,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise ConfigError("--decision rate needs --expected-defect-rate between 0 and 1")
     if decision_method == "fixed" and threshold is None:
         raise ConfigError("--decision fixed needs --threshold")
+    if not 0 < fdr < 1:
+        raise ConfigError(f"--fdr must be between 0 and 1, got {fdr}")
     check_output_folder(out)
     progress = not quiet
     found, root = collect_images(inputs, recursive=not no_recursive)
@@ -279,14 +285,13 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         result = model.score(paths, progress=progress, references=references)
         for note in result.notes:
             log.warning(note)
-        if len(paths) < 3 and decision_method in ("mad", "gmm", "otsu"):
+        if len(paths) < 3 and decision_method in ("fdr", "mad", "gmm", "otsu"):
             decision, masks, pixel_info = None, None, None
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
         else:
-            decision = decide_images(result.scores, decision_method, k=mad_k, rate=expected_defect_rate,
-                                     threshold=threshold)
-            masks, pixel_info = pixel_masks(result.maps, result.raw_scores, decision, pixel_decision,
-                                            decision_method, mad_k, pixel_threshold)
+            decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
+                             threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
+            decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
                  "skipped_unreadable": skipped}
@@ -308,11 +313,16 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
     click.echo(f"Scored {plural(n, 'image')} with {result.config.backbone}; results in {scores_path.parent}")
     if skipped:
         click.echo(f"Skipped {plural(len(skipped), 'unreadable file')} (listed in config.json)")
-    if decision is not None:
-        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}: "
-                   f"{decision.detail}); normal: {n - decision.count}")
-        for warning in decision.warnings:
-            click.echo(f"Warning: {warning}")
+    if decision is not None and decision.undecided:
+        click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
+    elif decision is not None:
+        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
+                   f"{' on the map maxima' if decision.on == 'raw_score' else ''}: {decision.detail}); "
+                   f"normal: {n - decision.count}")
+    if decision is not None and decision.rate is not None:
+        click.echo(f"Estimated defect rate: {decision.rate}")
+    for warning in decision.warnings if decision is not None else []:
+        click.echo(f"Warning: {warning}")
     for note in result.notes:
         click.echo(f"Note: {note}")
     click.echo("Most anomalous:")

@@ -1,27 +1,27 @@
-"""Label-free decisions: which images are defective, and which pixels, from one batch's own scores.
+"""Label-free decisions: which images are defective, and which pixels, from one batch's own maps.
 
-MuSc scores are relative: they rank images within a batch. To act on them without labels we assume
-what a production batch usually is, mostly normal, and find where the score distribution leaves
-its normal bulk. Image thresholds:
+MuSc scores are relative: they rank images within a batch. To act on them without labels, musc models
+what normal looks like in the batch itself.
 
-- `gmm` (default): a two-component Gaussian mixture on the scores; the threshold is where the upper
-  component becomes more probable. One component (no separation) means nothing is flagged. Chosen
-  as the default from measurements on real batches (BENCHMARKS.md: best image F1 on the 50% and 10%
-  defective batches, nothing flagged on the all-normal one).
-- `mad`: median + k x 1.4826 x MAD of the scores (a robust z-score; the normal bulk defines the scale,
-  so a handful of defects cannot move the threshold).
-- `otsu`: Otsu's split of the score histogram (maximal between-class variance).
-- `rate`: the user's expected defect rate (the top fraction is flagged).
-- `fixed`: the user's threshold.
+`fdr` (default): the evidence of an image is its strongest region, the maximum of its anomaly map. Normal
+images' evidence forms the batch's densest part; defects spread out to the right of it. The null (normal)
+distribution is estimated from that part alone: its location is the centre of the densest half of the
+values, its scale comes from the values below it (which defects rarely reach), and the values the
+fitted null explains estimate how many images are normal. Each image gets a tail probability under
+that null (averaged over bootstrap refits of the null, so that its estimation uncertainty is carried
+into it), and images are flagged with Benjamini-Hochberg control of the false-discovery rate across
+images (`fdr`, default 0.05: about 5 % of the flagged images are expected to be normal). In a flagged
+image, a pixel is marked when its map value passes the image cut-off by a margin (a pixel is one of many
+tests in its image); the image's peak always is, so an image is flagged exactly when its mask is
+non-empty. The batch's defect rate is estimated with a bootstrap interval. Assumption: most images are
+normal; when the estimate says otherwise, or the batch is too small, the method says it cannot decide
+and flags nothing.
 
-Pixel thresholds turn each map into a defect mask:
-- `image` (default): the image method applied to the map maxima; a pixel is defective when it scores
-  above that threshold, so an image is flagged exactly when its mask is non-empty (on raw scores).
-- `mebin`: per flagged image, the threshold in the middle of the widest stable interval of the number
-  of connected regions (after MEBin, AnomalyNCD, CVPR 2025); unflagged images get empty masks.
-
-The assumption is checked, not trusted: when the upper mixture component holds most images, or more
-than half of the batch is flagged, the decision says that its assumption does not hold.
+Kept as options (thresholds on the image scores): `gmm` (two-component Gaussian mixture), `mad`
+(median + k x scaled MAD), `otsu`, `rate` (the user's expected defect rate) and `fixed` (the user's
+threshold). Pixel masks for those: `image` (the same method applied to the map maxima, pixels above it
+in flagged images) or `mebin` (per flagged image, the middle of the widest threshold interval over which
+the number of connected regions stays constant; after MEBin, AnomalyNCD, CVPR 2025).
 """
 
 from __future__ import annotations
@@ -34,30 +34,71 @@ from scipy import ndimage
 
 from .errors import ConfigError
 
-IMAGE_METHODS = ("mad", "gmm", "otsu", "rate", "fixed")
+IMAGE_METHODS = ("fdr", "gmm", "mad", "otsu", "rate", "fixed")
+DEFAULT_FDR = 0.05
+PIXEL_MARGIN_SD = 2.0
+"""fdr masks: a pixel must exceed the image cut-off by this many null standard deviations (each image's peak is
+always marked). One test per image decides the image; a pixel is one of many tests in its image, so its bar is
+higher. Chosen on mtd-200, mtd-10pct and ksdd (BENCHMARKS.md, decision section)."""
 MIN_LABEL_FREE_IMAGES = 10
 """Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
 PIXEL_METHODS = ("image", "mebin")
 MAD_SCALE = 1.4826
 
 
+@dataclass(frozen=True)
+class RateEstimate:
+    """The batch's estimated share of defective images, with a bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+
+    def to_dict(self) -> dict:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.0%} ({self.level:.0%} interval {self.low:.0%} to {self.high:.0%})"
+
+
 @dataclass
 class Decision:
-    """Image decisions (True = defective) with the threshold used and how it was chosen."""
+    """Image decisions (True = defective) with the threshold used and how it was chosen.
+
+    `undecided`: the method could not decide (too few images, or a batch that does not look mostly normal);
+    nothing is flagged then. `p_values` (fdr): each image's tail probability under the estimated null.
+    """
 
     defective: np.ndarray
     threshold: float
     method: str
     detail: str
     warnings: list[str] = field(default_factory=list)
+    undecided: bool = False
+    p_values: np.ndarray | None = None
+    rate: RateEstimate | None = None
+    on: str = "score"
+    """What `threshold` applies to: 'score' (the final image scores) or 'raw_score' (the map maxima)."""
 
     @property
     def count(self) -> int:
         return int(self.defective.sum())
 
+    def labels(self) -> list[str]:
+        """Per image: 'defective', 'normal', or 'undecided' when the method could not decide."""
+        if self.undecided:
+            return ["undecided"] * int(self.defective.size)
+        return ["defective" if d else "normal" for d in self.defective]
+
     def to_dict(self) -> dict:
-        return {"method": self.method, "threshold": self.threshold, "detail": self.detail,
-                "defective": self.count, "total": int(self.defective.size), "warnings": self.warnings}
+        threshold = self.threshold if np.isfinite(self.threshold) else None  # None: nothing can reach it
+        out = {"method": self.method, "threshold": threshold, "threshold_on": self.on, "detail": self.detail,
+               "defective": self.count, "total": int(self.defective.size), "undecided": self.undecided,
+               "warnings": self.warnings}
+        if self.rate is not None:
+            out["defect_rate"] = self.rate.to_dict()
+        return out
 
 
 def threshold_mad(scores: np.ndarray, k: float = 3.0) -> tuple[float, str]:
@@ -116,8 +157,11 @@ def threshold_otsu(scores: np.ndarray, bins: int = 256) -> tuple[float, str]:
 
 def decide_images(scores: Sequence[float], method: str = "gmm", k: float = 3.0, rate: float | None = None,
                   threshold: float | None = None) -> Decision:
-    """Flag defective images (score > threshold) from the batch's own scores."""
+    """Flag defective images (score > threshold) from the batch's own scores (every method but `fdr`,
+    which decides from the maps: see `decide`)."""
     scores = np.asarray(scores, dtype=np.float64)
+    if method == "fdr":
+        raise ConfigError("the fdr method decides from the anomaly maps: use decide(scores, maps, 'fdr')")
     if method not in IMAGE_METHODS:
         raise ConfigError(f"decision method must be one of {', '.join(IMAGE_METHODS)}, got {method!r}")
     if scores.ndim != 1 or scores.size < 2:
@@ -160,6 +204,289 @@ def assumption_warnings(scores: np.ndarray, defective: np.ndarray) -> list[str]:
         out.append(f"the higher-scoring group holds {w[1]:.0%} of the images: most of the batch may be defective, "
                    "and scores relative to the batch cannot tell; set --expected-defect-rate or --threshold")
     return out
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
+    """Which hypotheses are rejected at false discovery rate q (Benjamini-Hochberg step-up)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    passed = np.flatnonzero(p[order] <= q * np.arange(1, p.size + 1) / p.size)
+    rejected = np.zeros(p.size, dtype=bool)
+    if passed.size:
+        rejected[order[:passed[-1] + 1]] = True
+    return rejected
+
+
+def shorth_location(values: np.ndarray, fraction: float = 0.5) -> float:
+    """Median of the shortest interval holding `fraction` of the values: the centre of the densest part.
+
+    When most images are normal and defects spread out above them, the densest half lies within the normal
+    peak, wherever the defects are.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    h = max(2, int(np.ceil(fraction * x.size)))
+    if h >= x.size:
+        return float(np.median(x))
+    widths = x[h - 1:] - x[:x.size - h + 1]
+    start = int(np.argmin(widths))
+    return float(np.median(x[start:start + h]))
+
+
+@dataclass(frozen=True)
+class NullModel:
+    """Normal images' evidence ~ Normal(loc, scale); `null_fraction` is the estimated share of normal images."""
+
+    loc: float
+    scale: float
+    null_fraction: float
+
+    def tail(self, x: np.ndarray | float) -> np.ndarray:
+        """P(evidence of a normal image >= x)."""
+        from scipy.stats import norm
+
+        return norm.sf(np.asarray(x, dtype=np.float64), self.loc, self.scale)
+
+    def quantile_of_tail(self, p: float) -> float:
+        """The evidence value whose tail probability is p."""
+        from scipy.stats import norm
+
+        return float(norm.isf(p, self.loc, self.scale))
+
+
+def fit_null(evidence: np.ndarray, iterations: int = 3) -> NullModel:
+    """Estimate the normal images' distribution from the densest part of the batch's evidence.
+
+    Location: the centre of the densest half (`shorth_location`). Scale: quantile matching of the values below
+    it against the lower half of a normal distribution (defects lie above the normal peak, so they hardly
+    reach this side). Share of normal images: values whose tail probability under the fitted null exceeds
+    1/2 are taken as normal (Storey's estimate with lambda = 1/2); scale and share are refined together.
+    """
+    from scipy.stats import norm
+
+    x = np.asarray(evidence, dtype=np.float64)
+    loc = shorth_location(x)
+    below = np.sort(x[x <= loc])
+    spread = float(np.std(x)) or 1e-12
+    n0 = 2.0 * below.size
+    scale = spread
+    for _ in range(iterations):
+        n0 = max(n0, below.size + 1.0)
+        quantiles = norm.ppf((np.arange(1, below.size + 1) - 0.5) / n0)
+        scale = max(float(np.sum(quantiles * (below - loc)) / max(float(np.sum(quantiles ** 2)), 1e-300)),
+                    1e-3 * spread)
+        n0 = min(float(x.size), float(np.sum(norm.sf(x, loc, scale) > 0.5)) / 0.5)
+    return NullModel(loc, scale, min(1.0, n0 / x.size))
+
+
+@dataclass(frozen=True)
+class NullEstimate:
+    """The fitted null, each image's tail probability averaged over bootstrap refits, and the defect rate."""
+
+    null: NullModel
+    p_values: np.ndarray
+    rate: RateEstimate
+
+
+def estimate_null(evidence: np.ndarray, level: float = 0.9, resamples: int = 200, seed: int = 0) -> NullEstimate:
+    """Fit the null, then refit it on `resamples` bootstrap samples of the images.
+
+    Each image's tail probability is the mean over the refits (a predictive p-value: the uncertainty of a null
+    estimated from the batch itself is carried into it, which keeps the false-discovery rate at its level on
+    synthetic batches; tests/test_decision.py). The defect rate is 1 - the null's share, with the
+    percentile interval of the refits.
+    """
+    x = np.asarray(evidence, dtype=np.float64)
+    null = fit_null(x)
+    rng = np.random.default_rng(seed)
+    tails = np.zeros(x.size)
+    shares = np.empty(resamples)
+    for b in range(resamples):
+        refit = fit_null(x[rng.integers(0, x.size, x.size)])
+        tails += refit.tail(x)
+        shares[b] = 1.0 - refit.null_fraction
+    point = 1.0 - null.null_fraction
+    lo, hi = np.quantile(shares, [(1 - level) / 2, (1 + level) / 2])
+    rate = RateEstimate(point, float(min(lo, point)), float(max(hi, point)), level)
+    return NullEstimate(null, tails / resamples, rate)
+
+
+def estimate_defect_rate(evidence: np.ndarray, level: float = 0.9, resamples: int = 200,
+                         seed: int = 0) -> RateEstimate:
+    """The share of defective images (1 - the null's share), with a percentile bootstrap interval over images."""
+    return estimate_null(evidence, level, resamples, seed).rate
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
+    """Which hypotheses are rejected at false discovery rate q (Benjamini-Hochberg step-up)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    passed = np.flatnonzero(p[order] <= q * np.arange(1, p.size + 1) / p.size)
+    rejected = np.zeros(p.size, dtype=bool)
+    if passed.size:
+        rejected[order[:passed[-1] + 1]] = True
+    return rejected
+
+
+def shorth_location(values: np.ndarray, fraction: float = 0.5) -> float:
+    """Median of the shortest interval holding `fraction` of the values: the centre of the densest part.
+
+    When most images are normal and defects spread out above them, the densest half lies within the normal
+    peak, wherever the defects are.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    h = max(2, int(np.ceil(fraction * x.size)))
+    if h >= x.size:
+        return float(np.median(x))
+    widths = x[h - 1:] - x[:x.size - h + 1]
+    start = int(np.argmin(widths))
+    return float(np.median(x[start:start + h]))
+
+
+@dataclass(frozen=True)
+class NullModel:
+    """Normal images' evidence ~ Normal(loc, scale); `null_fraction` is the estimated share of normal images."""
+
+    loc: float
+    scale: float
+    null_fraction: float
+
+    def tail(self, x: np.ndarray | float) -> np.ndarray:
+        """P(evidence of a normal image >= x)."""
+        from scipy.stats import norm
+
+        return norm.sf(np.asarray(x, dtype=np.float64), self.loc, self.scale)
+
+    def quantile_of_tail(self, p: float) -> float:
+        """The evidence value whose tail probability is p."""
+        from scipy.stats import norm
+
+        return float(norm.isf(p, self.loc, self.scale))
+
+
+def fit_null(evidence: np.ndarray, iterations: int = 3) -> NullModel:
+    """Estimate the normal images' distribution from the densest part of the batch's evidence.
+
+    Location: the centre of the densest half (`shorth_location`). Scale: quantile matching of the values below
+    it against the lower half of a normal distribution (defects lie above the normal peak, so they hardly
+    reach this side). Share of normal images: values whose tail probability under the fitted null exceeds
+    1/2 are taken as normal (Storey's estimate with lambda = 1/2); scale and share are refined together.
+    """
+    from scipy.stats import norm
+
+    x = np.asarray(evidence, dtype=np.float64)
+    loc = shorth_location(x)
+    below = np.sort(x[x <= loc])
+    spread = float(np.std(x)) or 1e-12
+    n0 = 2.0 * below.size
+    scale = spread
+    for _ in range(iterations):
+        n0 = max(n0, below.size + 1.0)
+        quantiles = norm.ppf((np.arange(1, below.size + 1) - 0.5) / n0)
+        scale = max(float(np.sum(quantiles * (below - loc)) / max(float(np.sum(quantiles ** 2)), 1e-300)),
+                    1e-3 * spread)
+        n0 = min(float(x.size), float(np.sum(norm.sf(x, loc, scale) > 0.5)) / 0.5)
+    return NullModel(loc, scale, min(1.0, n0 / x.size))
+
+
+def estimate_defect_rate(evidence: np.ndarray, level: float = 0.9, resamples: int = 200,
+                         seed: int = 0) -> RateEstimate:
+    """The share of defective images (1 - the null's share), with a percentile bootstrap interval over images."""
+    x = np.asarray(evidence, dtype=np.float64)
+    point = 1.0 - fit_null(x).null_fraction
+    rng = np.random.default_rng(seed)
+    boots = np.array([1.0 - fit_null(x[rng.integers(0, x.size, x.size)]).null_fraction for _ in range(resamples)])
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return RateEstimate(point, float(min(lo, point)), float(max(hi, point)), level)
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
+    """Which hypotheses are rejected at false discovery rate q (Benjamini-Hochberg step-up)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    passed = np.flatnonzero(p[order] <= q * np.arange(1, p.size + 1) / p.size)
+    rejected = np.zeros(p.size, dtype=bool)
+    if passed.size:
+        rejected[order[:passed[-1] + 1]] = True
+    return rejected
+
+
+def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN_LABEL_FREE_IMAGES
+               ) -> tuple[Decision, np.ndarray, dict]:
+    """The `fdr` decision: images flagged with false-discovery-rate control, masks from the same cut-off.
+
+    Returns the image decision, the masks (N, H, W) and a description of the pixel rule. The decision's
+    `threshold` is on the map values: an image is flagged when its map reaches it, and its mask is the
+    pixels that do, so flagged images are exactly those with a non-empty mask.
+    """
+    if not 0.0 < fdr < 1.0:
+        raise ConfigError(f"--fdr must be between 0 and 1, got {fdr}")
+    maps = np.asarray(maps)
+    n = maps.shape[0]
+    evidence = maps.reshape(n, -1).max(axis=1).astype(np.float64)
+    nothing = np.zeros(n, dtype=bool)
+    if n < min_images:
+        warning = (f"only {n} image{'' if n == 1 else 's'}: too few to estimate what normal looks like, so no image is decided; score a "
+                   "larger batch, or set --threshold or --expected-defect-rate")
+        decision = Decision(nothing, float("inf"), "fdr", f"cannot decide with {n} images", [warning], undecided=True,
+                            on="raw_score")
+        return decision, np.zeros(maps.shape, dtype=bool), {"method": "fdr", "threshold": None}
+    estimate = estimate_null(evidence)
+    null, rate, p = estimate.null, estimate.rate, estimate.p_values
+    w, mu, sd = fit_gmm(evidence)
+    upper_majority = w[1] > 0.5 and abs(mu[1] - mu[0]) > 2 * min(sd)
+    if rate.estimate >= 0.5 or upper_majority:
+        if upper_majority:
+            rate = RateEstimate(float(w[1]), rate.low, max(rate.high, float(w[1])), rate.level)
+        warning = (f"the batch does not look mostly normal (estimated defect rate {rate}): scores relative to the "
+                   "batch cannot tell normal from defective here, so no image is decided; set "
+                   "--expected-defect-rate or --threshold")
+        decision = Decision(nothing, float("inf"), "fdr", "cannot decide: the normal peak is not the majority",
+                            [warning], undecided=True, p_values=p, rate=rate, on="raw_score")
+        return decision, np.zeros(maps.shape, dtype=bool), {"method": "fdr", "threshold": None}
+    flagged = benjamini_hochberg(p, fdr)
+    threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
+    detail = (f"FDR {fdr:g} (Benjamini-Hochberg) over images; normal peak at {null.loc:.4g} (sd {null.scale:.3g}) "
+              f"of the map maxima; estimated defect rate {rate}")
+    decision = Decision(flagged, threshold, "fdr", detail, [], p_values=p, rate=rate, on="raw_score")
+    pixel_cut = threshold + PIXEL_MARGIN_SD * null.scale
+    per_image = np.minimum(pixel_cut, evidence).reshape(n, *([1] * (maps.ndim - 1)))
+    masks = (maps >= per_image) & flagged.reshape(per_image.shape)
+    return decision, masks, {"method": "fdr", "threshold": pixel_cut,
+                             "detail": f"in flagged images, pixels at least {PIXEL_MARGIN_SD:g} null sd above the "
+                                       "image cut-off, and each image's peak"}
+
+
+@dataclass
+class Decisions:
+    """What a user acts on: the image decision and the defect masks drawn with it."""
+
+    image: Decision
+    masks: np.ndarray
+    pixel: dict
+
+    @property
+    def rate(self) -> RateEstimate | None:
+        return self.image.rate
+
+
+def decide(scores: Sequence[float], maps: np.ndarray, method: str = "fdr", fdr: float = DEFAULT_FDR,
+           k: float = 3.0, rate: float | None = None, threshold: float | None = None,
+           pixel_method: str = "image", pixel_threshold: float | None = None) -> Decisions:
+    """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
+
+    `fdr` uses the maps alone (their maxima and pixels); the other methods threshold the scores and draw
+    masks with `pixel_method`. `pixel_threshold` overrides the pixel rule with a fixed map value.
+    """
+    maps = np.asarray(maps)
+    if method == "fdr":
+        image, masks, pixel = decide_fdr(maps, fdr)
+    else:
+        image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
+        raw = maps.reshape(maps.shape[0], -1).max(axis=1)
+        masks, pixel = pixel_masks(maps, raw, image, pixel_method, method, k)
+    if pixel_threshold is not None:
+        masks, pixel = maps > pixel_threshold, {"method": "fixed", "threshold": float(pixel_threshold)}
+    return Decisions(image, masks, pixel)
 
 
 def mebin_threshold(amap: np.ndarray, steps: int = 64, lo: float | None = None) -> float:
@@ -207,5 +534,7 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
     return masks, {"method": "mebin", "thresholds": per_image, "floor": floor}
 
 
-__all__ = ["Decision", "decide_images", "pixel_masks", "mebin_threshold", "fit_gmm", "threshold_mad",
-           "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS"]
+__all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_images",
+           "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
+           "benjamini_hochberg", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS",
+           "DEFAULT_FDR"]

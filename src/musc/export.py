@@ -82,7 +82,7 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     order = result.ranking()
     columns = dict(columns or {})
     if decision is not None:
-        columns["decision"] = ["defective" if d else "normal" for d in decision.defective]
+        columns["decision"] = decision.labels()
         payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", names[i],

@@ -147,7 +147,8 @@ def write_report(results: str | Path, progress: bool = True, title: str | None =
             "overlay": _rel(overlay, out) if overlay.is_file() else None,
             "mask": _rel(mask, out) if mask.is_file() else None,
         })
-    scores = np.array([float(r["score"]) for r in rows])
+    on = decision.get("image", {}).get("threshold_on", "score") if decision else "score"
+    scores = np.array([float(r.get(on) or r["score"]) for r in rows])
     threshold = decision.get("image", {}).get("threshold") if decision else None
     e = html.escape
     cards = "".join(
@@ -161,7 +162,15 @@ def write_report(results: str | Path, progress: bool = True, title: str | None =
     if decision:
         img = decision["image"]
         summary += (f"; {img['defective']} flagged defective by <b>{e(img['method'])}</b> "
-                    f"(threshold {img['threshold']:.4f}: {e(img['detail'])})")
+                    f"(threshold {'none' if img['threshold'] is None else format(img['threshold'], '.4f')} on the "
+                    f"{'map maxima' if on == 'raw_score' else 'scores'}: "
+                    f"{e(img['detail'])})")
+        if img.get("defect_rate"):
+            r = img["defect_rate"]
+            summary += (f"; estimated defect rate {r['estimate']:.0%} ({r['level']:.0%} interval "
+                        f"{r['low']:.0%} to {r['high']:.0%})")
+        if img.get("undecided"):
+            summary += "; <b>undecided</b>: the method could not decide this batch"
         warn_html = "".join(f'<div class="warn">{e(w)}</div>' for w in img.get("warnings", []))
     cfg = config.get("config", {})
     facts = {k: v for k, v in config.items() if k != "config"}
