@@ -28,7 +28,7 @@ from musc.datasets import Category, get_reader
 from musc.evaluation import metrics_for
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES
 from musc.rescoring import rscin
-from musc.scoring import _interval_mean_excluding_self, distances_to_references, nearest_patch_distances
+from musc.scoring import interval_mean_excluding_self, distances_to_references, nearest_patch_distances
 from musc.types import Result
 
 SHOTS = (1, 2, 4, 8, 16)
@@ -75,9 +75,9 @@ def main() -> None:
             acc = torch.zeros(n, grid * grid)
             for t, r in zip(tables, rtables):
                 if mode == "zero-shot":
-                    acc += _interval_mean_excluding_self(t, config.interval)
+                    acc += interval_mean_excluding_self(t, config.interval)
                 elif mode == "musc":
-                    acc += _interval_mean_excluding_self(torch.cat([t, r[:, :, [col[i] for i in idx]]], -1), config.interval)
+                    acc += interval_mean_excluding_self(torch.cat([t, r[:, :, [col[i] for i in idx]]], -1), config.interval)
                 else:
                     acc += r[:, :, [col[i] for i in idx]].amin(-1)
             return finish(acc / len(tables))

@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import SCORE_DTYPES, MuScConfig
+from .config import ENGINES, SCORE_DTYPES, MuScConfig
 from .decision import DEFAULT_FDR, IMAGE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
@@ -90,6 +90,12 @@ def score_options(func: Callable) -> Callable:
         click.option("--projection-dim", type=int, default=None,
                      help="Approximate fast mode: randomly project patch vectors to this many dimensions "
                           "before mutual scoring (see BENCHMARKS.md for its accuracy cost)."),
+        click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
+                     help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
+                          "'musc-ad[ray]'; same results)."),
+        click.option("--ray-address", default=None,
+                     help="Ray cluster to join (HOST:PORT, or 'auto'). Default with --engine ray: start Ray "
+                          "on this machine."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -100,13 +106,14 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...], no_rscin: bool,
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
                         random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
-                        projection_dim: int | None = None) -> MuScConfig:
+                        projection_dim: int | None = None, engine: str = _DEFAULTS.engine,
+                        ray_address: str | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built."""
     config = MuScConfig(backbone=backbone, image_size=image_size, layers=layers, r_values=r_values,
                         interval=interval, rscin_windows=() if no_rscin else rscin_windows, subsets=subsets,
                         seed=seed, device=device, half=half, batch_size=batch_size, weights=weights,
                         pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
-                        projection_dim=projection_dim)
+                        projection_dim=projection_dim, engine=engine, ray_address=ray_address)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -126,8 +133,13 @@ def check_weights_available(config: MuScConfig) -> None:
 def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
-             "projection_dim")
-    return config_from_options(**{k: kwargs.pop(k) for k in names})
+             "projection_dim", "engine", "ray_address")
+    config = config_from_options(**{k: kwargs.pop(k) for k in names})
+    if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
+        from .distributed import connect
+
+        connect(config.ray_address)
+    return config
 
 
 def check_images(paths: list[Path], skip_unreadable: bool, progress: bool,

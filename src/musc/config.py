@@ -13,6 +13,7 @@ from .errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 SCORE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODES = ("musc", "musc+")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class MuScConfig:
     """Approximate fast mode: random projection of the patch vectors to this many dimensions before MSM."""
     mode: str = "musc"
     """With reference images: 'musc' (few-shot: references join the scorers) or 'musc+' (references only)."""
+    engine: str = "local"
+    """Where the work runs: 'local' (this process) or 'ray' (tasks on a Ray cluster; same results)."""
+    ray_address: str | None = None
+    """The Ray cluster to join ('HOST:PORT' or 'auto'); None starts a Ray runtime on this machine."""
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting that cannot work."""
@@ -89,6 +94,10 @@ class MuScConfig:
             raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}, got {self.score_dtype!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError("a Ray address needs the ray engine (--engine ray)")
         if self.projection_dim is not None and self.projection_dim < 8:
             raise ConfigError(f"projection_dim must be >= 8, got {self.projection_dim}")
 
@@ -121,4 +130,4 @@ class MuScConfig:
         return cls.from_dict(data.get("config", data))
 
 
-__all__ = ["MuScConfig", "DEVICES"]
+__all__ = ["MuScConfig", "DEVICES", "ENGINES"]

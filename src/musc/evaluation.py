@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -75,12 +75,18 @@ def metrics_for(category: Category, result: Result, size: MetricsSize = "model")
     return all_metrics(category.labels, result.scores, *(gt if gt is not None else (None, None)))
 
 
-def evaluate_category(model: MuSc, category: Category, size: MetricsSize = "model", progress: bool = True,
-                      keep_pairs: bool = False) -> tuple[Result, CategoryReport]:
-    """Score a category's test images (no labels involved), then compute its metrics."""
+def check_category(category: Category) -> list[str]:
+    """Raise on a category that cannot be evaluated; returns the notes on metrics it leaves undefined."""
     notes = category.check()
     if len(category.samples) < 2:
         raise DatasetError(f"category {category.name!r} has {len(category.samples)} test image(s); MuSc needs at least 2")
+    return notes
+
+
+def evaluate_category(model: MuSc, category: Category, size: MetricsSize = "model", progress: bool = True,
+                      keep_pairs: bool = False) -> tuple[Result, CategoryReport]:
+    """Score a category's test images (no labels involved), then compute its metrics."""
+    notes = check_category(category)
     result = model.score([s.path for s in category.samples], progress=progress, keep_pairs=keep_pairs)
     t0 = time.perf_counter()
     metrics = metrics_for(category, result, size)
@@ -224,27 +230,45 @@ def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | N
     out = check_output_folder(out, replaced=False)
     reader = get_reader(dataset)
     chosen = _choose(reader, root, dataset, categories)
-    reports = []
+    reports: dict[str, CategoryReport] = {}
+    pending = []
     for name in chosen:
-        cat_dir = out / name
-        if (cat_dir / METRICS_FILE).is_file() and not overwrite:
-            report = CategoryReport.from_dict(json.loads((cat_dir / METRICS_FILE).read_text()))
+        if (out / name / METRICS_FILE).is_file() and not overwrite:
+            reports[name] = CategoryReport.from_dict(json.loads((out / name / METRICS_FILE).read_text()))
             log.info("skipping %s: results exist (use --overwrite)", name)
+            if on_report is not None:
+                on_report(reports[name])
         else:
-            category = reader.load(root, name)
-            result, report = evaluate_category(model, category, size, progress)
-            columns = {"label": [s.label for s in category.samples],
-                       "defect_type": [s.defect_type for s in category.samples]}
-            with ResultFolder(cat_dir) as folder:  # replaced whole: a category folder never mixes two runs
-                write_result(result, folder, root=root, save_maps=save_maps, save_images=save_images,
-                             progress=progress, columns=columns)
-                atomic_write_text(folder / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
-        reports.append(report)
+            pending.append(reader.load(root, name))
+            check_category(pending[-1])  # broken ground truth stops the run before any work
+    for category, result, report in _evaluated(model, pending, size, progress):
+        columns = {"label": [s.label for s in category.samples],
+                   "defect_type": [s.defect_type for s in category.samples]}
+        with ResultFolder(out / category.name) as folder:  # replaced whole: a category folder never mixes two runs
+            write_result(result, folder, root=root, save_maps=save_maps, save_images=save_images,
+                         progress=progress, columns=columns)
+            atomic_write_text(folder / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
+        reports[category.name] = report
         if on_report is not None:
             on_report(report)
+    reports = [reports[name] for name in chosen]
     write_summary(out, reports, {"dataset": dataset, "root": str(root), "metrics_size": size,
-                                 "config": model.config.to_dict(), **run_facts()})
+                                 "engine": model.config.engine, "config": model.config.to_dict(), **run_facts()})
     return reports
+
+
+def _evaluated(model: MuSc, categories: list[Category], size: MetricsSize, progress: bool
+               ) -> Iterator[tuple[Category, Result, CategoryReport]]:
+    """(category, result, report) for each category: one after another here, or as Ray tasks, which finish in
+    any order (the driver still writes every result folder)."""
+    if model.config.engine == "ray" and categories:
+        from .distributed import RayEngine
+
+        yield from RayEngine(model).evaluate(categories, size, progress)
+        return
+    for category in categories:
+        result, report = evaluate_category(model, category, size, progress)
+        yield category, result, report
 
 
 __all__ = ["run_few_shot", "draw_references", "few_shot_table", "CategoryReport", "evaluate_category", "metrics_for", "run_evaluation", "write_summary", "markdown_table",

@@ -90,6 +90,10 @@ class MuSc:
 
     def extract(self, images: Sequence[ImageSource], progress: bool = True) -> tuple[Features, list[tuple[int, int]]]:
         """Backbone features of all images, plus each image's original (width, height)."""
+        if self.config.engine == "ray":
+            from .distributed import RayEngine
+
+            return RayEngine(self).extract(images, progress)
         bb = self.backbone
         bs = self.config.batch_size
         n = len(images)
@@ -218,12 +222,21 @@ class MuSc:
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
                              f"{features.num_images} (give reference images to score a single one)")
         grid, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
+        return self.finish(grid, features.embeddings, timings, pairs if keep_pairs else None)
+
+    def finish(self, grid: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
+               pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
+        """Patch-score grids (N, h, w) -> maps, raw scores (map maxima) and RsCIN scores: a Result.
+
+        The last stage of every engine: the local one and the Ray one share it.
+        """
+        c = self.config
         t0 = time.perf_counter()
         maps = self.upsample(grid)
         raw = maps.flatten(1).amax(dim=1)
         timings["upsampling"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        emb = features.embeddings.cpu().numpy()
+        emb = embeddings.cpu().numpy()
         raw_np = raw.cpu().numpy().astype(np.float64)
         notes = []
         if c.rscin_windows and len(raw_np) < 2:
@@ -234,7 +247,7 @@ class MuSc:
         timings["rescoring"] = time.perf_counter() - t0
         return Result(scores=scores, raw_scores=raw_np, maps=maps.cpu().numpy().astype(np.float32, copy=False),
                       embeddings=emb, config=c, timings=timings, notes=notes,
-                      pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if keep_pairs else None)
+                      pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if pairs is not None else None)
 
     def score(self, images: Sequence[ImageSource], progress: bool = True, keep_pairs: bool = False,
               references: Sequence[ImageSource] | Features | None = None) -> Result:
@@ -250,6 +263,10 @@ class MuSc:
             raise InputError("no images to score")
         if self.config.subsets > 1 and len(images) // self.config.subsets < 2:
             raise InputError(f"{len(images)} images cannot be split into {self.config.subsets} subsets of at least 2 images")
+        if self.config.engine == "ray":
+            from .distributed import RayEngine
+
+            return RayEngine(self).score(images, progress=progress, keep_pairs=keep_pairs, references=references)
         _ = self.backbone  # build it first so that model loading is not counted as extraction
         t0 = time.perf_counter()
         features, sizes = self.extract(images, progress)

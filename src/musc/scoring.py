@@ -140,6 +140,30 @@ def nearest_patch_distances(z: torch.Tensor, block_bytes: int | None = None,
     return table
 
 
+def cross_nearest_distances(za: torch.Tensor, zb: torch.Tensor, block_bytes: int | None = None,
+                            matmul_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two different sets of images (A, L, C) and (B, L, C) -> (A, L, B) and (B, L, A) nearest-patch distances.
+
+    Pair-symmetric: each similarity tile gives A's nearest patches in B (row maxima) and B's in A (column
+    maxima). This is one off-diagonal block of `nearest_patch_distances`, for engines that split the set.
+    """
+    na, l, c = za.shape
+    nb = zb.shape[0]
+    b = _block_images(l, block_bytes or default_block_bytes(za.device))
+    fa, fb = half_inputs(za, matmul_dtype).reshape(na * l, c), half_inputs(zb, matmul_dtype).reshape(nb * l, c)
+    ab = torch.empty((na, l, nb), dtype=torch.float32, device=za.device)
+    ba = torch.empty((nb, l, na), dtype=torch.float32, device=za.device)
+    for i0 in range(0, na, b):
+        i1 = min(na, i0 + b)
+        for j0 in range(0, nb, b):
+            j1 = min(nb, j0 + b)
+            sim = _matmul_sim(fa[i0 * l:i1 * l], fb[j0 * l:j1 * l]).view(i1 - i0, l, j1 - j0, l)
+            ab[i0:i1, :, j0:j1] = sim.amax(dim=3)
+            ba[j0:j1, :, i0:i1] = sim.amax(dim=1).permute(1, 2, 0)
+            del sim
+    return _similarity_to_distance_(ab), _similarity_to_distance_(ba)
+
+
 def distances_to_references(z: torch.Tensor, refs: torch.Tensor, block_bytes: int | None = None,
                             matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """(N, L, C) test and (K, L', C) reference unit vectors -> (N, L, K): distance to the nearest patch of each reference."""
@@ -187,13 +211,13 @@ def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_
         _similarity_to_distance_(rows)
         local = torch.arange(i1 - i0, device=z.device)
         rows[local, :, local + i0] = float("inf")
-        out[i0:i1] = _interval_mean_excluding_self(rows, fraction)
+        out[i0:i1] = interval_mean_excluding_self(rows, fraction)
         if progress is not None:
             progress(i1 - i0)
     return out
 
 
-def _interval_mean_excluding_self(table: torch.Tensor, fraction: float, rows_per_chunk: int = 16) -> torch.Tensor:
+def interval_mean_excluding_self(table: torch.Tensor, fraction: float, rows_per_chunk: int = 16) -> torch.Tensor:
     """Interval mean over the N-1 finite entries of each (i, p) row; the +inf self entry is never among the k smallest.
 
     Works on a few images at a time so that topk's values and indices stay small next to the table.
@@ -217,7 +241,7 @@ def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | N
     """
     n, l, _ = z.shape
     if refs is not None and refs.shape[0] > 0:
-        return _interval_mean_excluding_self(
+        return interval_mean_excluding_self(
             torch.cat([nearest_patch_distances(z, matmul_dtype=matmul_dtype, progress=progress)
                        if n > 1 else torch.full((n, l, n), float("inf"), device=z.device),
                        distances_to_references(z, refs, matmul_dtype=matmul_dtype)], dim=-1), fraction)
@@ -228,7 +252,7 @@ def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | N
     if table_bytes * 5 // 4 <= budget:
         block = min(default_block_bytes(z.device), budget - table_bytes * 5 // 4)
         table = nearest_patch_distances(z, block_bytes=block, matmul_dtype=matmul_dtype, progress=progress)
-        return _interval_mean_excluding_self(table, fraction)
+        return interval_mean_excluding_self(table, fraction)
     return _scores_by_row_blocks(z, fraction, budget, matmul_dtype, progress)
 
 
@@ -246,5 +270,6 @@ def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(z @ proj, dim=-1)
 
 
-__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "mutual_scores", "default_memory_budget",
+__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "cross_nearest_distances", "mutual_scores",
+           "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores"]
