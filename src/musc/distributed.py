@@ -166,14 +166,15 @@ def _evaluate_category(spec: dict, state: dict[str, torch.Tensor], category: Any
     return evaluate_category(MuSc(spec["config"], backbone=bb), category, size, progress=False)
 
 
-_REMOTES: dict[str, Any] = {}
+_REMOTES: dict[tuple, Any] = {}
 
 
 def _remote(fn: Callable, **options: Any) -> Any:
     ray = import_ray()
-    if fn.__name__ not in _REMOTES:
-        _REMOTES[fn.__name__] = ray.remote(max_retries=TASK_RETRIES, **options)(fn)
-    return _REMOTES[fn.__name__]
+    key = (fn.__name__, *sorted(options.items()))
+    if key not in _REMOTES:
+        _REMOTES[key] = ray.remote(max_retries=TASK_RETRIES, **options)(fn)
+    return _REMOTES[key]
 
 
 @dataclass
@@ -218,18 +219,22 @@ class RayEngine:
                 "interval": c.interval, "mode": c.mode, "tile_bytes": None,
                 "matmul_dtype": score_matmul_dtype(c.score_dtype, bb.device)}
 
+    def _ship(self, ray: Any, spec: dict) -> tuple[dict, Any, int]:
+        """The weights put in the object store once, and the device and GPU count of the backbone tasks."""
+        state = ray.put({k: v.detach().cpu() for k, v in self.model.backbone.model.state_dict().items()})
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        return {**spec, "device": "cuda" if gpus else "cpu"}, state, gpus
+
     def _workers(self, ray: Any) -> int:
         resources = ray.cluster_resources()
         return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
 
     def _extract(self, ray: Any, spec: dict, images: Sequence["ImageSource"], bar: _Progress) -> tuple[list, list, torch.Tensor, list]:
         """Submit one task per shard; returns (token refs per shard, shard index lists, embeddings, sizes)."""
-        state = ray.put({k: v.detach().cpu() for k, v in self.model.backbone.model.state_dict().items()})
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        spec, state, gpus = self._ship(ray, spec)
         task = _remote(_extract_shard, num_returns=2, num_gpus=gpus)
         shard = max(1, SHARD_BATCHES * self.config.batch_size)
         starts = list(range(0, len(images), shard))
-        spec = {**spec, "device": "cuda" if gpus else "cpu"}
         outs = [task.remote(spec, state, list(images[s:s + shard])) for s in starts]
         token_refs = [o[0] for o in outs]
         bar.wait([o[1] for o in outs])
@@ -244,10 +249,7 @@ class RayEngine:
         from tqdm.auto import tqdm
 
         ray = connect(self.config.ray_address)
-        spec = self._spec()
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        spec = {**spec, "device": "cuda" if gpus else "cpu"}
-        state = ray.put({k: v.detach().cpu() for k, v in self.model.backbone.model.state_dict().items()})
+        spec, state, gpus = self._ship(ray, self._spec())
         task = _remote(_evaluate_category, num_gpus=gpus)
         pending = {task.remote(spec, state, category, size): category for category in categories}
         with tqdm(total=len(pending), desc="categories (ray)", unit="task", disable=not progress, leave=False) as bar:
