@@ -59,3 +59,49 @@ def test_r1_is_identity_before_normalisation():
 def test_bad_degree_rejected(r):
     with pytest.raises(ValueError, match="odd"):
         neighbourhood_mean(torch.zeros(1, 1, 3, 3), r)
+
+
+# SNAMD (MuSc-V2): checked against a direct transcription of its formulas, loop by loop
+
+from musc.aggregation import similarity_weighted_mean, snamd_iter  # noqa: E402
+
+
+def snamd_reference(tokens, r_values):
+    """For each image, patch (y, x) and r: weights exp(-||f(q) - f(p)||) over the r x r window around p (a
+    position outside the map holds the zero vector), the weighted mean; then the mean over r; (N, C, H, W)."""
+    n, c, h, w = tokens.shape
+    out = torch.zeros_like(tokens)
+    for i in range(n):
+        for y in range(h):
+            for x in range(w):
+                centre = tokens[i, :, y, x]
+                acc = torch.zeros(c)
+                for r in r_values:
+                    num, den = torch.zeros(c), 0.0
+                    for dy in range(-(r // 2), r // 2 + 1):
+                        for dx in range(-(r // 2), r // 2 + 1):
+                            yy, xx = y + dy, x + dx
+                            f = tokens[i, :, yy, xx] if 0 <= yy < h and 0 <= xx < w else torch.zeros(c)
+                            wt = torch.exp(-(f - centre).norm())
+                            num += wt * f
+                            den += wt
+                    acc += num / den
+                out[i, :, y, x] = acc / len(r_values)
+    return out
+
+
+@pytest.mark.parametrize("r_values", [(1, 3, 5), (3,), (1, 5)])
+def test_snamd_matches_its_transcription_borders_included(r_values):
+    tokens = torch.randn(2, 6, 5, 4)
+    expected = snamd_reference(tokens, r_values)
+    got = similarity_weighted_mean(tokens, r_values)
+    assert torch.allclose(got, expected.flatten(2), atol=1e-5)
+    z = next(snamd_iter(tokens, r_values, chunk_bytes=1))  # one image per chunk
+    assert z.shape == (2, 20, 6)
+    assert torch.allclose(z, torch.nn.functional.normalize(expected.flatten(2).transpose(1, 2), dim=-1), atol=1e-5)
+
+
+def test_snamd_r1_is_the_normalised_token():
+    tokens = torch.randn(1, 4, 3, 3)
+    z = next(snamd_iter(tokens, (1,)))
+    assert torch.allclose(z, torch.nn.functional.normalize(tokens.flatten(2).transpose(1, 2), dim=-1), atol=1e-6)

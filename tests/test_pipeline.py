@@ -132,3 +132,50 @@ def test_unreadable_image_in_a_prefetched_batch_is_named(tmp_path):
     paths[5].write_bytes(b"not an image")
     with pytest.raises(ImageReadError, match="img5.png"):
         MuSc(TINY).extract(paths, progress=False)
+
+
+# Stage presets: muscv2 (SNAMD + RsCon) through the same pipeline
+
+from musc.aggregation import snamd_iter  # noqa: E402
+from musc.config import METHODS  # noqa: E402
+from musc.rescoring import rscin, salient_patch_vectors  # noqa: E402
+from musc.scoring import mutual_scores  # noqa: E402
+
+
+def _images(n=8):
+    return [Image.fromarray(planted(textured(7)) if i == 0 else textured(i)) for i in range(n)]
+
+
+def test_muscv2_is_snamd_scored_once_per_block_then_rscon():
+    config = MuScConfig.for_method("muscv2", **{k: getattr(TINY, k) for k in ("backbone", "image_size", "pretrained",
+                                                                              "device", "batch_size")})
+    assert (config.aggregation, config.rescoring, config.rscin_windows) == ("snamd", "rscon", (1, 7))
+    model = MuSc(config)
+    features, _ = model.extract(_images(), progress=False)
+    result = model.score_features(features, progress=False, keep_pairs=True)
+    assert set(result.pair_maps) == {(layer, "snamd") for layer in model.backbone.layers}  # one view per block
+    # by hand: SNAMD per tapped block, MSM, mean over blocks; RsCon over the second-to-last block's salient patches
+    grids = [mutual_scores(next(snamd_iter(t, config.r_values)), config.interval) for t in features.tokens]
+    grid = torch.stack(grids).mean(0)
+    maps = model.upsample(grid.view(len(grid), *features.tokens[0].shape[-2:]))
+    assert np.allclose(result.maps, maps.numpy(), atol=1e-6)
+    salient = salient_patch_vectors(next(snamd_iter(features.tokens[-2], config.r_values)).numpy(), grid.numpy())
+    expected = rscin(maps.flatten(1).amax(1).numpy(), salient, (1, 7))
+    assert np.allclose(result.scores, expected, atol=1e-6)
+    assert result.ranking()[0] == 0
+
+
+@pytest.mark.parametrize("changes", [dict(subsets=2), dict(memory_budget_mb=1), dict(projection_dim=8),
+                                     dict(score_dtype="float16")])
+def test_every_preset_works_with_the_options(changes):
+    for method in METHODS:
+        result = MuSc(MuScConfig.for_method(method, **{**TINY.to_dict(), "rscin_windows": METHODS[method]["rscin_windows"],
+                                                       **changes})).score(_images(), progress=False)
+        assert result.maps.shape == (8, 112, 112) and np.isfinite(result.scores).all()
+
+
+@pytest.mark.parametrize("mode", ["musc", "musc+"])
+def test_muscv2_with_references(mode):
+    config = MuScConfig.for_method("muscv2", **{**TINY.to_dict(), "rscin_windows": (1, 7), "mode": mode})
+    result = MuSc(config).score(_images(4), references=_images(8)[4:], progress=False)
+    assert len(result) == 4 and result.ranking()[0] == 0

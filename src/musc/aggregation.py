@@ -1,12 +1,18 @@
-"""LNAMD (stage 1 of MuSc): LayerNorm, r x r neighbourhood mean, L2 normalisation of each patch.
+"""Stage 1: patch aggregation. A patch vector describes the patch together with its neighbours, so defects
+of different sizes are matched at the scale where they stand out.
 
-A patch vector at aggregation degree r describes the patch together with its neighbours, so
-defects of different sizes are matched at the scale where they stand out.
+Variants, picked by name (`MuScConfig.aggregation`, registry `AGGREGATIONS`):
+- `lnamd` (MuSc, ICLR 2024): LayerNorm over each image's (C, H, W) map, r x r mean (zero padding counted),
+  L2 normalisation; one set of patch vectors per r, each scored on its own.
+- `snamd` (MuSc-V2): inside each r x r window, a mean weighted by exp(-||f - f_centre||) (zero padding, whose
+  weight is exp(-||f_centre||)); the r results are averaged into one vector per patch, then L2-normalised.
+  No LayerNorm. One set of patch vectors per tapped block: a third of LNAMD's mutual scoring for r = 1, 3, 5.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,4 +66,63 @@ def lnamd(tokens: torch.Tensor, r_values: Sequence[int]) -> list[torch.Tensor]:
     return list(lnamd_iter(tokens, r_values))
 
 
-__all__ = ["layer_norm_map", "neighbourhood_mean", "to_patch_vectors", "lnamd", "lnamd_iter"]
+def similarity_weighted_mean(tokens: torch.Tensor, r_values: Sequence[int]) -> torch.Tensor:
+    """SNAMD before normalisation: (N, C, H, W) -> (N, C, H*W), the mean over r of the exp(-distance)-weighted
+    r x r window means around each patch (windows centred on the patch, zero padding)."""
+    for r in r_values:
+        if r < 1 or r % 2 == 0:
+            raise ValueError(f"aggregation degree r must be a positive odd integer, got {r}")
+    n, c, h, w = tokens.shape
+    r_max = max(r_values)
+    windows = F.unfold(tokens, kernel_size=r_max, padding=r_max // 2).view(n, c, r_max, r_max, h * w)
+    centre = r_max // 2
+    weights = torch.exp(-(windows - windows[:, :, centre:centre + 1, centre:centre + 1]).norm(dim=1, keepdim=True))
+    out = torch.zeros((n, c, h * w), dtype=tokens.dtype, device=tokens.device)
+    for r in r_values:
+        lo, hi = centre - r // 2, centre + r // 2 + 1
+        wr = weights[:, :, lo:hi, lo:hi]
+        out += (windows[:, :, lo:hi, lo:hi] * wr).sum(dim=(2, 3)) / wr.sum(dim=(2, 3))
+    return out / len(r_values)
+
+
+def snamd_iter(tokens: torch.Tensor, r_values: Sequence[int],
+               chunk_bytes: int = LNAMD_CHUNK_BYTES) -> Iterator[torch.Tensor]:
+    """SNAMD of one tapped block's tokens (N, C, H, W): yields one (N, H*W, C) set of unit patch vectors.
+
+    Images are aggregated a chunk at a time: the r_max x r_max windows of a chunk are the largest transient.
+    """
+    n, c, h, w = tokens.shape
+    step = max(1, chunk_bytes // max(1, 4 * c * h * w * max(r_values) ** 2))
+    out = torch.empty((n, h * w, c), dtype=torch.float32, device=tokens.device)
+    for i0 in range(0, n, step):
+        mean = similarity_weighted_mean(tokens[i0:i0 + step].float(), r_values)
+        out[i0:i0 + step] = F.normalize(mean.transpose(1, 2), dim=-1)
+    yield out
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A stage-1 variant: `views(r_values)` labels the sets of patch vectors it yields per tapped block, in the
+    order `run(tokens, r_values)` yields them (each set is scored by MSM on its own)."""
+
+    name: str
+    run: Callable[[torch.Tensor, Sequence[int]], Iterator[torch.Tensor]]
+    views: Callable[[Sequence[int]], tuple]
+    source: str
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "lnamd": Aggregation("lnamd", lnamd_iter, lambda r_values: tuple(r_values), "MuSc (ICLR 2024)"),
+    "snamd": Aggregation("snamd", snamd_iter, lambda r_values: ("snamd",), "MuSc-V2 (TPAMI 2026)"),
+}
+
+
+def get_aggregation(name: str) -> Aggregation:
+    try:
+        return AGGREGATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown aggregation {name!r}; known: {', '.join(AGGREGATIONS)}") from None
+
+
+__all__ = ["layer_norm_map", "neighbourhood_mean", "to_patch_vectors", "lnamd", "lnamd_iter", "snamd_iter",
+           "similarity_weighted_mean", "Aggregation", "AGGREGATIONS", "get_aggregation"]

@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import ENGINES, SCORE_DTYPES, MuScConfig
+from .config import ENGINES, METHODS, SCORE_DTYPES, MuScConfig
 from .decision import DEFAULT_FDR, IMAGE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
@@ -64,8 +64,11 @@ def score_options(func: Callable) -> Callable:
                      help="LNAMD aggregation degrees (odd)."),
         click.option("--interval", type=float, default=_DEFAULTS.interval, show_default=True,
                      help="MSM: fraction of the N-1 smallest nearest-patch distances averaged."),
-        click.option("--rscin-windows", type=IntList(), default=_ints(_DEFAULTS.rscin_windows), show_default=True,
-                     help="RsCIN window sizes k."),
+        click.option("--method", type=click.Choice(list(METHODS)), default="musc", show_default=True,
+                     help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); muscv2 = MuSc-V2's "
+                          "stages (SNAMD, RsCon with windows 1,7). See README: How it works."),
+        click.option("--rscin-windows", type=IntList(), default=None,
+                     help="Re-scoring window sizes k. Default: the method's (musc 1,2,3; muscv2 1,7)."),
         click.option("--no-rscin", is_flag=True, help="Skip RsCIN: image score = map maximum."),
         click.option("--subsets", type=int, default=_DEFAULTS.subsets, show_default=True,
                      help="Score the images in this many random label-free subsets (bounds time and memory)."),
@@ -103,17 +106,18 @@ def score_options(func: Callable) -> Callable:
 
 
 def config_from_options(backbone: str, image_size: int | None, layers: tuple[int, ...] | None,
-                        r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...], no_rscin: bool,
+                        r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...] | None, no_rscin: bool,
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
                         random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
                         projection_dim: int | None = None, engine: str = _DEFAULTS.engine,
-                        ray_address: str | None = None) -> MuScConfig:
+                        ray_address: str | None = None, method: str = "musc") -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built."""
-    config = MuScConfig(backbone=backbone, image_size=image_size, layers=layers, r_values=r_values,
-                        interval=interval, rscin_windows=() if no_rscin else rscin_windows, subsets=subsets,
-                        seed=seed, device=device, half=half, batch_size=batch_size, weights=weights,
-                        pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
-                        projection_dim=projection_dim, engine=engine, ray_address=ray_address)
+    windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
+    config = MuScConfig.for_method(
+        method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
+        rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
+        weights=weights, pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
+        projection_dim=projection_dim, engine=engine, ray_address=ray_address)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -133,7 +137,7 @@ def check_weights_available(config: MuScConfig) -> None:
 def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
-             "projection_dim", "engine", "ray_address")
+             "projection_dim", "engine", "ray_address", "method")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

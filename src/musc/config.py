@@ -14,6 +14,14 @@ DEVICES = ("auto", "cpu", "cuda")
 SCORE_DTYPES = ("auto", "float32", "float16", "bfloat16")
 MODES = ("musc", "musc+")
 ENGINES = ("local", "ray")
+AGGREGATIONS = ("lnamd", "snamd")
+RESCORINGS = ("rscin", "rscon")
+METHODS: dict[str, dict[str, Any]] = {
+    "musc": {"aggregation": "lnamd", "rescoring": "rscin", "rscin_windows": (1, 2, 3)},
+    "muscv2": {"aggregation": "snamd", "rescoring": "rscon", "rscin_windows": (1, 7)},
+}
+"""Stage presets (`--method`): `musc` is the ICLR 2024 paper exactly; `muscv2` takes MuSc-V2's 2D stages (SNAMD,
+RsCon with windows 1 and 7). They set stages only: backbone, size and blocks stay the user's."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class MuScConfig:
     """Approximate fast mode: random projection of the patch vectors to this many dimensions before MSM."""
     mode: str = "musc"
     """With reference images: 'musc' (few-shot: references join the scorers) or 'musc+' (references only)."""
+    aggregation: str = "lnamd"
+    """Stage 1 variant (musc.aggregation.AGGREGATIONS): 'lnamd' (MuSc) or 'snamd' (MuSc-V2)."""
+    rescoring: str = "rscin"
+    """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     engine: str = "local"
     """Where the work runs: 'local' (this process) or 'ray' (tasks on a Ray cluster; same results)."""
     ray_address: str | None = None
@@ -94,12 +106,23 @@ class MuScConfig:
             raise ConfigError(f"score_dtype must be one of {', '.join(SCORE_DTYPES)}, got {self.score_dtype!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.rescoring not in RESCORINGS:
+            raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.ray_address is not None and self.engine != "ray":
             raise ConfigError("a Ray address needs the ray engine (--engine ray)")
         if self.projection_dim is not None and self.projection_dim < 8:
             raise ConfigError(f"projection_dim must be >= 8, got {self.projection_dim}")
+
+    @classmethod
+    def for_method(cls, method: str, **values: Any) -> "MuScConfig":
+        """A configuration with a method preset's stages (METHODS), then `values` on top."""
+        if method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        return cls(**{**METHODS[method], **values})
 
     def replace(self, **changes: Any) -> "MuScConfig":
         """A copy with some fields changed."""
@@ -130,4 +153,4 @@ class MuScConfig:
         return cls.from_dict(data.get("config", data))
 
 
-__all__ = ["MuScConfig", "DEVICES", "ENGINES"]
+__all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "AGGREGATIONS", "RESCORINGS"]

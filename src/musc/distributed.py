@@ -127,6 +127,15 @@ def _aggregate_block(spec: dict, layer_pos: int, layer: int, pieces: list[tuple[
     return list(MuSc(spec["config"])._aggregate(tokens, layer))
 
 
+def _salient_shard(spec: dict, layer_pos: int, layer: int, best: torch.Tensor, shard: list[torch.Tensor]
+                   ) -> torch.Tensor:
+    """RsCon's descriptors of one shard: the first stage-1 view at each image's highest-scoring patch."""
+    from .pipeline import MuSc
+
+    z = next(MuSc(spec["config"])._aggregate(shard[layer_pos], layer))
+    return z[torch.arange(z.shape[0]), best]
+
+
 def _pair_block(spec: dict, r_pos: int, za: list[torch.Tensor], zb: list[torch.Tensor] | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Nearest-patch distances between two blocks (both directions), or within one block (zb None)."""
@@ -298,8 +307,14 @@ class RayEngine:
             t_extract = time.perf_counter() - t0
             t0 = time.perf_counter()
             grid, pairs = self._mutual_scores(ray, spec, n, token_refs, shards, references, progress_bar, keep_pairs)
-        timings = {"extraction": t_extract, "scoring": time.perf_counter() - t0}
         bb = self.model.backbone
+        if c.rescoring == "rscon":  # descriptors computed where the features are; (N, C) comes back
+            pos = max(0, len(bb.layers) - 2)
+            best = grid.argmax(dim=1)
+            task = _remote(_salient_shard)
+            embeddings = torch.cat(ray.get([task.remote(spec, pos, bb.layers[pos], best[torch.as_tensor(idx)], ref)
+                                            for idx, ref in zip(shards, token_refs)]))
+        timings = {"extraction": t_extract, "scoring": time.perf_counter() - t0}
         h = w = bb.grid
         result = self.model.finish(grid.view(n, h, w), embeddings, timings,
                                    {k: v.view(n, h, w) for k, v in pairs.items()} if keep_pairs else None)
@@ -329,6 +344,7 @@ class RayEngine:
         aggregate = _remote(_aggregate_block)
         ref_shard = ray.put(references.tokens) if references is not None else None
         workers = self._workers(ray)
+        views = self.model.views()
         total = torch.zeros((n, n_patches), dtype=torch.float32)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
         for layer_pos, layer in enumerate(bb.layers):
@@ -344,14 +360,14 @@ class RayEngine:
                     pieces = [(k, local[block][owner[block] == o].tolist()) for k, o in enumerate(needed)]
                     z.append(aggregate.remote(spec, layer_pos, layer, pieces, *[token_refs[o] for o in needed]))
                 bar.bar.total += len(blocks)
-                for r_pos, r in enumerate(c.r_values):
+                for r_pos, r in enumerate(views):
                     for block, s in zip(blocks, self._score_blocks(ray, spec, r_pos, z, ref_z, bar)):
                         index = torch.as_tensor(block)
                         total[index] += s
                         if keep_pairs:
                             pairs.setdefault((layer, r), torch.zeros_like(total))[index] = s
                 bar.wait(z + ([ref_z] if ref_z is not None else []))
-        total /= len(bb.layers) * len(c.r_values)
+        total /= len(bb.layers) * len(views)
         return total, pairs
 
     def _score_blocks(self, ray: Any, spec: dict, r_pos: int, z: list, ref_z: Any, bar: _Progress

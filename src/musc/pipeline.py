@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .aggregation import lnamd_iter
+from .aggregation import get_aggregation
 from .backbones import Backbone
 from .config import MuScConfig
 from .errors import ConfigError, InputError
@@ -133,10 +133,14 @@ class MuSc:
         layers = self.config.layers or get_preset(self.config.backbone).layers
         return tuple(layers) if len(layers) == count else tuple(range(count))
 
+    def views(self) -> tuple:
+        """Labels of the sets of patch vectors stage 1 gives per tapped block (LNAMD: each r; SNAMD: one)."""
+        return get_aggregation(self.config.aggregation).views(self.config.r_values)
+
     def _aggregate(self, tokens: torch.Tensor, layer: int) -> Iterator[torch.Tensor]:
-        """LNAMD at each r in turn (then the optional random projection of the fast mode)."""
+        """Stage 1 (the configured variant), one set of patch vectors at a time (then the fast mode's projection)."""
         c = self.config
-        for z in lnamd_iter(tokens, c.r_values):
+        for z in get_aggregation(c.aggregation).run(tokens, c.r_values):
             yield z if c.projection_dim is None else random_projection(z, c.projection_dim, seed=c.seed + layer)
 
     def _aggregated_references(self, references: Features, layers: tuple[int, ...],
@@ -178,7 +182,8 @@ class MuSc:
         parts = split_subsets(n, c.subsets, c.seed) if references is None or n >= 2 * c.subsets else [np.arange(n)]
         budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
         layers = self._tap_layers(len(features.tokens))
-        n_pairs = len(features.tokens) * len(c.r_values)
+        views = self.views()
+        n_pairs = len(features.tokens) * len(views)
         matmul_dtype = score_matmul_dtype(c.score_dtype, features.tokens[0].device)
         total = torch.zeros((n, h * w), dtype=torch.float32, device=features.tokens[0].device)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
@@ -191,7 +196,7 @@ class MuSc:
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
                     zs = self._aggregate(tok if len(parts) == 1 else tok[index], layer)
-                    for ri, r in enumerate(c.r_values):
+                    for ri, r in enumerate(views):
                         t0 = time.perf_counter()
                         z = next(zs)
                         _sync(device)
@@ -222,7 +227,20 @@ class MuSc:
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
                              f"{features.num_images} (give reference images to score a single one)")
         grid, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
-        return self.finish(grid, features.embeddings, timings, pairs if keep_pairs else None)
+        embeddings = features.embeddings
+        if c.rescoring == "rscon":
+            embeddings = self.salient_vectors(features.tokens, grid)
+        return self.finish(grid, embeddings, timings, pairs if keep_pairs else None)
+
+    def salient_vectors(self, tokens: Sequence[torch.Tensor], grid: torch.Tensor) -> torch.Tensor:
+        """RsCon's descriptors: the stage-1 vector (first view) of the second-to-last tapped block at each image's
+        highest-scoring patch, (N, C). Aggregated again here rather than kept through scoring (less memory)."""
+        from .rescoring import salient_patch_vectors
+
+        pos = max(0, len(tokens) - 2)
+        layer = self._tap_layers(len(tokens))[pos]
+        z = next(self._aggregate(tokens[pos], layer))
+        return torch.from_numpy(salient_patch_vectors(z.cpu().numpy(), grid.flatten(1).cpu().numpy()))
 
     def finish(self, grid: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:

@@ -1,8 +1,12 @@
-"""RsCIN (stage 3 of MuSc): refine image scores by smoothing them over each image's nearest images.
+"""Stage 3: refine image scores by smoothing them over each image's nearest images.
 
-Images that look alike as a whole should have alike scores: each image's score is replaced by the
-similarity-weighted mean of the scores of its k most similar images (itself included), averaged over
-several window sizes k. Works for scores from any method: array in, array out.
+Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
+mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
+Works for scores from any method: array in, array out. The variants (`MuScConfig.rescoring`) differ in what
+"look alike" is measured on:
+- `rscin` (MuSc): the image embeddings (class token, or CLIP's projected embedding).
+- `rscon` (MuSc-V2): each image's most anomalous patch, the aggregated patch vector of the second-to-last
+  tapped block at the arg-max of the image's patch scores (`salient_patch_vectors`).
 """
 
 from __future__ import annotations
@@ -50,4 +54,13 @@ def rscin(scores: Sequence[float] | np.ndarray, embeddings: np.ndarray, windows:
     return np.mean([knn_smoothing(normed, similarity, k) for k in windows], axis=0)
 
 
-__all__ = ["rscin", "knn_smoothing", "minmax"]
+def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -> np.ndarray:
+    """RsCon's image descriptors: (N, L, C) patch vectors and (N, L) patch scores -> (N, C), the vector of each
+    image's highest-scoring patch."""
+    patch_vectors, patch_scores = np.asarray(patch_vectors), np.asarray(patch_scores)
+    return patch_vectors[np.arange(patch_vectors.shape[0]), patch_scores.argmax(axis=1)]
+
+
+RESCORING_SOURCES = {"rscin": "image embeddings", "rscon": "salient patch vectors"}
+
+__all__ = ["rscin", "knn_smoothing", "minmax", "salient_patch_vectors", "RESCORING_SOURCES"]
