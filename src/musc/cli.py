@@ -93,6 +93,12 @@ def score_options(func: Callable) -> Callable:
         click.option("--projection-dim", type=int, default=None,
                      help="Approximate fast mode: randomly project patch vectors to this many dimensions "
                           "before mutual scoring (see BENCHMARKS.md for its accuracy cost)."),
+        click.option("--tiles", "tile_scale", type=float, default=None,
+                     help="Native-resolution tiles: resize the images to the batch's median size times this factor "
+                          "(1 = native resolution) and score overlapping --image-size tiles; for defects much "
+                          "smaller than a patch of the whole image."),
+        click.option("--tile-overlap", type=float, default=_DEFAULTS.tile_overlap, show_default=True,
+                     help="Least overlap of neighbouring tiles (fraction of the tile side)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -110,14 +116,16 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
                         random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
                         projection_dim: int | None = None, engine: str = _DEFAULTS.engine,
-                        ray_address: str | None = None, method: str = "musc") -> MuScConfig:
+                        ray_address: str | None = None, method: str = "musc", tile_scale: float | None = None,
+                        tile_overlap: float = _DEFAULTS.tile_overlap) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
         weights=weights, pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
-        projection_dim=projection_dim, engine=engine, ray_address=ray_address)
+        projection_dim=projection_dim, engine=engine, ray_address=ray_address, tile_scale=tile_scale,
+        tile_overlap=tile_overlap)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -137,7 +145,7 @@ def check_weights_available(config: MuScConfig) -> None:
 def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
-             "projection_dim", "engine", "ray_address", "method")
+             "projection_dim", "engine", "ray_address", "method", "tile_scale", "tile_overlap")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

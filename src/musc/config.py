@@ -68,6 +68,11 @@ class MuScConfig:
     """Stage 1 variant (musc.aggregation.AGGREGATIONS): 'lnamd' (MuSc) or 'snamd' (MuSc-V2)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
+    tile_scale: float | None = None
+    """Native-resolution tiles (musc.tiling): images are resized to the batch's median size times this factor and
+    cut into overlapping image_size tiles; None = off (each image resized whole to image_size)."""
+    tile_overlap: float = 0.25
+    """Least overlap of neighbouring tiles, as a fraction of the tile side."""
     engine: str = "local"
     """Where the work runs: 'local' (this process) or 'ray' (tasks on a Ray cluster; same results)."""
     ray_address: str | None = None
@@ -110,6 +115,12 @@ class MuScConfig:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
+        if self.tile_scale is not None and not 0 < self.tile_scale <= 8:
+            raise ConfigError(f"tile_scale must be in (0, 8], got {self.tile_scale}")
+        if not 0 <= self.tile_overlap <= 0.9:
+            raise ConfigError(f"tile_overlap must be in [0, 0.9], got {self.tile_overlap}")
+        if self.tile_scale is not None and self.engine == "ray":
+            raise ConfigError("native-resolution tiles run on the local engine only, for now")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.ray_address is not None and self.engine != "ray":

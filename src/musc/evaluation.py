@@ -61,7 +61,7 @@ def ground_truth(category: Category, result: Result, size: MetricsSize) -> tuple
     for i, sample in enumerate(category.samples):
         mask = load_mask(sample, sizes[i])
         if size == "model":
-            masks.append(resize_mask(mask, result.maps.shape[-1]))
+            masks.append(resize_mask(mask, tuple(result.maps.shape[-2:])))
             maps.append(result.maps[i])
         else:
             masks.append(mask)

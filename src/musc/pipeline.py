@@ -285,6 +285,10 @@ class MuSc:
             from .distributed import RayEngine
 
             return RayEngine(self).score(images, progress=progress, keep_pairs=keep_pairs, references=references)
+        if self.config.tile_scale is not None:
+            from .tiling import TiledScorer
+
+            return TiledScorer(self).score(images, progress=progress, references=references, keep_pairs=keep_pairs)
         _ = self.backbone  # build it first so that model loading is not counted as extraction
         t0 = time.perf_counter()
         features, sizes = self.extract(images, progress)

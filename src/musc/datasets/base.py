@@ -106,7 +106,8 @@ def load_mask(sample: Sample, image_size: tuple[int, int] | None = None) -> np.n
     return mask
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a binary mask to size x size."""
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a binary mask to size x size, or to (height, width)."""
+    h, w = (size, size) if isinstance(size, int) else size
     img = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(img.resize((size, size), Image.NEAREST)) > 127
+    return np.asarray(img.resize((w, h), Image.NEAREST)) > 127

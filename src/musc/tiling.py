@@ -1,0 +1,154 @@
+"""Native-resolution tiles: find defects far smaller than a patch of the whole image resized to S x S.
+
+Every image of the batch is resized to one canvas (the batch's median size times `tile_scale`, aspect ratio
+kept) and cut into overlapping S x S tiles on the same grid of positions. Each tile position is scored as
+its own mutual-scoring batch (tile p of image i against tile p of every other image: aligned products, so
+the time grows with the number of positions, not with its square). The tile maps are blended back into one
+map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
+constant map. The image score is the maximum of the whole map; re-scoring uses the mean of the tiles' image
+embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .errors import ConfigError
+from .rescoring import rscin
+
+if TYPE_CHECKING:
+    from .pipeline import ImageSource, MuSc
+    from .types import Result
+
+
+def tile_starts(length: int, side: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of `side` covering [0, length), evenly spread, overlapping by at least `overlap`."""
+    if length <= side:
+        return [0]
+    stride = max(1.0, side * (1.0 - overlap))
+    count = math.ceil((length - side) / stride) + 1
+    return [round(k * (length - side) / (count - 1)) for k in range(count)]
+
+
+def canvas_size(sizes: Sequence[tuple[int, int]], scale: float, side: int) -> tuple[int, int]:
+    """(width, height) every image is resized to: the batch's median size times `scale`, at least one tile."""
+    w = float(np.median([s[0] for s in sizes])) * scale
+    h = float(np.median([s[1] for s in sizes])) * scale
+    return max(side, round(w)), max(side, round(h))
+
+
+def blend_window(side: int) -> torch.Tensor:
+    """(side, side) weights, highest in the tile centre and small but positive at its border (no division by 0)."""
+    ramp = torch.sin(torch.linspace(0, math.pi, side + 2)[1:-1]) + 1e-3
+    return ramp[:, None] * ramp[None, :]
+
+
+def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tuple[int, int]) -> torch.Tensor:
+    """(P, N, S, S) tile maps at positions `starts` ((x, y) each) -> (N, H, W) weighted mean over the tiles."""
+    p, n, side, _ = tile_maps.shape
+    width, height = canvas
+    window = blend_window(side).to(tile_maps)
+    total = torch.zeros((n, height, width), dtype=tile_maps.dtype, device=tile_maps.device)
+    weight = torch.zeros((height, width), dtype=tile_maps.dtype, device=tile_maps.device)
+    for k, (x, y) in enumerate(starts):
+        total[:, y:y + side, x:x + side] += tile_maps[k] * window
+        weight[y:y + side, x:x + side] += window
+    return total / weight
+
+
+class TiledScorer:
+    """Runs a MuSc model on native-resolution tiles (config.tile_scale) and blends one map per image."""
+
+    def __init__(self, model: "MuSc") -> None:
+        self.model = model
+        self.config = model.config
+
+    def plan(self, sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """The canvas (width, height) and the tile positions (x, y) for a batch of original sizes."""
+        side = self.model.backbone.image_size
+        canvas = canvas_size(sizes, self.config.tile_scale, side)
+        xs, ys = tile_starts(canvas[0], side, self.config.tile_overlap), tile_starts(canvas[1], side, self.config.tile_overlap)
+        return canvas, [(x, y) for y in ys for x in xs]
+
+    def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
+              keep_pairs: bool = False) -> "Result":
+        from .pipeline import _as_image
+        from .types import Features
+
+        if references is not None:
+            raise ConfigError("native-resolution tiles do not take reference images yet: leave out --tiles, or "
+                              "the references")
+        if keep_pairs:
+            raise ConfigError("per-pair maps are not kept with tiles")
+        c = self.config
+        bb = self.model.backbone
+        t0 = time.perf_counter()
+        sizes = []
+        for src in images:
+            with (Image.open(src) if isinstance(src, (str, Path)) else _as_image(src)) as im:
+                sizes.append(im.size)
+        canvas, starts = self.plan(sizes)
+        side = bb.image_size
+        n, n_pos = len(images), len(starts)
+        tokens: list[list[torch.Tensor]] = []
+        embeddings: list[torch.Tensor] = []
+        with tqdm(total=n, desc=f"extracting {n_pos} tiles per image", unit="img", disable=not progress,
+                  leave=False) as bar:
+            for i, src in enumerate(images):
+                im = _as_image(src).resize(canvas, Image.BICUBIC)
+                batch = torch.stack([bb.preprocess(im.crop((x, y, x + side, y + side))) for x, y in starts])
+                taps, emb = [], []
+                for b0 in range(0, n_pos, c.batch_size):
+                    t, e = bb.extract(batch[b0:b0 + c.batch_size])
+                    taps.append(t)
+                    emb.append(e)
+                if i == 0:  # per position and tapped block, (N, C, h, w), filled in place
+                    tokens = [[t.new_empty((n, *t.shape[1:])) for t in taps[0]] for _ in range(n_pos)]
+                    embeddings = [emb[0].new_empty((n, emb[0].shape[1])) for _ in range(n_pos)]
+                for b0, (t, e) in zip(range(0, n_pos, c.batch_size), zip(taps, emb)):
+                    for k in range(len(e)):
+                        for store, layer_tokens in zip(tokens[b0 + k], t):
+                            store[i] = layer_tokens[k]
+                        embeddings[b0 + k][i] = e[k]
+                bar.update(1)
+        t_extract = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tile_maps, salient = [], []
+        for k in tqdm(range(n_pos), desc="scoring tile positions", unit="tile", disable=not progress, leave=False):
+            features = Features(tokens[k], embeddings[k])
+            grid = self.model.patch_scores(features, progress=False)[0]
+            tile_maps.append(self.model.upsample(grid))
+            if c.rescoring == "rscon":
+                salient.append(self.model.salient_vectors(features.tokens, grid))
+            tokens[k] = []  # this position's features are no longer needed
+        stacked = torch.stack(tile_maps)  # (P, N, S, S)
+        maps = blend(stacked, starts, canvas)
+        t_score = time.perf_counter() - t0
+        raw = maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float64)
+        if c.rescoring == "rscon":
+            best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
+            emb = torch.stack([salient[int(best[i])][i] for i in range(n)]).numpy()
+        else:
+            emb = torch.stack(embeddings).mean(dim=0).cpu().numpy()
+        scores = rscin(raw, emb, c.rscin_windows) if c.rscin_windows else raw
+        from .types import Result
+
+        result = Result(scores=scores, raw_scores=raw, maps=maps.cpu().numpy().astype(np.float32), embeddings=emb,
+                        config=c, timings={"extraction": t_extract, "scoring": t_score},
+                        notes=[f"{n_pos} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"])
+        result.original_sizes = sizes
+        result.weights_source = bb.weights_source
+        result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None
+        return result
+
+
+__all__ = ["TiledScorer", "tile_starts", "canvas_size", "blend", "blend_window"]
