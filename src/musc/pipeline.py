@@ -1,4 +1,8 @@
-"""The MuSc model: composes backbone -> LNAMD -> MSM -> maps -> RsCIN. No file output here."""
+"""The MuSc model: composes backbone -> stage 1 (LNAMD or SNAMD) -> MSM -> maps -> stage 3 (RsCIN or RsCon).
+
+Variants come from each stage's registry by the names in the config; other engines (Ray, tiles) reuse these
+steps. No file output here.
+"""
 
 from __future__ import annotations
 
@@ -244,7 +248,7 @@ class MuSc:
 
     def finish(self, grid: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
-        """Patch-score grids (N, h, w) -> maps, raw scores (map maxima) and RsCIN scores: a Result.
+        """Patch-score grids (N, h, w) -> maps, raw scores (map maxima) and re-scored scores: a Result.
 
         The last stage of every engine: the local one and the Ray one share it.
         """
