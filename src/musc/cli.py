@@ -261,7 +261,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
     """
-    from .decision import decide
+    from .decision import check_fdr, decide
     from .export import write_result
     from .io import ResultFolder, check_output_folder, find_images
     from .pipeline import MuSc
@@ -280,8 +280,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise ConfigError("--decision rate needs --expected-defect-rate between 0 and 1")
     if decision_method == "fixed" and threshold is None:
         raise ConfigError("--decision fixed needs --threshold")
-    if not 0 < fdr < 1:
-        raise ConfigError(f"--fdr must be between 0 and 1, got {fdr}")
+    check_fdr(fdr)
     check_output_folder(out)
     progress = not quiet
     found, root = collect_images(inputs, recursive=not no_recursive)

@@ -316,6 +316,12 @@ def estimate_defect_rate(evidence: np.ndarray, level: float = 0.9, resamples: in
     return estimate_null(evidence, level, resamples, seed).rate
 
 
+def check_fdr(fdr: float) -> None:
+    """ConfigError unless the false-discovery rate is a level in (0, 1)."""
+    if not 0.0 < fdr < 1.0:
+        raise ConfigError(f"--fdr must be between 0 and 1, got {fdr}")
+
+
 def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN_LABEL_FREE_IMAGES
                ) -> tuple[Decision, np.ndarray, dict]:
     """The `fdr` decision: images flagged with false-discovery-rate control, masks from the same cut-off.
@@ -324,8 +330,7 @@ def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN
     `threshold` is on the map values: an image is flagged when its map reaches it, and its mask is the
     pixels that do, so flagged images are exactly those with a non-empty mask.
     """
-    if not 0.0 < fdr < 1.0:
-        raise ConfigError(f"--fdr must be between 0 and 1, got {fdr}")
+    check_fdr(fdr)
     maps = np.asarray(maps)
     n = maps.shape[0]
     evidence = maps.reshape(n, -1).max(axis=1).astype(np.float64)
@@ -442,5 +447,5 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
 
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_images",
            "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
-           "benjamini_hochberg", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS",
+           "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS",
            "DEFAULT_FDR"]

@@ -90,18 +90,19 @@ def connect(address: str | None = None) -> Any:
 _WORKER_BACKBONES: dict[tuple, Any] = {}
 
 
-def _worker_backbone(preset: Any, state: dict[str, torch.Tensor], image_size: int, layers: tuple[int, ...],
-                     device: str, half: bool, source: str) -> Any:
+def _worker_backbone(spec: dict, state: dict[str, torch.Tensor]) -> Any:
     """The backbone in this worker process, built once per (preset, size, taps, weights) from shipped weights."""
     from .backbones import PRESETS, Backbone, register_preset
 
-    key = (preset.name, image_size, layers, device, half, source)
+    preset = spec["preset"]
+    key = (preset.name, spec["image_size"], spec["layers"], spec["device"], spec["half"], spec["source"])
     if key not in _WORKER_BACKBONES:
         if PRESETS.get(preset.name) != preset:
             register_preset(preset, overwrite=True)  # custom presets registered only on the driver
-        bb = Backbone.load(preset.name, image_size, layers, pretrained=False, device=device, half=half)
+        bb = Backbone.load(preset.name, spec["image_size"], spec["layers"], pretrained=False, device=spec["device"],
+                           half=spec["half"])
         bb.model.load_state_dict(state, strict=True)
-        bb.weights_source = source
+        bb.weights_source = spec["source"]
         _WORKER_BACKBONES.clear()  # one model per worker at a time
         _WORKER_BACKBONES[key] = bb
     return _WORKER_BACKBONES[key]
@@ -111,8 +112,7 @@ def _extract_shard(spec: dict, state: dict[str, torch.Tensor], sources: list) ->
     """Features of one shard: (tokens per tapped block, {embeddings, sizes}); batches as the local engine makes them."""
     from .pipeline import MuSc
 
-    bb = _worker_backbone(spec["preset"], state, spec["image_size"], spec["layers"], spec["device"], spec["half"],
-                          spec["source"])
+    bb = _worker_backbone(spec, state)
     model = MuSc(spec["config"], backbone=bb)
     features, sizes = model.extract(sources, progress=False)
     return features.tokens, {"embeddings": features.embeddings, "sizes": sizes}
@@ -120,7 +120,7 @@ def _extract_shard(spec: dict, state: dict[str, torch.Tensor], sources: list) ->
 
 def _aggregate_block(spec: dict, layer_pos: int, layer: int, pieces: list[tuple[int, list[int]]],
                      *shards: list[torch.Tensor]) -> list[torch.Tensor]:
-    """LNAMD (and the fast mode's projection) of one block of images at one tapped block: a (b, L, C) per r."""
+    """Stage 1 (and the fast mode's projection) of one block of images at one tapped block: a (b, L, C) per view."""
     from .pipeline import MuSc
 
     tokens = torch.cat([shards[k][layer_pos][idx] for k, idx in pieces])
@@ -170,8 +170,7 @@ def _evaluate_category(spec: dict, state: dict[str, torch.Tensor], category: Any
     from .evaluation import evaluate_category
     from .pipeline import MuSc
 
-    bb = _worker_backbone(spec["preset"], state, spec["image_size"], spec["layers"], spec["device"], spec["half"],
-                          spec["source"])
+    bb = _worker_backbone(spec, state)
     return evaluate_category(MuSc(spec["config"], backbone=bb), category, size, progress=False)
 
 

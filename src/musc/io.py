@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+from collections import Counter
 import io as _io
 import json
 import os
@@ -156,13 +157,9 @@ def output_names(paths: Sequence[Path], root: Path | None) -> list[str]:
     any stem still taken gets a numbered suffix (`a-2`).
     """
     plain = [output_name(Path(p), root) for p in paths]
-    counts: dict[str, int] = {}
-    for name in plain:
-        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
     suffixed = [output_name(Path(p), root, keep_suffix=True) for p in paths]
-    suffixed_counts: dict[str, int] = {}
-    for name in suffixed:
-        suffixed_counts[name.casefold()] = suffixed_counts.get(name.casefold(), 0) + 1
+    counts = Counter(name.casefold() for name in plain)
+    suffixed_counts = Counter(name.casefold() for name in suffixed)
     names = [long if counts[name.casefold()] > 1 and suffixed_counts[long.casefold()] == 1 else name
              for name, long in zip(plain, suffixed)]
     taken: set[str] = set()
@@ -177,8 +174,6 @@ def output_names(paths: Sequence[Path], root: Path | None) -> list[str]:
     return unique
 
 
-RESULT_MARKERS = ("scores.csv", "config.json", "metrics.json")
-"""Files whose presence (with musc's content) marks a folder as one musc wrote: it may be replaced."""
 _STAGING = re.compile(r"^\.(?P<name>.+)\.musc-(?:staging|old)-(?P<pid>\d+)-[^/]*$")
 
 
@@ -197,6 +192,14 @@ def _written_by_musc(folder: Path) -> bool:
     return (folder / "metrics.json").is_file() and (folder / "metrics.md").is_file()
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest folder above `path` that exists: where its missing folders would be created."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
 def check_output_folder(path: str | Path, option: str = "--out", replaced: bool = True) -> Path:
     """Fail with one line, before any work, when `path` cannot become a result folder.
 
@@ -213,9 +216,7 @@ def check_output_folder(path: str | Path, option: str = "--out", replaced: bool 
     if path.is_dir() and any(path.iterdir()) and not _written_by_musc(path):
         raise InputError(f"{option} {path} is a folder holding other files, not an earlier musc result: "
                          "give a new or empty folder (a result folder is replaced as a whole)")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _existing_ancestor(path)
     if not parent.is_dir():
         raise InputError(f"{option} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -228,9 +229,7 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     path = Path(path).absolute()
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder: give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = _existing_ancestor(path)
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{option} {path}: cannot write in {parent}")
     return path
@@ -241,8 +240,8 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, owned by someone else
+        pass
     return True
 
 
