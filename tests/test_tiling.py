@@ -7,7 +7,8 @@ from PIL import Image
 
 from musc import MuSc, MuScConfig
 from musc.errors import ConfigError
-from musc.tiling import TiledScorer, blend, canvas_size, tile_starts
+from musc.tiling import TiledScorer, blend, canvas_size, score_aligned, score_all, tile_starts
+from musc.types import Features
 
 from conftest import textured
 
@@ -37,18 +38,37 @@ def test_canvas_keeps_the_aspect_ratio():
     assert canvas_size([(500, 1250), (500, 1260), (500, 1240)], 1.0, 224) == (500, 1250)
     assert canvas_size([(500, 1250)], 0.5, 224) == (250, 625)
     assert canvas_size([(100, 120)], 1.0, 224) == (224, 224)
+    assert canvas_size([(500, 1250), (500, 1262)], "auto", 224) == (224, 563)  # short side to the tile side
+    assert canvas_size([(1262, 500)], "auto", 224) == (565, 224)
+    assert canvas_size([(261, 318)], "auto", 224) == (224, 224)  # near-square: one tile, the whole image
 
 
-def test_one_tile_equals_the_whole_image():
+def test_auto_tiles_take_whole_images_when_near_square_or_with_references():
     images = [Image.fromarray(textured(i, 56)) for i in range(5)]
     whole = MuSc(MuScConfig(**TINY))
-    tiled = MuSc(MuScConfig(**TINY, tile_scale=1.0), backbone=whole.backbone)
+    auto = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=whole.backbone)
+    a, b = whole.score(images, progress=False), auto.score(images, progress=False)
+    assert np.allclose(a.maps, b.maps, atol=1e-6) and np.allclose(a.scores, b.scores, atol=1e-6)
+    tall = [Image.fromarray(np.vstack([textured(i, 56), textured(i + 50, 56)])) for i in range(4)]
+    result = auto.score(tall, progress=False)
+    assert result.maps.shape == (4, 112, 56) and "3 tiles" in result.notes[0]
+    with_refs = auto.score(tall[:2], references=tall[2:], progress=False)
+    assert with_refs.maps.shape == (2, 56, 56) and any("whole images" in n for n in with_refs.notes)
+    with pytest.raises(ConfigError, match="'auto'"):
+        MuScConfig(**TINY, tile_scale="big").validate()
+
+
+@pytest.mark.parametrize("matching", ["aligned", "all"])
+def test_one_tile_equals_the_whole_image(matching):
+    images = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = MuSc(MuScConfig(**TINY))
+    tiled = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_matching=matching), backbone=whole.backbone)
     a, b = whole.score(images, progress=False), tiled.score(images, progress=False)
     assert np.allclose(a.maps, b.maps, atol=1e-6) and np.allclose(a.scores, b.scores, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["musc", "muscv2"])
-def test_tiles_find_a_small_defect_in_a_tall_image(method):
+@pytest.mark.parametrize("method,matching", [("musc", "aligned"), ("muscv2", "aligned"), ("musc", "all")])
+def test_tiles_find_a_small_defect_in_a_tall_image(method, matching):
     rng = np.random.default_rng(0)
     images = []
     for i in range(6):
@@ -57,7 +77,7 @@ def test_tiles_find_a_small_defect_in_a_tall_image(method):
             arr = arr.copy()
             arr[150:156, 40:46] = 255  # 6 px: a fraction of one patch once the image is squeezed to 56 x 56
         images.append(Image.fromarray(arr))
-    config = MuScConfig.for_method(method, **TINY, tile_scale=1.0, rscin_windows=(1,))
+    config = MuScConfig.for_method(method, **TINY, tile_scale=1.0, rscin_windows=(1,), tile_matching=matching)
     result = MuSc(config).score(images, progress=False)
     assert result.maps.shape == (6, 224, 84)
     assert int(np.argmax(result.raw_scores)) == 3
@@ -67,11 +87,80 @@ def test_tiles_find_a_small_defect_in_a_tall_image(method):
     assert len(TiledScorer(MuSc(config)).plan([(84, 224)])[1]) == 10  # 2 columns x 5 rows
 
 
+def shuffled_tiles(n_images=4, seed=0, side=4):
+    """Every image holds the same three tiles, each image in another order: (features per position, order)."""
+    gen = torch.Generator().manual_seed(seed)
+    contents = [torch.randn(8, side, side, generator=gen) for _ in range(3)]
+    orders = [torch.randperm(3, generator=gen).tolist() for _ in range(n_images)]
+    orders[0], orders[1] = [0, 1, 2], [2, 0, 1]  # at least two images disagree at every position
+    positions = [Features([torch.stack([contents[order[p]] for order in orders])] * 2, torch.zeros(n_images, 1))
+                 for p in range(3)]
+    return positions, orders
+
+
+@pytest.mark.parametrize("aggregation", ["lnamd", "snamd"])
+def test_all_matching_finds_a_tile_wherever_it_sits(aggregation):
+    positions, _ = shuffled_tiles()
+    model = MuSc(MuScConfig(**TINY, aggregation=aggregation, layers=(0, 1)))
+    anywhere = score_all(model, positions, progress=False)
+    assert anywhere.shape == (3, 4, 4, 4) and anywhere.abs().max() < 1e-3  # each tile has an exact copy elsewhere
+    same_place = score_aligned(model, positions, progress=False)
+    assert same_place.shape == (3, 4, 4, 4) and same_place.mean() > 0.1  # aligned: other tiles sit there
+
+
+def test_all_matching_keeps_its_result_under_a_memory_budget_and_splits_subsets():
+    positions, _ = shuffled_tiles(n_images=6, seed=1, side=16)  # a pair's products: 768 x 768 floats > 1 MiB
+    positions = [Features([t + 0.3 * torch.randn_like(t) for t in f.tokens], f.embeddings) for f in positions]
+    plain = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1))), positions, progress=False)
+    tight = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1), memory_budget_mb=1)), positions, progress=False)
+    assert torch.allclose(plain, tight, atol=1e-5)
+    halves = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1), subsets=2)), positions, progress=False)
+    assert halves.shape == plain.shape and not torch.allclose(halves, plain)
+
+
 def test_tiles_refuse_what_they_do_not_support_yet():
     with pytest.raises(ConfigError, match="tile_scale"):
         MuScConfig(**TINY, tile_scale=0).validate()
+    with pytest.raises(ConfigError, match="tile_matching"):
+        MuScConfig(**TINY, tile_scale=1.0, tile_matching="some").validate()
     with pytest.raises(ConfigError, match="local engine"):
         MuScConfig(**TINY, tile_scale=1.0, engine="ray").validate()
     images = [Image.fromarray(textured(i, 56)) for i in range(3)]
     with pytest.raises(ConfigError, match="reference"):
         MuSc(MuScConfig(**TINY, tile_scale=1.0)).score(images, references=images, progress=False)
+
+
+def test_cli_tile_matching(image_folder, tmp_path):
+    import json
+
+    from test_cli import TINY as CLI_TINY, run
+
+    out = tmp_path / "all"
+    res = run("score", image_folder, "--out", out, *CLI_TINY, "--tiles", "1.0", "--tile-matching", "all",
+              "--no-images")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["config"]["tile_matching"] == "all"
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tiles", "1.0", "--tile-matching", "any")
+    assert res.exit_code == 2 and "--tile-matching" in res.output and not (tmp_path / "bad").exists()
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tiles", "many")
+    assert res.exit_code == 2 and "'auto'" in res.output and not (tmp_path / "bad").exists()
+    res = run("score", image_folder, "--out", tmp_path / "auto", *CLI_TINY, "--tiles", "auto", "--no-images")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["config"]["tile_scale"] == "auto"
+
+
+def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_path):
+    import json
+
+    from test_cli import TINY as CLI_TINY, run
+
+    def config_of(*options):
+        out = tmp_path / ("run" + "-".join(options).replace(".", "_"))
+        res = run("score", image_folder, "--out", out, *CLI_TINY, "--method", "muscv2-tiles", "--no-images", *options)
+        assert res.exit_code == 0, res.output
+        return json.loads((out / "config.json").read_text())["config"]
+
+    preset = config_of()
+    assert (preset["tile_scale"], preset["tile_overlap"], preset["aggregation"]) == ("auto", 0.1, "snamd")
+    assert config_of("--tiles", "off")["tile_scale"] is None
+    assert (lambda c: (c["tile_scale"], c["tile_overlap"]))(config_of("--tile-overlap", "0.3")) == ("auto", 0.3)

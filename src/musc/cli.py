@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import ENGINES, METHODS, SCORE_DTYPES, MuScConfig
+from .config import ENGINES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
 from .decision import DEFAULT_FDR, IMAGE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
@@ -93,12 +93,18 @@ def score_options(func: Callable) -> Callable:
         click.option("--projection-dim", type=int, default=None,
                      help="Approximate fast mode: randomly project patch vectors to this many dimensions "
                           "before mutual scoring (see BENCHMARKS.md for its accuracy cost)."),
-        click.option("--tiles", "tile_scale", type=float, default=None,
-                     help="Native-resolution tiles: resize the images to the batch's median size times this factor "
+        click.option("--tiles", "tile_scale", default=None, callback=_tile_scale, metavar="F|auto|off",
+                     help="Native-resolution tiles: resize the images to the batch's median size times F "
                           "(1 = native resolution) and score overlapping --image-size tiles; for defects much "
-                          "smaller than a patch of the whole image."),
-        click.option("--tile-overlap", type=float, default=_DEFAULTS.tile_overlap, show_default=True,
-                     help="Least overlap of neighbouring tiles (fraction of the tile side)."),
+                          "smaller than a patch of the whole image. auto: short side = --image-size, tiles along "
+                          "the long side of elongated images only. Default: the --method preset's (off for musc)."),
+        click.option("--tile-overlap", type=float, default=None,
+                     help=f"Least overlap of neighbouring tiles (fraction of the tile side). Default: the --method "
+                          f"preset's, else {_DEFAULTS.tile_overlap:g}."),
+        click.option("--tile-matching", type=click.Choice(list(TILE_MATCHINGS)), default=_DEFAULTS.tile_matching,
+                     show_default=True,
+                     help="With --tiles: aligned = each tile against the same tile of the other images (products "
+                          "in a fixture); all = against every tile of the others (products that move; slower)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -111,21 +117,38 @@ def score_options(func: Callable) -> Callable:
     return func
 
 
+def _tile_scale(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    """--tiles: a number, 'auto' or 'off'."""
+    if value is None or value in ("auto", "off"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"must be a number (1 = native resolution), 'auto' or 'off', got {value!r}") from None
+
+
 def config_from_options(backbone: str, image_size: int | None, layers: tuple[int, ...] | None,
                         r_values: tuple[int, ...], interval: float, rscin_windows: tuple[int, ...] | None, no_rscin: bool,
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
                         random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
                         projection_dim: int | None = None, engine: str = _DEFAULTS.engine,
-                        ray_address: str | None = None, method: str = "musc", tile_scale: float | None = None,
-                        tile_overlap: float = _DEFAULTS.tile_overlap) -> MuScConfig:
-    """Build and check the configuration before any image is read or any model is built."""
+                        ray_address: str | None = None, method: str = "musc", tile_scale: float | str | None = None,
+                        tile_overlap: float | None = None,
+                        tile_matching: str = _DEFAULTS.tile_matching) -> MuScConfig:
+    """Build and check the configuration before any image is read or any model is built.
+
+    Tile settings left out (None) come from the method preset, then the defaults; --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
+    tiles: dict[str, Any] = {"tile_matching": tile_matching}
+    if tile_scale is not None:
+        tiles["tile_scale"] = None if tile_scale == "off" else tile_scale
+    if tile_overlap is not None:
+        tiles["tile_overlap"] = tile_overlap
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
         weights=weights, pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
-        projection_dim=projection_dim, engine=engine, ray_address=ray_address, tile_scale=tile_scale,
-        tile_overlap=tile_overlap)
+        projection_dim=projection_dim, engine=engine, ray_address=ray_address, **tiles)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -145,7 +168,7 @@ def check_weights_available(config: MuScConfig) -> None:
 def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
-             "projection_dim", "engine", "ray_address", "method", "tile_scale", "tile_overlap")
+             "projection_dim", "engine", "ray_address", "method", "tile_scale", "tile_overlap", "tile_matching")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect
@@ -235,16 +258,17 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
 @click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
 @click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
 @click.option("--decision", "decision_method", type=click.Choice(list(IMAGE_METHODS)),
-              default="fdr", show_default=True,
+              default="balanced", show_default=True,
               help="How images are marked normal/defective without labels (see README: Decisions).")
 @click.option("--fdr", type=float, default=DEFAULT_FDR, show_default=True,
-              help="fdr: the false-discovery rate over images (the expected share of normal images among those flagged).")
+              help="fdr: the false-discovery rate over images (the expected share of normal images among those "
+                   "flagged); balanced: the level of the test that the batch holds any defect.")
 @click.option("--mad-k", type=float, default=3.0, show_default=True, help="mad: robust z-score above which an image is defective.")
 @click.option("--expected-defect-rate", type=float, default=None, help="Flag this top fraction of images (sets --decision rate).")
 @click.option("--threshold", type=float, default=None, help="Fixed image-score threshold (sets --decision fixed).")
 @click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default="image", show_default=True,
-              help="How each map becomes a binary defect mask (masks/NAME.png) for the methods other than fdr, "
-                   "which draws masks from its own cut-off.")
+              help="How each map becomes a binary defect mask (masks/NAME.png) for the methods other than balanced "
+                   "and fdr, which draw masks from their own cut-off.")
 @click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps.")
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
@@ -308,7 +332,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         result = model.score(paths, progress=progress, references=references)
         for note in result.notes:
             log.warning(note)
-        if len(paths) < 3 and decision_method in ("fdr", "mad", "gmm", "otsu"):
+        if len(paths) < 3 and decision_method in ("balanced", "fdr", "mad", "gmm", "otsu"):
             decision, masks, pixel_info = None, None, None
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
         else:

@@ -16,12 +16,16 @@ MODES = ("musc", "musc+")
 ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd")
 RESCORINGS = ("rscin", "rscon")
+TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
     "musc": {"aggregation": "lnamd", "rescoring": "rscin", "rscin_windows": (1, 2, 3)},
     "muscv2": {"aggregation": "snamd", "rescoring": "rscon", "rscin_windows": (1, 7)},
+    "muscv2-tiles": {"aggregation": "snamd", "rescoring": "rscon", "rscin_windows": (1, 7), "tile_scale": "auto",
+                     "tile_overlap": 0.1},
 }
-"""Stage presets (`--method`): `musc` is the ICLR 2024 paper exactly; `muscv2` takes MuSc-V2's 2D stages (SNAMD,
-RsCon with windows 1 and 7). They set stages only: backbone, size and blocks stay the user's."""
+"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `muscv2` takes MuSc-V2's 2D stages (SNAMD, RsCon with
+windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images (tile_scale 'auto', 10 %
+overlap). They set stages and tiling only: backbone, size and blocks stay the user's."""
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,16 @@ class MuScConfig:
     """Stage 1 variant (musc.aggregation.AGGREGATIONS): 'lnamd' (MuSc) or 'snamd' (MuSc-V2)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
-    tile_scale: float | None = None
+    tile_scale: float | str | None = None
     """Native-resolution tiles (musc.tiling): images are resized to the batch's median size times this factor and
-    cut into overlapping image_size tiles; None = off (each image resized whole to image_size)."""
+    cut into overlapping image_size tiles; None = off (each image resized whole to image_size). 'auto': the
+    short side of the batch's median size becomes image_size (aspect kept), so only elongated images are cut
+    along their long side; near-square batches, references and the Ray engine take whole images."""
     tile_overlap: float = 0.25
     """Least overlap of neighbouring tiles, as a fraction of the tile side."""
+    tile_matching: str = "aligned"
+    """With tiles: 'aligned' (tile p of an image is scored against tile p of the others: products in a fixture) or
+    'all' (against every tile of the others: products that move; scoring time x the number of tiles)."""
     engine: str = "local"
     """Where the work runs: 'local' (this process) or 'ray' (tasks on a Ray cluster; same results)."""
     ray_address: str | None = None
@@ -115,11 +124,16 @@ class MuScConfig:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
-        if self.tile_scale is not None and not 0 < self.tile_scale <= 8:
+        if isinstance(self.tile_scale, str):
+            if self.tile_scale != "auto":
+                raise ConfigError(f"tile_scale must be a number in (0, 8] or 'auto', got {self.tile_scale!r}")
+        elif self.tile_scale is not None and not 0 < self.tile_scale <= 8:
             raise ConfigError(f"tile_scale must be in (0, 8], got {self.tile_scale}")
         if not 0 <= self.tile_overlap <= 0.9:
             raise ConfigError(f"tile_overlap must be in [0, 0.9], got {self.tile_overlap}")
-        if self.tile_scale is not None and self.engine == "ray":
+        if self.tile_matching not in TILE_MATCHINGS:
+            raise ConfigError(f"tile_matching must be one of {', '.join(TILE_MATCHINGS)}, got {self.tile_matching!r}")
+        if self.tile_scale not in (None, "auto") and self.engine == "ray":
             raise ConfigError("native-resolution tiles run on the local engine only, for now")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")

@@ -3,19 +3,27 @@
 MuSc scores are relative: they rank images within a batch. To act on them without labels, musc models
 what normal looks like in the batch itself.
 
-`fdr` (default): the evidence of an image is its strongest region, the maximum of its anomaly map. Normal
-images' evidence forms the batch's densest part; defects spread out to the right of it. The null (normal)
-distribution is estimated from that part alone: its location is the centre of the densest half of the
-values, its scale comes from the values below it (which defects rarely reach), and the values the
-fitted null explains estimate how many images are normal. Each image gets a tail probability under
-that null (averaged over bootstrap refits of the null, so that its estimation uncertainty is carried
-into it), and images are flagged with Benjamini-Hochberg control of the false-discovery rate across
-images (`fdr`, default 0.05: about 5 % of the flagged images are expected to be normal). In a flagged
-image, a pixel is marked when its map value passes the image cut-off by a margin (a pixel is one of many
-tests in its image); the image's peak always is, so an image is flagged exactly when its mask is
-non-empty. The batch's defect rate is estimated with a bootstrap interval. Assumption: most images are
-normal; when the estimate says otherwise, or the batch is too small, the method says it cannot decide
-and flags nothing.
+Both map-based methods start alike. The evidence of an image is its strongest region, the maximum of its
+anomaly map. Normal images' evidence forms the batch's densest part; defects spread out to the right of
+it. The null (normal) distribution is estimated from that part alone: its location is the centre of the
+densest half of the values, its scale comes from the values below it (which defects rarely reach), and
+the values the fitted null explains estimate how many images are normal. Each image gets a tail
+probability under that null (averaged over bootstrap refits of the null, so that its estimation
+uncertainty is carried into it), and Benjamini-Hochberg tests the images at a false-discovery rate
+(`fdr`, default 0.05).
+
+`balanced` (default): when that test finds any defect (Simes' test that every image is normal, so an
+all-normal batch is left alone with probability about 1 - fdr), the flagged images are those that
+maximise the F1 estimated from the null: above each cut-off, the null predicts how many normal images
+reach it and the excess is the defects found. This balances missed defects against false alarms where
+`fdr` only bounds the false alarms, and finds far more of the defects when defective and normal images
+overlap. `fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
+
+In a flagged image, a pixel is marked when its map value passes the strongest image left normal by a
+margin (a pixel is one of many tests in its image); the image's peak always is, so an image is flagged
+exactly when its mask is non-empty. The batch's defect rate is estimated with a bootstrap interval. Assumption: most
+images are normal; when the estimate says otherwise, or the batch is too small, the method says it
+cannot decide and flags nothing.
 
 Kept as options (thresholds on the image scores): `gmm` (two-component Gaussian mixture), `mad`
 (median + k x scaled MAD), `otsu`, `rate` (the user's expected defect rate) and `fixed` (the user's
@@ -34,12 +42,15 @@ from scipy import ndimage
 
 from .errors import ConfigError
 
-IMAGE_METHODS = ("fdr", "gmm", "mad", "otsu", "rate", "fixed")
+MAP_METHODS = ("balanced", "fdr")
+"""Methods that decide from the anomaly maps (their maxima and pixels) rather than the final image scores."""
+IMAGE_METHODS = (*MAP_METHODS, "gmm", "mad", "otsu", "rate", "fixed")
 DEFAULT_FDR = 0.05
-PIXEL_MARGIN_SD = 2.0
-"""fdr masks: a pixel must exceed the image cut-off by this many null standard deviations (each image's peak is
-always marked). One test per image decides the image; a pixel is one of many tests in its image, so its bar is
-higher. Chosen on mtd-200, mtd-10pct and ksdd (BENCHMARKS.md, decision section)."""
+PIXEL_MARGIN_SD = {"balanced": 2.5, "fdr": 2.0}
+"""Map-based masks: a pixel must exceed the strongest image left normal by this many null standard deviations
+(each flagged image's peak is always marked). One test per image decides the image; a pixel is one of many tests
+in its image, so its bar is higher, and higher still above `balanced`'s lower image cut-off. Chosen on mtd-200,
+mtd-10pct and ksdd (BENCHMARKS.md, decision section)."""
 MIN_LABEL_FREE_IMAGES = 10
 """Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
 PIXEL_METHODS = ("image", "mebin")
@@ -67,7 +78,7 @@ class Decision:
     """Image decisions (True = defective) with the threshold used and how it was chosen.
 
     `undecided`: the method could not decide (too few images, or a batch that does not look mostly normal);
-    nothing is flagged then. `p_values` (fdr): each image's tail probability under the estimated null.
+    nothing is flagged then. `p_values` (map-based methods): each image's tail probability under the estimated null.
     """
 
     defective: np.ndarray
@@ -157,11 +168,11 @@ def threshold_otsu(scores: np.ndarray, bins: int = 256) -> tuple[float, str]:
 
 def decide_images(scores: Sequence[float], method: str = "gmm", k: float = 3.0, rate: float | None = None,
                   threshold: float | None = None) -> Decision:
-    """Flag defective images (score > threshold) from the batch's own scores (every method but `fdr`,
-    which decides from the maps: see `decide`)."""
+    """Flag defective images (score > threshold) from the batch's own scores (every method but the map-based
+    `balanced` and `fdr`: see `decide`)."""
     scores = np.asarray(scores, dtype=np.float64)
-    if method == "fdr":
-        raise ConfigError("the fdr method decides from the anomaly maps: use decide(scores, maps, 'fdr')")
+    if method in MAP_METHODS:
+        raise ConfigError(f"the {method} method decides from the anomaly maps: use decide(scores, maps, {method!r})")
     if method not in IMAGE_METHODS:
         raise ConfigError(f"decision method must be one of {', '.join(IMAGE_METHODS)}, got {method!r}")
     if scores.ndim != 1 or scores.size < 2:
@@ -322,15 +333,50 @@ def check_fdr(fdr: float) -> None:
         raise ConfigError(f"--fdr must be between 0 and 1, got {fdr}")
 
 
-def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN_LABEL_FREE_IMAGES
-               ) -> tuple[Decision, np.ndarray, dict]:
-    """The `fdr` decision: images flagged with false-discovery-rate control, masks from the same cut-off.
+def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd: float = 1.0
+                     ) -> tuple[np.ndarray, float, float]:
+    """Flag the top images that maximise the F1 estimated from the null alone: (flagged, defects, F1).
 
-    Returns the image decision, the masks (N, H, W) and a description of the pixel rule. The decision's
-    `threshold` is on the map values: an image is flagged when its map reaches it, and its mask is the
-    pixels that do, so flagged images are exactly those with a non-empty mask.
+    Above each cut-off, the null predicts how many normal images reach it (share of normal images x n x tail
+    probability); what is above it beyond that, less `margin_sd` binomial standard deviations of the normal
+    count, is the excess: the defects found, counted cautiously so that a null fitted slightly too narrow
+    does not turn the tail of the normal images into defects. The largest excess over all cut-offs
+    estimates the number of defective images; the cut-off with the highest estimated F1
+    (2 x found / (flagged + defective)) is chosen. No label is used.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    n = p.size
+    order = np.argsort(p, kind="stable")
+    tail = p[order]
+    flagged_count = np.arange(1, n + 1)
+    expected_normal = null_fraction * n * tail
+    excess = np.maximum(flagged_count - expected_normal - margin_sd * np.sqrt(expected_normal * (1 - tail)), 0.0)
+    defects = float(excess.max())
+    flagged = np.zeros(n, dtype=bool)
+    if defects <= 0:
+        return flagged, 0.0, 0.0
+    f1 = 2 * np.minimum(excess, defects) / (flagged_count + defects)
+    k = int(np.argmax(f1)) + 1
+    flagged[order[:k]] = True
+    return flagged, defects, float(f1[k - 1])
+
+
+def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
+                     min_images: int = MIN_LABEL_FREE_IMAGES) -> tuple[Decision, np.ndarray, dict]:
+    """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
+    from the same cut-off.
+
+    Both fit the null (normal) distribution of the map maxima from the batch (`estimate_null`) and test every
+    image with Benjamini-Hochberg at `fdr`. `fdr` flags exactly those images. `balanced` takes that test as
+    evidence that the batch holds any defect at all (Simes' test of "every image is normal", at level `fdr`),
+    and then flags the images that maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing,
+    nothing is flagged. Returns the image decision, the masks (N, H, W) and a description of the pixel rule.
+    The decision's `threshold` is on the map values: an image is flagged when its map reaches it, and its mask
+    is the pixels that do (plus a margin), so flagged images are exactly those with a non-empty mask.
     """
     check_fdr(fdr)
+    if method not in MAP_METHODS:
+        raise ConfigError(f"map-based decision method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
     maps = np.asarray(maps)
     n = maps.shape[0]
     evidence = maps.reshape(n, -1).max(axis=1).astype(np.float64)
@@ -338,9 +384,9 @@ def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN
     if n < min_images:
         warning = (f"only {n} image{'' if n == 1 else 's'}: too few to estimate what normal looks like, so no image is decided; score a "
                    "larger batch, or set --threshold or --expected-defect-rate")
-        decision = Decision(nothing, float("inf"), "fdr", f"cannot decide with {n} images", [warning], undecided=True,
+        decision = Decision(nothing, float("inf"), method, f"cannot decide with {n} images", [warning], undecided=True,
                             on="raw_score")
-        return decision, np.zeros(maps.shape, dtype=bool), {"method": "fdr", "threshold": None}
+        return decision, np.zeros(maps.shape, dtype=bool), {"method": method, "threshold": None}
     estimate = estimate_null(evidence)
     null, rate, p = estimate.null, estimate.rate, estimate.p_values
     w, mu, sd = fit_gmm(evidence)
@@ -351,20 +397,36 @@ def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN
         warning = (f"the batch does not look mostly normal (estimated defect rate {rate}): scores relative to the "
                    "batch cannot tell normal from defective here, so no image is decided; set "
                    "--expected-defect-rate or --threshold")
-        decision = Decision(nothing, float("inf"), "fdr", "cannot decide: the normal peak is not the majority",
+        decision = Decision(nothing, float("inf"), method, "cannot decide: the normal peak is not the majority",
                             [warning], undecided=True, p_values=p, rate=rate, on="raw_score")
-        return decision, np.zeros(maps.shape, dtype=bool), {"method": "fdr", "threshold": None}
+        return decision, np.zeros(maps.shape, dtype=bool), {"method": method, "threshold": None}
     flagged = benjamini_hochberg(p, fdr)
+    peak = f"normal peak at {null.loc:.4g} (sd {null.scale:.3g}) of the map maxima; estimated defect rate {rate}"
+    if method == "fdr":
+        detail = f"FDR {fdr:g} (Benjamini-Hochberg) over images; {peak}"
+    elif flagged.any():
+        best, defects, f1 = estimated_f1_cut(p)
+        flagged |= best
+        detail = (f"highest estimated F1 ({f1:.2f}, about {defects:.0f} defective images) once a test at FDR {fdr:g} "
+                  f"finds defects; {peak}")
+    else:
+        detail = f"no image passes a test at FDR {fdr:g}: nothing suggests a defect in this batch; {peak}"
     threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
-    detail = (f"FDR {fdr:g} (Benjamini-Hochberg) over images; normal peak at {null.loc:.4g} (sd {null.scale:.3g}) "
-              f"of the map maxima; estimated defect rate {rate}")
-    decision = Decision(flagged, threshold, "fdr", detail, [], p_values=p, rate=rate, on="raw_score")
-    pixel_cut = threshold + PIXEL_MARGIN_SD * null.scale
+    decision = Decision(flagged, threshold, method, detail, [], p_values=p, rate=rate, on="raw_score")
+    margin = PIXEL_MARGIN_SD[method]
+    boundary = float(evidence[~flagged].max()) if flagged.any() else threshold  # the strongest image left normal
+    pixel_cut = boundary + margin * null.scale
     per_image = np.minimum(pixel_cut, evidence).reshape(n, *([1] * (maps.ndim - 1)))
     masks = (maps >= per_image) & flagged.reshape(per_image.shape)
-    return decision, masks, {"method": "fdr", "threshold": pixel_cut,
-                             "detail": f"in flagged images, pixels at least {PIXEL_MARGIN_SD:g} null sd above the "
-                                       "image cut-off, and each image's peak"}
+    return decision, masks, {"method": method, "threshold": pixel_cut,
+                             "detail": f"in flagged images, pixels at least {margin:g} null sd above the "
+                                       "strongest image left normal, and each image's peak"}
+
+
+def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN_LABEL_FREE_IMAGES
+               ) -> tuple[Decision, np.ndarray, dict]:
+    """The `fdr` decision: images flagged with false-discovery-rate control (see `decide_from_maps`)."""
+    return decide_from_maps(maps, "fdr", fdr, min_images)
 
 
 @dataclass
@@ -380,17 +442,17 @@ class Decisions:
         return self.image.rate
 
 
-def decide(scores: Sequence[float], maps: np.ndarray, method: str = "fdr", fdr: float = DEFAULT_FDR,
+def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
            k: float = 3.0, rate: float | None = None, threshold: float | None = None,
            pixel_method: str = "image", pixel_threshold: float | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
-    `fdr` uses the maps alone (their maxima and pixels); the other methods threshold the scores and draw
+    `balanced` and `fdr` use the maps alone (their maxima and pixels); the other methods threshold the scores and draw
     masks with `pixel_method`. `pixel_threshold` overrides the pixel rule with a fixed map value.
     """
     maps = np.asarray(maps)
-    if method == "fdr":
-        image, masks, pixel = decide_fdr(maps, fdr)
+    if method in MAP_METHODS:
+        image, masks, pixel = decide_from_maps(maps, method, fdr)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
         raw = maps.reshape(maps.shape[0], -1).max(axis=1)
@@ -445,7 +507,8 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
     return masks, {"method": "mebin", "thresholds": per_image, "floor": floor}
 
 
-__all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_images",
+__all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
+           "estimated_f1_cut", "MAP_METHODS", "decide_images",
            "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
            "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS",
            "DEFAULT_FDR"]

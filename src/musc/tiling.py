@@ -1,9 +1,12 @@
 """Native-resolution tiles: find defects far smaller than a patch of the whole image resized to S x S.
 
 Every image of the batch is resized to one canvas (the batch's median size times `tile_scale`, aspect ratio
-kept) and cut into overlapping S x S tiles on the same grid of positions. Each tile position is scored as
-its own mutual-scoring batch (tile p of image i against tile p of every other image: aligned products, so
-the time grows with the number of positions, not with its square). The tile maps are blended back into one
+kept) and cut into overlapping S x S tiles on the same grid of positions. Two ways to score them
+(`tile_matching`, a registry below): `aligned` scores each tile position as its own mutual-scoring batch
+(tile p of image i against tile p of every other image: products in a fixture; the time grows with the
+number of positions, not with its square); `all` scores every tile against all tiles of every other image
+(each image is the bag of all its tiles' patches: products that move; time x the number of positions).
+Stage 1 runs per tile either way (its neighbourhoods and normalisation stay inside a tile). The tile maps are blended back into one
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
 constant map. The image score is the maximum of the whole map; re-scoring uses the mean of the tiles' image
 embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon).
@@ -24,9 +27,11 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .rescoring import rscin
+from .scoring import mutual_scores
 
 if TYPE_CHECKING:
     from .pipeline import ImageSource, MuSc
+    from .types import Features
     from .types import Result
 
 
@@ -39,11 +44,23 @@ def tile_starts(length: int, side: int, overlap: float) -> list[int]:
     return [round(k * (length - side) / (count - 1)) for k in range(count)]
 
 
-def canvas_size(sizes: Sequence[tuple[int, int]], scale: float, side: int) -> tuple[int, int]:
-    """(width, height) every image is resized to: the batch's median size times `scale`, at least one tile."""
-    w = float(np.median([s[0] for s in sizes])) * scale
-    h = float(np.median([s[1] for s in sizes])) * scale
-    return max(side, round(w)), max(side, round(h))
+AUTO_MIN_ASPECT = 1.5
+"""tile_scale 'auto' cuts tiles only when the batch's median long side is at least this many times its short side;
+below it, squeezing the whole image to a square distorts little and one tile (the whole image) is used."""
+
+
+def canvas_size(sizes: Sequence[tuple[int, int]], scale: float | str, side: int) -> tuple[int, int]:
+    """(width, height) every image is resized to: the batch's median size times `scale`, at least one tile.
+
+    `scale` 'auto': the median size's short side becomes `side` (aspect kept), or one `side` square tile for
+    batches closer to square than AUTO_MIN_ASPECT."""
+    w = float(np.median([s[0] for s in sizes]))
+    h = float(np.median([s[1] for s in sizes]))
+    if scale == "auto":
+        if max(w, h) < AUTO_MIN_ASPECT * min(w, h):
+            return side, side
+        scale = side / min(w, h)
+    return max(side, round(w * float(scale))), max(side, round(h * float(scale)))
 
 
 def blend_window(side: int) -> torch.Tensor:
@@ -63,6 +80,54 @@ def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tu
         total[:, y:y + side, x:x + side] += tile_maps[k] * window
         weight[y:y + side, x:x + side] += window
     return total / weight
+
+
+def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True) -> torch.Tensor:
+    """Per tile position p, MSM of tile p against tile p of the other images: (P, N, h, w) patch scores.
+
+    `positions[p]`: the features of every image's tile at position p."""
+    grids = [model.patch_scores(features, progress=False)[0]
+             for features in tqdm(positions, desc="scoring tile positions", unit="tile", disable=not progress,
+                                  leave=False)]
+    return torch.stack(grids)
+
+
+def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True) -> torch.Tensor:
+    """Every tile against all tiles of the other images: (P, N, h, w) patch scores.
+
+    Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
+    nearest-patch distance to image j is its distance to the closest patch anywhere in j. Subsets, the memory
+    budget, fast mode and the product precision apply as in `MuSc.patch_scores`.
+    """
+    from .pipeline import score_matmul_dtype, split_subsets
+
+    c = model.config
+    tokens = [features.tokens for features in positions]
+    n_pos, n = len(tokens), tokens[0][0].shape[0]
+    _, _, h, w = tokens[0][0].shape
+    layers = model._tap_layers(len(tokens[0]))
+    views = model.views()
+    device = tokens[0][0].device
+    budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
+    matmul_dtype = score_matmul_dtype(c.score_dtype, device)
+    total = torch.zeros((n, n_pos * h * w), dtype=torch.float32, device=device)
+    parts = split_subsets(n, c.subsets, c.seed)
+    with tqdm(total=len(layers) * len(views) * n, desc="scoring all tiles", unit="img", disable=not progress,
+              leave=False) as bar:
+        for li, layer in enumerate(layers):
+            for idx in parts:
+                index = torch.as_tensor(idx, device=device)
+                per_tile = [model._aggregate(tokens[p][li][index], layer) for p in range(n_pos)]
+                for _ in views:
+                    z = torch.cat([next(stage1) for stage1 in per_tile], dim=1)  # (n, P*h*w, C)
+                    total[index] += model._score_pair(z, None, mutual_scores, budget, matmul_dtype, bar.update)
+                    del z
+    total /= len(layers) * len(views)
+    return total.view(n, n_pos, h, w).transpose(0, 1)
+
+
+TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
+"""How tiles are scored (config.tile_matching): a name -> (model, features per position) -> (P, N, h, w) scores."""
 
 
 class TiledScorer:
@@ -122,14 +187,14 @@ class TiledScorer:
                 bar.update(1)
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
+        positions = [Features(tokens[k], embeddings[k]) for k in range(n_pos)]
+        grids = TILE_MATCHING[c.tile_matching](self.model, positions, progress)  # (P, N, h, w)
         tile_maps, salient = [], []
-        for k in tqdm(range(n_pos), desc="scoring tile positions", unit="tile", disable=not progress, leave=False):
-            features = Features(tokens[k], embeddings[k])
-            grid = self.model.patch_scores(features, progress=False)[0]
-            tile_maps.append(self.model.upsample(grid))
+        for k in range(n_pos):
+            tile_maps.append(self.model.upsample(grids[k]))
             if c.rescoring == "rscon":
-                salient.append(self.model.salient_vectors(features.tokens, grid))
-            tokens[k] = []  # this position's features are no longer needed
+                salient.append(self.model.salient_vectors(tokens[k], grids[k]))
+        del tokens, positions
         stacked = torch.stack(tile_maps)  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         t_score = time.perf_counter() - t0
@@ -151,4 +216,5 @@ class TiledScorer:
         return result
 
 
-__all__ = ["TiledScorer", "tile_starts", "canvas_size", "blend", "blend_window"]
+__all__ = ["TiledScorer", "TILE_MATCHING", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
+           "blend_window"]
