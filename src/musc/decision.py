@@ -413,8 +413,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         detail = f"no image passes a test at FDR {fdr:g}: nothing suggests a defect in this batch; {peak}"
     threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
     decision = Decision(flagged, threshold, method, detail, [], p_values=p, rate=rate, on="raw_score")
-    margin = PIXEL_MARGIN_SD[method]
-    boundary = float(evidence[~flagged].max()) if flagged.any() else threshold  # the strongest image left normal
+    margin = PIXEL_MARGIN_SD[method]  # above the strongest image left normal:
+    boundary = float(evidence[~flagged].max()) if flagged.any() and not flagged.all() else threshold
     pixel_cut = boundary + margin * null.scale
     per_image = np.minimum(pixel_cut, evidence).reshape(n, *([1] * (maps.ndim - 1)))
     masks = (maps >= per_image) & flagged.reshape(per_image.shape)
