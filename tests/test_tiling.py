@@ -43,7 +43,7 @@ def test_canvas_keeps_the_aspect_ratio():
     assert canvas_size([(261, 318)], "auto", 224) == (224, 224)  # near-square: one tile, the whole image
 
 
-def test_auto_tiles_take_whole_images_when_near_square_or_with_references():
+def test_auto_tiles_take_whole_images_when_near_square_or_with_a_bank():
     images = [Image.fromarray(textured(i, 56)) for i in range(5)]
     whole = MuSc(MuScConfig(**TINY))
     auto = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=whole.backbone)
@@ -52,8 +52,11 @@ def test_auto_tiles_take_whole_images_when_near_square_or_with_references():
     tall = [Image.fromarray(np.vstack([textured(i, 56), textured(i + 50, 56)])) for i in range(4)]
     result = auto.score(tall, progress=False)
     assert result.maps.shape == (4, 112, 56) and "3 tiles" in result.notes[0]
-    with_refs = auto.score(tall[:2], references=tall[2:], progress=False)
-    assert with_refs.maps.shape == (2, 56, 56) and any("whole images" in n for n in with_refs.notes)
+    with_refs = auto.score(tall[:2], references=tall[2:], progress=False)  # reference images are tiled too
+    assert with_refs.maps.shape == (2, 112, 56) and "3 tiles" in with_refs.notes[0]
+    bank = MuSc(MuScConfig(**TINY), backbone=whole.backbone).extract(tall[2:], progress=False)[0]
+    with_bank = auto.score(tall[:2], references=bank, progress=False)
+    assert with_bank.maps.shape == (2, 56, 56) and any("whole images" in n for n in with_bank.notes)
     with pytest.raises(ConfigError, match="'auto'"):
         MuScConfig(**TINY, tile_scale="big").validate()
 
@@ -126,8 +129,30 @@ def test_tiles_refuse_what_they_do_not_support_yet():
     with pytest.raises(ConfigError, match="local engine"):
         MuScConfig(**TINY, tile_scale=1.0, engine="ray").validate()
     images = [Image.fromarray(textured(i, 56)) for i in range(3)]
-    with pytest.raises(ConfigError, match="reference"):
-        MuSc(MuScConfig(**TINY, tile_scale=1.0)).score(images, references=images, progress=False)
+    tiled = MuSc(MuScConfig(**TINY, tile_scale=1.0))
+    with pytest.raises(ConfigError, match="bank"):
+        tiled.score(images, references=tiled.extract(images, progress=False)[0], progress=False)
+    with pytest.raises(ConfigError, match="reference images yet"):
+        MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_matching="all")).score(images, references=images, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["musc", "musc+"])
+def test_tiles_with_reference_images(mode):
+    images = [Image.fromarray(textured(i, 56)) for i in range(3)]
+    refs = [Image.fromarray(textured(10 + i, 56)) for i in range(3)]
+    whole = MuSc(MuScConfig(**TINY, mode=mode))
+    tiled = MuSc(MuScConfig(**TINY, mode=mode, tile_scale=1.0), backbone=whole.backbone)
+    a = whole.score(images, references=refs, progress=False)
+    b = tiled.score(images, references=refs, progress=False)
+    assert np.allclose(a.maps, b.maps, atol=1e-6) and np.allclose(a.scores, b.scores, atol=1e-6)  # one tile
+    tall = [np.vstack([textured(20 + 2 * i, 112), textured(21 + 2 * i, 112)])[:, :84] for i in range(4)]
+    test = tall[0].copy()
+    test[150:156, 40:46] = 255  # one new image with a 6 px defect, against three known-normal ones
+    one = MuSc(MuScConfig(**TINY, mode=mode, tile_scale=1.0, rscin_windows=(1,)), backbone=whole.backbone)
+    result = one.score([Image.fromarray(test)], references=[Image.fromarray(t) for t in tall[1:]], progress=False)
+    assert result.maps.shape == (1, 224, 84) and result.scores.shape == (1,)
+    y, x = np.unravel_index(np.argmax(result.maps[0]), result.maps[0].shape)
+    assert abs(y - 153) <= 14 and abs(x - 43) <= 14
 
 
 def test_cli_tile_matching(image_folder, tmp_path):
@@ -164,3 +189,17 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert (preset["tile_scale"], preset["tile_overlap"], preset["aggregation"]) == ("auto", 0.1, "snamd")
     assert config_of("--tiles", "off")["tile_scale"] is None
     assert (lambda c: (c["tile_scale"], c["tile_overlap"]))(config_of("--tile-overlap", "0.3")) == ("auto", 0.3)
+
+
+def test_cli_tiles_with_references_and_a_bank(image_folder, tmp_path):
+    from test_cli import TINY as CLI_TINY, run
+
+    out = tmp_path / "refs"
+    res = run("score", image_folder, "--out", out, *CLI_TINY, "--tiles", "1.0", "--reference", image_folder,
+              "--mode", "musc+", "--no-images")
+    assert res.exit_code == 0, res.output
+    assert "tiles of 56 px per image" in (out / "config.json").read_text()  # the tiled path ran
+    bank = tmp_path / "good.bank"
+    assert run("bank", "build", image_folder, "--out", bank, *CLI_TINY).exit_code == 0
+    res = run("score", image_folder, "--out", tmp_path / "b", *CLI_TINY, "--tiles", "1.0", "--bank", bank)
+    assert res.exit_code == 1 and "bank" in res.output and not (tmp_path / "b").exists()

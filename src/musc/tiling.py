@@ -9,7 +9,8 @@ number of positions, not with its square); `all` scores every tile against all t
 Stage 1 runs per tile either way (its neighbourhoods and normalisation stay inside a tile). The tile maps are blended back into one
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
 constant map. The image score is the maximum of the whole map; re-scoring uses the mean of the tiles' image
-embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon).
+embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon). Reference images
+(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .rescoring import rscin
 from .scoring import mutual_scores
 
@@ -82,25 +83,30 @@ def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tu
     return total / weight
 
 
-def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True) -> torch.Tensor:
+def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
+                  references: Sequence["Features"] | None = None) -> torch.Tensor:
     """Per tile position p, MSM of tile p against tile p of the other images: (P, N, h, w) patch scores.
 
-    `positions[p]`: the features of every image's tile at position p."""
-    grids = [model.patch_scores(features, progress=False)[0]
-             for features in tqdm(positions, desc="scoring tile positions", unit="tile", disable=not progress,
-                                  leave=False)]
+    `positions[p]`: the features of every image's tile at position p; `references[p]`: the reference images'
+    tiles at p (few-shot MuSc or MuSc+, as config.mode says)."""
+    grids = [model.patch_scores(features, progress=False, references=None if references is None else references[k])[0]
+             for k, features in enumerate(tqdm(positions, desc="scoring tile positions", unit="tile",
+                                               disable=not progress, leave=False))]
     return torch.stack(grids)
 
 
-def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True) -> torch.Tensor:
+def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
+              references: Sequence["Features"] | None = None) -> torch.Tensor:
     """Every tile against all tiles of the other images: (P, N, h, w) patch scores.
 
     Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
     nearest-patch distance to image j is its distance to the closest patch anywhere in j. Subsets, the memory
-    budget, fast mode and the product precision apply as in `MuSc.patch_scores`.
+    budget, fast mode and the product precision apply as in `MuSc.patch_scores`. No references yet.
     """
     from .pipeline import score_matmul_dtype, split_subsets
 
+    if references is not None:
+        raise ConfigError("--tile-matching all does not take reference images yet: use aligned tiles")
     c = model.config
     tokens = [features.tokens for features in positions]
     n_pos, n = len(tokens), tokens[0][0].shape[0]
@@ -127,7 +133,8 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
-"""How tiles are scored (config.tile_matching): a name -> (model, features per position) -> (P, N, h, w) scores."""
+"""How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
+features per position) -> (P, N, h, w) scores."""
 
 
 class TiledScorer:
@@ -144,24 +151,15 @@ class TiledScorer:
         xs, ys = tile_starts(canvas[0], side, self.config.tile_overlap), tile_starts(canvas[1], side, self.config.tile_overlap)
         return canvas, [(x, y) for y in ys for x in xs]
 
-    def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
-              keep_pairs: bool = False) -> "Result":
+    def extract_tiles(self, images: Sequence["ImageSource"], canvas: tuple[int, int],
+                      starts: Sequence[tuple[int, int]], progress: bool = True
+                      ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        """Every image resized to the canvas and cut at `starts`: per position, the tapped blocks' (N, C, h, w)
+        tokens, and per position the (N, D) tile embeddings."""
         from .pipeline import _as_image
-        from .types import Features
 
-        if references is not None:
-            raise ConfigError("native-resolution tiles do not take reference images yet: leave out --tiles, or "
-                              "the references")
-        if keep_pairs:
-            raise ConfigError("per-pair maps are not kept with tiles")
         c = self.config
         bb = self.model.backbone
-        t0 = time.perf_counter()
-        sizes = []
-        for src in images:
-            with (Image.open(src) if isinstance(src, (str, Path)) else _as_image(src)) as im:
-                sizes.append(im.size)
-        canvas, starts = self.plan(sizes)
         side = bb.image_size
         n, n_pos = len(images), len(starts)
         tokens: list[list[torch.Tensor]] = []
@@ -185,16 +183,45 @@ class TiledScorer:
                             store[i] = layer_tokens[k]
                         embeddings[b0 + k][i] = e[k]
                 bar.update(1)
+        return tokens, embeddings
+
+    def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
+              keep_pairs: bool = False) -> "Result":
+        from .pipeline import _as_image
+        from .types import Features
+
+        if isinstance(references, Features):
+            raise ConfigError("native-resolution tiles need reference images, not a bank's whole-image features: "
+                              "give --reference DIR, or leave out --tiles")
+        if references is not None and len(references) < 1:
+            raise InputError("the reference set is empty")
+        if keep_pairs:
+            raise ConfigError("per-pair maps are not kept with tiles")
+        c = self.config
+        bb = self.model.backbone
+        t0 = time.perf_counter()
+        sizes = []
+        for src in images:
+            with (Image.open(src) if isinstance(src, (str, Path)) else _as_image(src)) as im:
+                sizes.append(im.size)
+        canvas, starts = self.plan(sizes)
+        side = bb.image_size
+        n, n_pos = len(images), len(starts)
+        tokens, embeddings = self.extract_tiles(images, canvas, starts, progress)
+        ref_positions = None
+        if references is not None:
+            ref_tokens, ref_embeddings = self.extract_tiles(references, canvas, starts, progress)
+            ref_positions = [Features(ref_tokens[k], ref_embeddings[k]) for k in range(n_pos)]
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
         positions = [Features(tokens[k], embeddings[k]) for k in range(n_pos)]
-        grids = TILE_MATCHING[c.tile_matching](self.model, positions, progress)  # (P, N, h, w)
+        grids = TILE_MATCHING[c.tile_matching](self.model, positions, progress, ref_positions)  # (P, N, h, w)
         tile_maps, salient = [], []
         for k in range(n_pos):
             tile_maps.append(self.model.upsample(grids[k]))
             if c.rescoring == "rscon":
                 salient.append(self.model.salient_vectors(tokens[k], grids[k]))
-        del tokens, positions
+        del tokens, positions, ref_positions
         stacked = torch.stack(tile_maps)  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         t_score = time.perf_counter() - t0
@@ -204,12 +231,14 @@ class TiledScorer:
             emb = torch.stack([salient[int(best[i])][i] for i in range(n)]).numpy()
         else:
             emb = torch.stack(embeddings).mean(dim=0).cpu().numpy()
-        scores = rscin(raw, emb, c.rscin_windows) if c.rscin_windows else raw
+        notes = [f"{n_pos} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"]
+        if c.rscin_windows and n < 2:
+            notes.append("re-scoring skipped: it needs a batch of at least 2 images; the score is the map maximum")
+        scores = rscin(raw, emb, c.rscin_windows) if c.rscin_windows and n >= 2 else raw
         from .types import Result
 
         result = Result(scores=scores, raw_scores=raw, maps=maps.cpu().numpy().astype(np.float32), embeddings=emb,
-                        config=c, timings={"extraction": t_extract, "scoring": t_score},
-                        notes=[f"{n_pos} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"])
+                        config=c, timings={"extraction": t_extract, "scoring": t_score}, notes=notes)
         result.original_sizes = sizes
         result.weights_source = bb.weights_source
         result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None
