@@ -19,11 +19,13 @@ reach it and the excess is the defects found. This balances missed defects again
 `fdr` only bounds the false alarms, and finds far more of the defects when defective and normal images
 overlap. `fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
 
-In a flagged image, a pixel is marked when its map value passes the strongest image left normal by a
-margin (a pixel is one of many tests in its image); the image's peak always is, so an image is flagged
-exactly when its mask is non-empty. The batch's defect rate is estimated with a bootstrap interval. Assumption: most
-images are normal; when the estimate says otherwise, or the batch is too small, the method says it
-cannot decide and flags nothing.
+Masks: in each flagged image, the pixels above its MEBin threshold (the middle of the widest range of
+thresholds, between the median map maximum and the image's peak, over which the number of connected
+regions stays the same; after MEBin, AnomalyNCD, CVPR 2025), and always its peak, so an image is flagged
+exactly when its mask is non-empty. A per-image rule: it carries over between presets, whose maps differ
+in shape (BENCHMARKS.md, decision sections), where a margin over the image cut-off did not. The batch's
+defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
+says otherwise, or the batch is too small, the method says it cannot decide and flags nothing.
 
 Kept as options (thresholds on the image scores): `gmm` (two-component Gaussian mixture), `mad`
 (median + k x scaled MAD), `otsu`, `rate` (the user's expected defect rate) and `fixed` (the user's
@@ -46,11 +48,6 @@ MAP_METHODS = ("balanced", "fdr")
 """Methods that decide from the anomaly maps (their maxima and pixels) rather than the final image scores."""
 IMAGE_METHODS = (*MAP_METHODS, "gmm", "mad", "otsu", "rate", "fixed")
 DEFAULT_FDR = 0.05
-PIXEL_MARGIN_SD = {"balanced": 2.5, "fdr": 2.0}
-"""Map-based masks: a pixel must exceed the strongest image left normal by this many null standard deviations
-(each flagged image's peak is always marked). One test per image decides the image; a pixel is one of many tests
-in its image, so its bar is higher, and higher still above `balanced`'s lower image cut-off. Chosen on mtd-200,
-mtd-10pct and ksdd (BENCHMARKS.md, decision section)."""
 MIN_LABEL_FREE_IMAGES = 10
 """Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
 PIXEL_METHODS = ("image", "mebin")
@@ -364,15 +361,15 @@ def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
                      min_images: int = MIN_LABEL_FREE_IMAGES) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
-    from the same cut-off.
+    drawn in the flagged images.
 
     Both fit the null (normal) distribution of the map maxima from the batch (`estimate_null`) and test every
     image with Benjamini-Hochberg at `fdr`. `fdr` flags exactly those images. `balanced` takes that test as
     evidence that the batch holds any defect at all (Simes' test of "every image is normal", at level `fdr`),
     and then flags the images that maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing,
-    nothing is flagged. Returns the image decision, the masks (N, H, W) and a description of the pixel rule.
-    The decision's `threshold` is on the map values: an image is flagged when its map reaches it, and its mask
-    is the pixels that do (plus a margin), so flagged images are exactly those with a non-empty mask.
+    nothing is flagged. Returns the image decision, the masks (N, H, W; `mebin_masks`: flagged images exactly
+    are those with a non-empty mask) and a description of the pixel rule. The decision's `threshold` is on
+    the map values: an image is flagged when its map maximum reaches it.
     """
     check_fdr(fdr)
     if method not in MAP_METHODS:
@@ -413,14 +410,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         detail = f"no image passes a test at FDR {fdr:g}: nothing suggests a defect in this batch; {peak}"
     threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
     decision = Decision(flagged, threshold, method, detail, [], p_values=p, rate=rate, on="raw_score")
-    margin = PIXEL_MARGIN_SD[method]  # above the strongest image left normal:
-    boundary = float(evidence[~flagged].max()) if flagged.any() and not flagged.all() else threshold
-    pixel_cut = boundary + margin * null.scale
-    per_image = np.minimum(pixel_cut, evidence).reshape(n, *([1] * (maps.ndim - 1)))
-    masks = (maps >= per_image) & flagged.reshape(per_image.shape)
-    return decision, masks, {"method": method, "threshold": pixel_cut,
-                             "detail": f"in flagged images, pixels at least {margin:g} null sd above the "
-                                       "strongest image left normal, and each image's peak"}
+    masks, pixel = mebin_masks(maps, flagged, float(np.median(evidence)))
+    return decision, masks, pixel
 
 
 def decide_fdr(maps: np.ndarray, fdr: float = DEFAULT_FDR, min_images: int = MIN_LABEL_FREE_IMAGES
@@ -497,18 +488,24 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
         t = raw.threshold
         masks = (maps > t) & decision.defective[:, None, None]
         return masks, {"method": "image", "threshold": float(t), "detail": f"{raw_method} on map maxima: {raw.detail}"}
-    floor = float(np.median(raw_scores))
+    return mebin_masks(maps, decision.defective, float(np.median(raw_scores)))
+
+
+def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np.ndarray, dict]:
+    """Per flagged image, the pixels above its MEBin threshold (searched between `floor` and its peak), and
+    always its peak, so a flagged image never has an empty mask; unflagged images get none."""
     masks = np.zeros(maps.shape, dtype=bool)
     per_image = {}
-    for i in np.flatnonzero(decision.defective):
-        t = mebin_threshold(maps[i], lo=floor)
-        masks[i] = maps[i] > t
+    for i in np.flatnonzero(flagged):
+        peak = float(maps[i].max())
+        t = min(mebin_threshold(maps[i], lo=min(floor, peak)), peak)
+        masks[i] = maps[i] >= t if t >= peak else maps[i] > t
         per_image[int(i)] = t
     return masks, {"method": "mebin", "thresholds": per_image, "floor": floor}
 
 
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
-           "estimated_f1_cut", "MAP_METHODS", "decide_images",
+           "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images",
            "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
            "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS",
            "DEFAULT_FDR"]
