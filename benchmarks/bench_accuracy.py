@@ -9,7 +9,7 @@ so the peak memory is that run's.
 
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
        [--no-write]   (a method may carry tile options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
-       +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all)
+       +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd')
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
     for option in options:
         if option == "all":
             tiles["tile_matching"] = "all"
+        elif option.startswith("agg"):
+            tiles["aggregation"] = option[len("agg"):].replace("-", "+")
         elif option.startswith("overlap"):
             tiles["tile_overlap"] = float(option[len("overlap"):])
         else:

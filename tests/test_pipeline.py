@@ -179,3 +179,15 @@ def test_muscv2_with_references(mode):
     config = MuScConfig.for_method("muscv2", **{**TINY.to_dict(), "rscin_windows": (1, 7), "mode": mode})
     result = MuSc(config).score(_images(4), references=_images(8)[4:], progress=False)
     assert len(result) == 4 and result.ranking()[0] == 0
+
+
+def test_lnamd_and_snamd_together_average_both_variants_views():
+    feats = Features([torch.randn(6, 8, 4, 4), torch.randn(6, 8, 4, 4)], torch.randn(6, 5))
+    base = dict(backbone="test_tiny_dino", image_size=56, pretrained=False, device="cpu", layers=(0, 1))
+    grids = {a: MuSc(MuScConfig(**base, aggregation=a)).patch_scores(feats, progress=False)[0]
+             for a in ("lnamd", "snamd", "lnamd+snamd")}
+    views = len(MuScConfig().r_values)  # LNAMD: one set per r; SNAMD: one set
+    expected = (views * grids["lnamd"] + grids["snamd"]) / (views + 1)
+    assert torch.allclose(grids["lnamd+snamd"], expected, atol=1e-6)
+    both = MuSc(MuScConfig(**base, aggregation="lnamd+snamd"))
+    assert both.views() == (1, 3, 5, "snamd")

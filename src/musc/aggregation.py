@@ -100,6 +100,13 @@ def snamd_iter(tokens: torch.Tensor, r_values: Sequence[int],
     yield out
 
 
+def lnamd_and_snamd_iter(tokens: torch.Tensor, r_values: Sequence[int]) -> Iterator[torch.Tensor]:
+    """Both stage-1 variants of one tapped block: LNAMD's sets (one per r), then SNAMD's one set; MSM scores each
+    and the pipeline averages all of them."""
+    yield from lnamd_iter(tokens, r_values)
+    yield from snamd_iter(tokens, r_values)
+
+
 @dataclass(frozen=True)
 class Aggregation:
     """A stage-1 variant: `views(r_values)` labels the sets of patch vectors it yields per tapped block, in the
@@ -114,6 +121,8 @@ class Aggregation:
 AGGREGATIONS: dict[str, Aggregation] = {
     "lnamd": Aggregation("lnamd", lnamd_iter, lambda r_values: tuple(r_values), "MuSc (ICLR 2024)"),
     "snamd": Aggregation("snamd", snamd_iter, lambda r_values: ("snamd",), "MuSc-V2 (TPAMI 2026)"),
+    "lnamd+snamd": Aggregation("lnamd+snamd", lnamd_and_snamd_iter, lambda r_values: (*r_values, "snamd"),
+                               "both, averaged in MSM (this project)"),
 }
 
 
@@ -125,4 +134,4 @@ def get_aggregation(name: str) -> Aggregation:
 
 
 __all__ = ["layer_norm_map", "neighbourhood_mean", "to_patch_vectors", "lnamd", "lnamd_iter", "snamd_iter",
-           "similarity_weighted_mean", "Aggregation", "AGGREGATIONS", "get_aggregation"]
+           "similarity_weighted_mean", "lnamd_and_snamd_iter", "Aggregation", "AGGREGATIONS", "get_aggregation"]
