@@ -9,7 +9,8 @@ so the peak memory is that run's.
 
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
        [--no-write]   (a method may carry tile options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
-       +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd')
+       +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
+       +rscin / +rscon = that stage 3 with its preset's windows)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
     A variant is a method preset, optionally with tile options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
     'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all)."""
     from musc import MuSc, MuScConfig
+    from musc.config import METHODS
     from musc.datasets import Category
     from musc.evaluation import metrics_for
 
@@ -59,6 +61,8 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
             tiles["tile_matching"] = "all"
         elif option.startswith("agg"):
             tiles["aggregation"] = option[len("agg"):].replace("-", "+")
+        elif option in ("rscin", "rscon"):
+            tiles.update(rescoring=option, rscin_windows=METHODS["musc" if option == "rscin" else "muscv2"]["rscin_windows"])
         elif option.startswith("overlap"):
             tiles["tile_overlap"] = float(option[len("overlap"):])
         else:
