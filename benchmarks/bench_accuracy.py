@@ -118,7 +118,9 @@ def main() -> None:
              "time end to end (extraction + scoring + re-scoring) on this CPU; peak RSS of the run's process. "
              "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
-             "against every tile of the others).", "",
+             "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
+             "that stage 3. mtd-TYPE: 80 normal MTD images and 20 of one defect type (12 for fray), none in "
+             "mtd-200. Times vary by about 15 % between runs on this shared machine.", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)
