@@ -296,8 +296,9 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     if mode is not None and reference is None and bank is None:
         raise ConfigError("--mode needs --reference or --bank")
     if bank is not None and config.tile_scale not in (None, "auto"):
-        raise ConfigError("native-resolution tiles need reference images, not a bank's whole-image features: "
-                          "give --reference DIR, or leave out --tiles")
+        from .tiling import bank_error
+
+        raise bank_error()
     config = config.replace(mode=mode or ("musc+" if bank is not None else "musc"))
     if expected_defect_rate is not None:
         decision_method = "rate"

@@ -37,7 +37,7 @@ the number of connected regions stays constant; after MEBin, AnomalyNCD, CVPR 20
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -377,13 +377,16 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     maps = np.asarray(maps)
     n = maps.shape[0]
     evidence = maps.reshape(n, -1).max(axis=1).astype(np.float64)
-    nothing = np.zeros(n, dtype=bool)
-    if n < min_images:
-        warning = (f"only {n} image{'' if n == 1 else 's'}: too few to estimate what normal looks like, so no image is decided; score a "
-                   "larger batch, or set --threshold or --expected-defect-rate")
-        decision = Decision(nothing, float("inf"), method, f"cannot decide with {n} images", [warning], undecided=True,
-                            on="raw_score")
+
+    def undecided(detail: str, warning: str, **known: Any) -> tuple[Decision, np.ndarray, dict]:
+        decision = Decision(np.zeros(n, dtype=bool), float("inf"), method, detail, [warning], undecided=True,
+                            on="raw_score", **known)
         return decision, np.zeros(maps.shape, dtype=bool), {"method": method, "threshold": None}
+
+    if n < min_images:
+        return undecided(f"cannot decide with {n} images",
+                         f"only {n} image{'' if n == 1 else 's'}: too few to estimate what normal looks like, so no "
+                         "image is decided; score a larger batch, or set --threshold or --expected-defect-rate")
     estimate = estimate_null(evidence)
     null, rate, p = estimate.null, estimate.rate, estimate.p_values
     w, mu, sd = fit_gmm(evidence)
@@ -391,12 +394,10 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     if rate.estimate >= 0.5 or upper_majority:
         if upper_majority:
             rate = RateEstimate(float(w[1]), rate.low, max(rate.high, float(w[1])), rate.level)
-        warning = (f"the batch does not look mostly normal (estimated defect rate {rate}): scores relative to the "
-                   "batch cannot tell normal from defective here, so no image is decided; set "
-                   "--expected-defect-rate or --threshold")
-        decision = Decision(nothing, float("inf"), method, "cannot decide: the normal peak is not the majority",
-                            [warning], undecided=True, p_values=p, rate=rate, on="raw_score")
-        return decision, np.zeros(maps.shape, dtype=bool), {"method": method, "threshold": None}
+        return undecided("cannot decide: the normal peak is not the majority",
+                         f"the batch does not look mostly normal (estimated defect rate {rate}): scores relative to "
+                         "the batch cannot tell normal from defective here, so no image is decided; set "
+                         "--expected-defect-rate or --threshold", p_values=p, rate=rate)
     flagged = benjamini_hochberg(p, fdr)
     peak = f"normal peak at {null.loc:.4g} (sd {null.scale:.3g}) of the map maxima; estimated defect rate {rate}"
     if method == "fdr":

@@ -24,7 +24,6 @@ import math
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -317,10 +316,7 @@ class RayEngine:
         h = w = bb.grid
         result = self.model.finish(grid.view(n, h, w), embeddings, timings,
                                    {k: v.view(n, h, w) for k, v in pairs.items()} if keep_pairs else None)
-        result.original_sizes = sizes
-        result.weights_source = bb.weights_source
-        result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None
-        return result
+        return self.model.describe_inputs(result, images, sizes)
 
     def _mutual_scores(self, ray: Any, spec: dict, n: int, token_refs: list, shards: list[np.ndarray],
                        references: Any, bar: _Progress, keep_pairs: bool

@@ -252,11 +252,17 @@ class MuSc:
 
         The last stage of every engine: the local one and the Ray one share it.
         """
-        c = self.config
         t0 = time.perf_counter()
         maps = self.upsample(grid)
-        raw = maps.flatten(1).amax(dim=1)
         timings["upsampling"] = time.perf_counter() - t0
+        return self.finish_maps(maps, embeddings, timings, pairs)
+
+    def finish_maps(self, maps: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
+                    pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
+        """Anomaly maps (N, H, W) -> raw scores (map maxima) and re-scored scores: a Result (tiles blend their
+        own maps and join here)."""
+        c = self.config
+        raw = maps.flatten(1).amax(dim=1)
         t0 = time.perf_counter()
         emb = embeddings.cpu().numpy()
         raw_np = raw.cpu().numpy().astype(np.float64)
@@ -310,6 +316,10 @@ class MuSc:
         t_extract = time.perf_counter() - t0
         result = self.score_features(features, progress, keep_pairs, references=references)
         result.timings = {"extraction": t_extract, **result.timings}
+        return self.describe_inputs(result, images, sizes)
+
+    def describe_inputs(self, result: Result, images: Sequence[ImageSource], sizes: list[tuple[int, int]]) -> Result:
+        """Record on a result what it was computed from: original sizes, weights, and paths when all are paths."""
         result.original_sizes = sizes
         result.weights_source = self.backbone.weights_source
         result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None

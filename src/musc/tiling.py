@@ -27,7 +27,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError
-from .rescoring import rscin
 from .scoring import mutual_scores
 
 if TYPE_CHECKING:
@@ -137,6 +136,12 @@ TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 features per position) -> (P, N, h, w) scores."""
 
 
+def bank_error() -> ConfigError:
+    """What a bank (whole-image features) with tiles gets: tiles need the reference images themselves."""
+    return ConfigError("native-resolution tiles need reference images, not a bank's whole-image features: "
+                       "give --reference DIR, or leave out --tiles")
+
+
 class TiledScorer:
     """Runs a MuSc model on native-resolution tiles (config.tile_scale) and blends one map per image."""
 
@@ -191,8 +196,7 @@ class TiledScorer:
         from .types import Features
 
         if isinstance(references, Features):
-            raise ConfigError("native-resolution tiles need reference images, not a bank's whole-image features: "
-                              "give --reference DIR, or leave out --tiles")
+            raise bank_error()
         if references is not None and len(references) < 1:
             raise InputError("the reference set is empty")
         if keep_pairs:
@@ -225,24 +229,14 @@ class TiledScorer:
         stacked = torch.stack(tile_maps)  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         t_score = time.perf_counter() - t0
-        raw = maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float64)
         if c.rescoring == "rscon":
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
-            emb = torch.stack([salient[int(best[i])][i] for i in range(n)]).numpy()
+            emb = torch.stack([salient[int(best[i])][i] for i in range(n)])
         else:
-            emb = torch.stack(embeddings).mean(dim=0).cpu().numpy()
-        notes = [f"{n_pos} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"]
-        if c.rscin_windows and n < 2:
-            notes.append("re-scoring skipped: it needs a batch of at least 2 images; the score is the map maximum")
-        scores = rscin(raw, emb, c.rscin_windows) if c.rscin_windows and n >= 2 else raw
-        from .types import Result
-
-        result = Result(scores=scores, raw_scores=raw, maps=maps.cpu().numpy().astype(np.float32), embeddings=emb,
-                        config=c, timings={"extraction": t_extract, "scoring": t_score}, notes=notes)
-        result.original_sizes = sizes
-        result.weights_source = bb.weights_source
-        result.paths = [str(p) for p in images] if all(isinstance(p, (str, Path)) for p in images) else None
-        return result
+            emb = torch.stack(embeddings).mean(dim=0)
+        result = self.model.finish_maps(maps, emb, {"extraction": t_extract, "scoring": t_score})
+        result.notes.insert(0, f"{n_pos} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
+        return self.model.describe_inputs(result, images, sizes)
 
 
 __all__ = ["TiledScorer", "TILE_MATCHING", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
