@@ -158,6 +158,22 @@ def test_cli_evaluate_and_bank_on_ray(cluster, tmp_path):
         for key, value in metrics[0][cat].items():
             assert value is None or abs(value - metrics[1][cat][key]) <= 1e-6, (cat, key)
     assert json.loads((outs["ray"] / "metrics.json").read_text())["engine"] == "ray"
+    tiled = {}  # tiles run per category on the workers, with the local engine there: the same metrics
+    for engine in ("local", "ray"):
+        tiled[engine] = tmp_path / f"tiled-{engine}"
+        res = run("evaluate", "--dataset", "mvtec_ad", "--root", root, "--out", tiled[engine], *CLI_TINY,
+                  "--engine", engine, "--tiles", "2.0", "--category", "cat_a")
+        assert res.exit_code == 0, res.output
+    tiled_metrics = [json.loads((tiled[e] / "metrics.json").read_text())["categories"][0]["metrics"]
+                     for e in ("local", "ray")]
+    assert tiled_metrics[0] == pytest.approx(tiled_metrics[1], abs=1e-6)
+    notes = json.loads((tiled["ray"] / "cat_a" / "config.json").read_text())["notes"]
+    assert any("9 tiles of 56 px per image" in n for n in notes)  # the tiled path ran on the worker
+    for command in (["score", root / "cat_a" / "test", "--out", tmp_path / "no"],
+                    ["bank", "build", root / "cat_a" / "train" / "good", "--out", tmp_path / "no.bank"]):
+        res = run(*command, *CLI_TINY, "--engine", "ray", "--tiles", "1.0")
+        assert res.exit_code != 0 and "local engine only" in res.output
+        assert not (tmp_path / "no").exists() and not (tmp_path / "no.bank").exists()
     from musc.bank import Bank
 
     banks = {}

@@ -158,16 +158,32 @@ def test_evaluate_few_shot_both_modes(tmp_path):
     assert cfg0["references"] != cfg1["references"]
     res = CliRunner().invoke(main, [*args[:7], "--shots", "5", *CLI_TINY])
     assert res.exit_code != 0 and "needs at least 5" in res.output
+    tiled = tmp_path / "tiled"  # with tiles, the test and reference images are cut on one plan
+    res = CliRunner().invoke(main, [*args[:6], str(tiled), "--shots", "1", "--seeds", "0", *CLI_TINY, "--tiles", "1.0"])
+    assert res.exit_code == 0, res.output
+    notes = json.loads((tiled / "cat_a" / "1shot-musc-seed0" / "config.json").read_text())["notes"]
+    assert any("tiles of 56 px per image" in n for n in notes)
 
 
 def test_reference_aggregation_is_reused_for_the_same_bank():
     model = MuSc(TINY.replace(mode="musc+"))
     bank = build_bank(model, [Image.fromarray(textured(500 + i)) for i in range(3)], progress=False)
     first = model.score(images()[:1], progress=False, references=bank.features)
-    cached = model._reference_cache[1]
+    cached = model._reference_cache[id(bank.features)][1]
     second = model.score(images()[:1], progress=False, references=bank.features)
-    assert model._reference_cache[1] is cached
+    assert model._reference_cache[id(bank.features)][1] is cached
     np.testing.assert_array_equal(first.maps, second.maps)
     other = build_bank(model, [Image.fromarray(textured(600))], progress=False)
     model.score(images()[:1], progress=False, references=other.features)
-    assert model._reference_cache[0] is other.features
+    assert model._reference_cache[id(other.features)][0]() is other.features
+    del bank, cached
+    model.score(images()[:1], progress=False, references=other.features)
+    assert len(model._reference_cache) == 1  # the dropped bank's entry is gone
+    tiled_model = MuSc(TINY.replace(mode="musc+", tile_scale=1.0), backbone=model.backbone)
+    tall = [Image.fromarray(np.vstack([textured(700 + i), textured(710 + i)])) for i in range(2)]
+    tiled = build_bank(tiled_model, tall, progress=False)
+    tiled_model.score(tall[:1], progress=False, references=tiled.features)
+    entries = {k: v[1] for k, v in tiled_model._reference_cache.items()}
+    assert len(entries) == len(tiled.features.starts) > 1  # every tile position kept
+    tiled_model.score(tall[1:], progress=False, references=tiled.features)
+    assert all(tiled_model._reference_cache[k][1] is v for k, v in entries.items())

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from musc import MuSc, MuScConfig
-from musc.errors import ConfigError
+from musc.errors import ConfigError, InputError
 from musc.tiling import TiledScorer, blend, canvas_size, score_aligned, score_all, tile_starts
 from musc.types import Features
 
@@ -127,7 +127,7 @@ def test_tiles_refuse_what_they_do_not_support_yet():
     with pytest.raises(ConfigError, match="tile_matching"):
         MuScConfig(**TINY, tile_scale=1.0, tile_matching="some").validate()
     with pytest.raises(ConfigError, match="local engine"):
-        MuScConfig(**TINY, tile_scale=1.0, engine="ray").validate()
+        MuSc(MuScConfig(**TINY, tile_scale=1.0, engine="ray")).score(["a.png", "b.png"], progress=False)
     images = [Image.fromarray(textured(i, 56)) for i in range(3)]
     tiled = MuSc(MuScConfig(**TINY, tile_scale=1.0))
     with pytest.raises(ConfigError, match="bank"):
@@ -202,4 +202,68 @@ def test_cli_tiles_with_references_and_a_bank(image_folder, tmp_path):
     bank = tmp_path / "good.bank"
     assert run("bank", "build", image_folder, "--out", bank, *CLI_TINY).exit_code == 0
     res = run("score", image_folder, "--out", tmp_path / "b", *CLI_TINY, "--tiles", "1.0", "--bank", bank)
-    assert res.exit_code == 1 and "bank" in res.output and not (tmp_path / "b").exists()
+    assert res.exit_code == 1 and "tiles: bank None" in res.output and not (tmp_path / "b").exists()
+    tiled_bank = tmp_path / "tiled.bank"
+    res = run("bank", "build", image_folder, "--out", tiled_bank, *CLI_TINY, "--tiles", "1.0")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "with-tiled-bank"
+    res = run("score", image_folder, "--out", out, *CLI_TINY, "--tiles", "1.0", "--bank", tiled_bank, "--no-images")
+    assert res.exit_code == 0, res.output
+    assert "tiles of 56 px per image" in (out / "config.json").read_text()
+    for options in ([], ["--tiles", "1.0", "--tile-overlap", "0.5"]):  # whole images, or other tiles: refused
+        res = run("score", image_folder, "--out", tmp_path / "c", *CLI_TINY, *options, "--bank", tiled_bank)
+        assert res.exit_code == 1 and "tiles: bank {" in res.output and not (tmp_path / "c").exists()
+
+
+def tall_images(seed: int, count: int) -> list[Image.Image]:
+    return [Image.fromarray(np.vstack([textured(seed + 2 * i, 112), textured(seed + 1 + 2 * i, 112)])[:, :84])
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("mode", ["musc", "musc+"])
+def test_a_tiled_bank_gives_the_result_of_its_reference_images(tmp_path, mode):
+    from musc.bank import Bank, build_bank
+    from musc.types import TiledFeatures
+
+    model = MuSc(MuScConfig(**TINY, mode=mode, tile_scale=1.0, tile_overlap=0.25))
+    refs, images = tall_images(40, 3), tall_images(60, 3)
+    bank = build_bank(model, refs, progress=False)
+    assert isinstance(bank.features, TiledFeatures) and len(bank.features.starts) == 10  # 84 x 224: 2 x 5 tiles of 56
+    loaded = Bank.load(bank.save(tmp_path / "tiled.bank"))
+    assert loaded.tiled and loaded.features.canvas == (84, 224) and loaded.features.starts == bank.features.starts
+    direct = model.score(images, references=refs, progress=False)
+    via_bank = model.score(images, references=loaded.features, progress=False)
+    np.testing.assert_allclose(via_bank.maps, direct.maps, atol=1e-6)
+    np.testing.assert_allclose(via_bank.scores, direct.scores, atol=1e-6)
+    test = np.asarray(images[0]).copy()
+    test[150:156, 40:46] = 255  # a single new image with a 6 px defect, against the bank alone
+    one = model.score([Image.fromarray(test)], references=loaded.features, progress=False)
+    y, x = np.unravel_index(np.argmax(one.maps[0]), one.maps[0].shape)
+    assert one.maps.shape == (1, 224, 84) and abs(y - 153) <= 14 and abs(x - 43) <= 14
+
+
+def test_tiled_bank_settings_are_checked():
+    from musc.bank import build_bank, run_settings
+
+    refs = tall_images(40, 2)
+    tiled_model = MuSc(MuScConfig(**TINY, tile_scale=1.0))
+    tiled = build_bank(tiled_model, refs, progress=False)
+    assert tiled.settings["tiles"] == {"scale": 1.0, "overlap": 0.25}
+    whole_model = MuSc(MuScConfig(**TINY), backbone=tiled_model.backbone)
+    with pytest.raises(InputError, match="tiles: bank"):
+        tiled.check_matches(run_settings(whole_model))
+    with pytest.raises(ConfigError, match="tiled"):  # the library refuses tiled features without tiles, too
+        whole_model.score(refs, references=tiled.features, progress=False)
+    auto_model = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=tiled_model.backbone)
+    whole = build_bank(whole_model, refs, progress=False)
+    assert whole.settings["tiles"] is None
+    whole.check_matches(run_settings(auto_model))  # a whole-image bank serves --tiles auto (whole images)
+    with pytest.raises(InputError, match="tiles: bank None"):
+        whole.check_matches(run_settings(tiled_model))
+    auto = build_bank(auto_model, refs, progress=False)
+    assert auto.tiled and auto.settings["tiles"]["scale"] == "auto"
+    result = auto_model.score(refs[:1], references=auto.features, progress=False)
+    assert result.maps.shape == (1, 149, 56) and "4 tiles of 56 px" in result.notes[0]  # short side to 56
+    rscon = MuSc(MuScConfig.for_method("muscv2-tiles", **TINY), backbone=tiled_model.backbone)
+    one = rscon.score(refs[:1], references=build_bank(rscon, refs, progress=False).features, progress=False)
+    assert any(n.startswith("RsCon skipped") for n in one.notes)  # the re-scoring stage in use is named

@@ -5,6 +5,10 @@ the settings they were made with: backbone, weights, input size, blocks and r va
 recomputed from the tokens when the bank is used (milliseconds), which keeps the file three times
 smaller than storing every (block, r) pair and the results identical to scoring with the images. A
 SHA-256 checksum over the tensors guards against a damaged file.
+
+Built with tiles (`--tiles`), the bank holds every tile position's tokens and the plan the references were cut
+on (canvas and tile positions); new images are cut on that plan, so the result is the one with the reference
+images themselves when the images have the references' size.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any, Sequence
 import torch
 
 from .errors import InputError
-from .types import Features
+from .types import Features, TiledFeatures
 
 FORMAT = "musc-bank/1"
-SETTINGS = ("backbone", "image_size", "layers", "r_values", "weights")
+SETTINGS = ("backbone", "image_size", "layers", "r_values", "weights", "tiles")
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -36,7 +40,7 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
 class Bank:
     """Reference features plus the settings that made them."""
 
-    features: Features
+    features: Features | TiledFeatures
     settings: dict[str, Any]
     paths: list[str]
 
@@ -49,10 +53,18 @@ class Bank:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {f"tokens.{i}": t.detach().cpu().float().contiguous() for i, t in enumerate(self.features.tokens)}
-        tensors["embeddings"] = self.features.embeddings.detach().cpu().float().contiguous()
+        tiled = isinstance(self.features, TiledFeatures)
+        parts = self.features.positions if tiled else [self.features]
+        tensors = {}
+        for k, part in enumerate(parts):
+            prefix = f"tiles.{k}." if tiled else ""
+            tensors.update({f"{prefix}tokens.{i}": t.detach().cpu().float().contiguous() for i, t in enumerate(part.tokens)})
+            tensors[f"{prefix}embeddings"] = part.embeddings.detach().cpu().float().contiguous()
         meta = {"format": FORMAT, "settings": json.dumps(self.settings), "paths": json.dumps(self.paths),
                 "sha256": _checksum(tensors)}
+        if tiled:
+            meta["plan"] = json.dumps({"canvas": list(self.features.canvas),
+                                       "starts": [list(xy) for xy in self.features.starts]})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
@@ -77,14 +89,31 @@ class Bank:
             raise InputError(f"{path} is not a musc bank (format {meta.get('format')!r})")
         if _checksum(tensors) != meta.get("sha256"):
             raise InputError(f"bank {path} is damaged: its checksum does not match")
-        count = sum(1 for k in tensors if k.startswith("tokens."))
-        features = Features([tensors[f"tokens.{i}"] for i in range(count)], tensors["embeddings"])
+        def part(prefix: str) -> Features:
+            count = sum(1 for k in tensors if k.startswith(f"{prefix}tokens."))
+            return Features([tensors[f"{prefix}tokens.{i}"] for i in range(count)], tensors[f"{prefix}embeddings"])
+
+        features: Features | TiledFeatures
+        if "plan" in meta:
+            plan = json.loads(meta["plan"])
+            features = TiledFeatures([part(f"tiles.{k}.") for k in range(len(plan["starts"]))],
+                                     tuple(plan["canvas"]), [tuple(xy) for xy in plan["starts"]])
+        else:
+            features = part("")
         return cls(features, json.loads(meta["settings"]), json.loads(meta["paths"]))
 
+    @property
+    def tiled(self) -> bool:
+        return isinstance(self.features, TiledFeatures)
+
     def check_matches(self, settings: dict[str, Any]) -> None:
-        """Refuse a bank made with other settings than the current run, naming each difference."""
+        """Refuse a bank made with other settings than the current run, naming each difference.
+
+        Tiles: a tiled bank needs the same tile settings; a bank without tiles also serves `--tiles auto`, which
+        then scores whole images (as it does with any whole-image references)."""
+        whole_for_auto = self.settings.get("tiles") is None and (settings.get("tiles") or {}).get("scale") == "auto"
         diffs = [f"{k}: bank {self.settings.get(k)!r}, run {settings.get(k)!r}" for k in SETTINGS
-                 if _norm(self.settings.get(k)) != _norm(settings.get(k))]
+                 if _norm(self.settings.get(k)) != _norm(settings.get(k)) and not (k == "tiles" and whole_for_auto)]
         if diffs:
             raise InputError("the bank was made with other settings than this run (" + "; ".join(diffs)
                              + "); rebuild it with `musc bank build` and the same options")
@@ -94,20 +123,40 @@ def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
+def tiles_setting(config: Any) -> dict[str, Any] | None:
+    """How a run cuts tiles, as a bank records it: None for whole images (also `auto` on the Ray engine, which
+    scores whole images)."""
+    if config.tile_scale is None or (config.tile_scale == "auto" and config.engine == "ray"):
+        return None
+    return {"scale": config.tile_scale, "overlap": config.tile_overlap}
+
+
 def run_settings(model: Any) -> dict[str, Any]:
     """The settings of a MuSc model that a bank must share with it."""
     bb = model.backbone
     return {"backbone": bb.preset.name, "image_size": bb.image_size, "layers": list(bb.layers),
-            "r_values": list(model.config.r_values), "weights": bb.weights_source}
+            "r_values": list(model.config.r_values), "weights": bb.weights_source, "tiles": tiles_setting(model.config)}
+
+
+def _cpu(features: Features) -> Features:
+    return Features([t.cpu() for t in features.tokens], features.embeddings.cpu())
 
 
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
-    """Extract the reference images' features once."""
+    """Extract the reference images' features once (every tile's, on the references' own plan, with tiles)."""
     if len(images) < 1:
         raise InputError("a bank needs at least one reference image")
-    features, _ = model.extract(images, progress)
-    features = Features([t.cpu() for t in features.tokens], features.embeddings.cpu())
+    from .tiling import TiledScorer, refuse_on_ray
+
+    refuse_on_ray(model.config)
+    features: Features | TiledFeatures
+    if tiles_setting(model.config) is not None:
+
+        tiled = TiledScorer(model).features(images, progress)
+        features = TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
+    else:
+        features = _cpu(model.extract(images, progress)[0])
     return Bank(features, run_settings(model), [str(p) for p in images])
 
 
-__all__ = ["Bank", "build_bank", "run_settings"]
+__all__ = ["Bank", "build_bank", "run_settings", "tiles_setting"]

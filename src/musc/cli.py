@@ -165,11 +165,17 @@ def check_weights_available(config: MuScConfig) -> None:
     resolve_weights(config.backbone, config.weights, config.pretrained)
 
 
-def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
+def _pop_config(kwargs: dict[str, Any], tiles_on_workers: bool = False) -> MuScConfig:
+    """The run's configuration from the shared options. Numeric tiles on Ray are refused here, before Ray starts,
+    unless the command runs whole jobs on the workers (`tiles_on_workers`: evaluate's per-category tasks)."""
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "tile_scale", "tile_overlap", "tile_matching")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
+    if not tiles_on_workers:
+        from .tiling import refuse_on_ray
+
+        refuse_on_ray(config)
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect
 
@@ -295,10 +301,6 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise ConfigError("give --reference or --bank, not both")
     if mode is not None and reference is None and bank is None:
         raise ConfigError("--mode needs --reference or --bank")
-    if bank is not None and config.tile_scale not in (None, "auto"):
-        from .tiling import bank_error
-
-        raise bank_error()
     config = config.replace(mode=mode or ("musc+" if bank is not None else "musc"))
     if expected_defect_rate is not None:
         decision_method = "rate"
@@ -415,7 +417,7 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
     from .io import check_output_folder
     from .pipeline import MuSc
 
-    config = _pop_config(kwargs)
+    config = _pop_config(kwargs, tiles_on_workers=shots is None)  # --shots scores on the driver
     check_output_folder(out, replaced=False)
     check_weights_available(config)
     if shots is not None:
@@ -483,7 +485,8 @@ def bank_build(folder: Path, out: Path, quiet: bool, **kwargs: Any) -> None:
     built = build_bank(MuSc(config), paths, progress=not quiet)
     built.save(out)
     if not quiet:
-        click.echo(f"Bank of {built.size} images ({built.settings['backbone']} at {built.settings['image_size']}) "
+        tiles = f", {len(built.features.starts)} tiles per image" if built.tiled else ""
+        click.echo(f"Bank of {built.size} images ({built.settings['backbone']} at {built.settings['image_size']}{tiles}) "
                    f"written to {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 

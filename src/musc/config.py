@@ -133,8 +133,6 @@ class MuScConfig:
             raise ConfigError(f"tile_overlap must be in [0, 0.9], got {self.tile_overlap}")
         if self.tile_matching not in TILE_MATCHINGS:
             raise ConfigError(f"tile_matching must be one of {', '.join(TILE_MATCHINGS)}, got {self.tile_matching!r}")
-        if self.tile_scale not in (None, "auto") and self.engine == "ray":
-            raise ConfigError("native-resolution tiles run on the local engine only, for now")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.ray_address is not None and self.engine != "ray":

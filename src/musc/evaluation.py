@@ -186,19 +186,23 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
                     report = CategoryReport.from_dict(json.loads((run_dir / METRICS_FILE).read_text()))
                 else:
                     refs = draw_references(category, shots, seed)
-                    if features is None:
-                        features, sizes = model.extract([s.path for s in category.samples], progress)
-                    ref_features, _ = model.extract(refs, progress)
                     scorer = MuSc(model.config.replace(mode=mode), backbone=model.backbone)
-                    result = scorer.score_features(features, progress, references=ref_features)
-                    result.original_sizes, result.paths = sizes, [str(s.path) for s in category.samples]
+                    if model.config.tile_scale is not None:  # test and reference images cut on one plan per run
+                        result = scorer.score([s.path for s in category.samples], progress, references=refs)
+                    else:
+                        if features is None:
+                            features, sizes = model.extract([s.path for s in category.samples], progress)
+                        ref_features, _ = model.extract(refs, progress)
+                        result = scorer.score_features(features, progress, references=ref_features)
+                        result.original_sizes, result.paths = sizes, [str(s.path) for s in category.samples]
                     metrics = metrics_for(category, result, size)
                     report = CategoryReport(name, metrics, len(category.samples), int(category.labels.sum()),
                                             notes, dict(result.timings))
                     with ResultFolder(run_dir) as folder:
                         write_result(result, folder, root=root, save_maps=False, save_images=False, progress=False,
                                      columns={"label": [s.label for s in category.samples]},
-                                     extra={"references": [str(p) for p in refs], "seed": seed, "mode": mode})
+                                     extra={"references": [str(p) for p in refs], "seed": seed, "mode": mode,
+                                            "notes": result.notes})
                         atomic_write_text(folder / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
                 runs[mode].setdefault(name, []).append(report)
                 if on_report is not None:
@@ -246,7 +250,7 @@ def run_evaluation(dataset: str, root: str | Path, categories: Sequence[str] | N
                    "defect_type": [s.defect_type for s in category.samples]}
         with ResultFolder(out / category.name) as folder:  # replaced whole: a category folder never mixes two runs
             write_result(result, folder, root=root, save_maps=save_maps, save_images=save_images,
-                         progress=progress, columns=columns)
+                         progress=progress, columns=columns, extra={"notes": result.notes})
             atomic_write_text(folder / METRICS_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
         reports[category.name] = report
         if on_report is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
@@ -25,7 +26,7 @@ from .errors import ConfigError, InputError
 from .io import read_image, to_rgb
 from .rescoring import rscin
 from .scoring import mutual_scores, random_projection, reference_scores
-from .types import Features, Result
+from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class MuSc:
     def __init__(self, config: MuScConfig | None = None, backbone: Backbone | None = None) -> None:
         self.config = config or MuScConfig()
         self._backbone = backbone
-        self._reference_cache: tuple[Features, list[list[torch.Tensor]]] | None = None
+        self._reference_cache: dict[int, tuple[weakref.ref, list[list[torch.Tensor]]]] = {}
 
     @property
     def backbone(self) -> Backbone:
@@ -149,13 +150,15 @@ class MuSc:
 
     def _aggregated_references(self, references: Features, layers: tuple[int, ...],
                                device: torch.device) -> list[list[torch.Tensor]]:
-        """LNAMD of the references per block and r, kept while the same references come back (e.g. a bank
-        scoring one new image after another)."""
-        if self._reference_cache is None or self._reference_cache[0] is not references:
-            self._reference_cache = None
+        """Stage 1 of the references per block and view, kept while the same references are alive (a bank scoring
+        one new image after another; each tile position of a tiled bank is its own entry)."""
+        alive = {key: entry for key, entry in self._reference_cache.items() if entry[0]() is not None}
+        self._reference_cache = alive  # references nobody holds any more are forgotten
+        entry = alive.get(id(references))
+        if entry is None or entry[0]() is not references:
             aggregated = [list(self._aggregate(t.to(device), layer)) for layer, t in zip(layers, references.tokens)]
-            self._reference_cache = (references, aggregated)
-        return self._reference_cache[1]
+            entry = alive[id(references)] = (weakref.ref(references), aggregated)
+        return entry[1]
 
     def _score_pair(self, z: torch.Tensor, refs: torch.Tensor | None, scorer: Callable[..., torch.Tensor],
                     budget: int | None, matmul_dtype: torch.dtype | None, progress: Callable[[int], None]) -> torch.Tensor:
@@ -268,7 +271,8 @@ class MuSc:
         raw_np = raw.cpu().numpy().astype(np.float64)
         notes = []
         if c.rscin_windows and len(raw_np) < 2:
-            notes.append("RsCIN skipped: it needs a batch of at least 2 images; the score is the map maximum")
+            stage = "RsCon" if c.rescoring == "rscon" else "RsCIN"
+            notes.append(f"{stage} skipped: it needs a batch of at least 2 images; the score is the map maximum")
             scores = raw_np
         else:
             scores = rscin(raw_np, emb, c.rscin_windows) if c.rscin_windows else raw_np
@@ -278,10 +282,11 @@ class MuSc:
                       pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if pairs is not None else None)
 
     def score(self, images: Sequence[ImageSource], progress: bool = True, keep_pairs: bool = False,
-              references: Sequence[ImageSource] | Features | None = None) -> Result:
+              references: Sequence[ImageSource] | Features | TiledFeatures | None = None) -> Result:
         """Score a set of unlabeled images of one product: anomaly maps and image scores for each.
 
-        `references`: known-normal images (or their features, e.g. a loaded bank) used as config.mode says.
+        `references`: known-normal images (or their features, e.g. a loaded bank; tiled features with tiles) used
+        as config.mode says.
         """
         self.config.validate()
         if references is None and len(images) < 2:
@@ -291,6 +296,12 @@ class MuSc:
             raise InputError("no images to score")
         if self.config.subsets > 1 and len(images) // self.config.subsets < 2:
             raise InputError(f"{len(images)} images cannot be split into {self.config.subsets} subsets of at least 2 images")
+        from .tiling import refuse_on_ray
+
+        refuse_on_ray(self.config)
+        if isinstance(references, TiledFeatures) and (self.config.tile_scale is None or self.config.engine == "ray"):
+            raise ConfigError("these reference features are tiled (a bank built with --tiles): score with the same "
+                              "--tiles on the local engine")
         if self.config.tile_scale == "auto" and (self.config.engine == "ray" or isinstance(references, Features)):
             whole = MuSc(self.config.replace(tile_scale=None), backbone=self._backbone)
             result = whole.score(images, progress=progress, keep_pairs=keep_pairs, references=references)

@@ -10,7 +10,8 @@ Stage 1 runs per tile either way (its neighbourhoods and normalisation stay insi
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
 constant map. The image score is the maximum of the whole map; re-scoring uses the mean of the tiles' image
 embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon). Reference images
-(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles).
+(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled
+bank (`TiledFeatures`) keeps the references' tiles and the plan they were cut on: new images are cut on that plan.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError
 from .scoring import mutual_scores
+from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
     from .pipeline import ImageSource, MuSc
-    from .types import Features
     from .types import Result
 
 
@@ -136,10 +137,23 @@ TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 features per position) -> (P, N, h, w) scores."""
 
 
-def bank_error() -> ConfigError:
-    """What a bank (whole-image features) with tiles gets: tiles need the reference images themselves."""
-    return ConfigError("native-resolution tiles need reference images, not a bank's whole-image features: "
-                       "give --reference DIR, or leave out --tiles")
+def refuse_on_ray(config: Any) -> None:
+    """ConfigError for numeric tiles on the Ray engine: `musc score` and banks tile on the local engine only
+    (`musc evaluate` runs tiles per category on the Ray workers, with the local engine there)."""
+    if config.engine == "ray" and config.tile_scale not in (None, "auto"):
+        raise ConfigError("native-resolution tiles score on the local engine only (musc evaluate --engine ray runs "
+                          "them per category on the workers): leave out --engine ray or --tiles")
+
+
+def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
+    """(width, height) of each image, read from file headers where the images are paths."""
+    from .pipeline import _as_image
+
+    sizes = []
+    for src in images:
+        with (Image.open(src) if isinstance(src, (str, Path)) else _as_image(src)) as im:
+            sizes.append(im.size)
+    return sizes
 
 
 class TiledScorer:
@@ -190,32 +204,40 @@ class TiledScorer:
                 bar.update(1)
         return tokens, embeddings
 
+    def features(self, images: Sequence["ImageSource"], progress: bool = True,
+                 plan: tuple[tuple[int, int], list[tuple[int, int]]] | None = None) -> TiledFeatures:
+        """The tiles' features of `images`, cut on `plan` (canvas, starts) or on the plan of their own sizes."""
+        canvas, starts = plan or self.plan(image_sizes(images))
+        tokens, embeddings = self.extract_tiles(images, canvas, starts, progress)
+        return TiledFeatures([Features(t, e) for t, e in zip(tokens, embeddings)], canvas, list(starts))
+
     def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
               keep_pairs: bool = False) -> "Result":
-        from .pipeline import _as_image
-        from .types import Features
-
+        """Maps and scores of `images` on tiles. `references`: reference images (cut on the test images' plan) or
+        a tiled bank's `TiledFeatures` (the test images are cut on the bank's plan)."""
         if isinstance(references, Features):
-            raise bank_error()
-        if references is not None and len(references) < 1:
+            raise ConfigError("native-resolution tiles need tiled references, not whole-image features (a bank "
+                              "built without --tiles): rebuild the bank with the same --tiles, give --reference DIR, "
+                              "or leave out --tiles")
+        if references is not None and not isinstance(references, TiledFeatures) and len(references) < 1:
             raise InputError("the reference set is empty")
         if keep_pairs:
             raise ConfigError("per-pair maps are not kept with tiles")
         c = self.config
-        bb = self.model.backbone
+        side = self.model.backbone.image_size
         t0 = time.perf_counter()
-        sizes = []
-        for src in images:
-            with (Image.open(src) if isinstance(src, (str, Path)) else _as_image(src)) as im:
-                sizes.append(im.size)
-        canvas, starts = self.plan(sizes)
-        side = bb.image_size
+        sizes = image_sizes(images)
+        if isinstance(references, TiledFeatures):
+            canvas, starts = references.canvas, references.starts
+        else:
+            canvas, starts = self.plan(sizes)
         n, n_pos = len(images), len(starts)
         tokens, embeddings = self.extract_tiles(images, canvas, starts, progress)
         ref_positions = None
-        if references is not None:
-            ref_tokens, ref_embeddings = self.extract_tiles(references, canvas, starts, progress)
-            ref_positions = [Features(ref_tokens[k], ref_embeddings[k]) for k in range(n_pos)]
+        if isinstance(references, TiledFeatures):
+            ref_positions = references.positions
+        elif references is not None:
+            ref_positions = self.features(references, progress, (canvas, starts)).positions
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
         positions = [Features(tokens[k], embeddings[k]) for k in range(n_pos)]
@@ -239,5 +261,5 @@ class TiledScorer:
         return self.model.describe_inputs(result, images, sizes)
 
 
-__all__ = ["TiledScorer", "TILE_MATCHING", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
+__all__ = ["TiledScorer", "TILE_MATCHING", "image_sizes", "refuse_on_ray", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
            "blend_window"]

@@ -30,6 +30,22 @@ class Features:
 
 
 @dataclass
+class TiledFeatures:
+    """Features of images cut into tiles on one plan (musc.tiling): what a tiled bank holds."""
+
+    positions: list[Features]
+    """Per tile position, the features of every image's tile there."""
+    canvas: tuple[int, int]
+    """(width, height) every image is resized to before it is cut."""
+    starts: list[tuple[int, int]]
+    """(x, y) of each tile position on the canvas."""
+
+    @property
+    def num_images(self) -> int:
+        return self.positions[0].num_images
+
+
+@dataclass
 class Result:
     """Scores and maps of one MuSc run over N images."""
 
@@ -70,4 +86,4 @@ class Result:
         return F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-__all__ = ["Features", "Result"]
+__all__ = ["Features", "TiledFeatures", "Result"]
