@@ -151,7 +151,6 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     refuse_on_ray(model.config)
     features: Features | TiledFeatures
     if tiles_setting(model.config) is not None:
-
         tiled = TiledScorer(model).features(images, progress)
         features = TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
     else:

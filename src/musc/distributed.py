@@ -307,10 +307,10 @@ class RayEngine:
             grid, pairs = self._mutual_scores(ray, spec, n, token_refs, shards, references, progress_bar, keep_pairs)
         bb = self.model.backbone
         if c.rescoring == "rscon":  # descriptors computed where the features are; (N, C) comes back
-            pos = max(0, len(bb.layers) - 2)
+            pos, layer = self.model.salient_tap(len(bb.layers))
             best = grid.argmax(dim=1)
             task = _remote(_salient_shard)
-            embeddings = torch.cat(ray.get([task.remote(spec, pos, bb.layers[pos], best[torch.as_tensor(idx)], ref)
+            embeddings = torch.cat(ray.get([task.remote(spec, pos, layer, best[torch.as_tensor(idx)], ref)
                                             for idx, ref in zip(shards, token_refs)]))
         timings = {"extraction": t_extract, "scoring": time.perf_counter() - t0}
         h = w = bb.grid

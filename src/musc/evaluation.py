@@ -187,14 +187,15 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
                 else:
                     refs = draw_references(category, shots, seed)
                     scorer = MuSc(model.config.replace(mode=mode), backbone=model.backbone)
+                    paths = [s.path for s in category.samples]
                     if model.config.tile_scale is not None:  # test and reference images cut on one plan per run
-                        result = scorer.score([s.path for s in category.samples], progress, references=refs)
+                        result = scorer.score(paths, progress, references=refs)
                     else:
                         if features is None:
-                            features, sizes = model.extract([s.path for s in category.samples], progress)
+                            features, sizes = model.extract(paths, progress)
                         ref_features, _ = model.extract(refs, progress)
                         result = scorer.score_features(features, progress, references=ref_features)
-                        result.original_sizes, result.paths = sizes, [str(s.path) for s in category.samples]
+                        result.original_sizes, result.paths = sizes, [str(p) for p in paths]
                     metrics = metrics_for(category, result, size)
                     report = CategoryReport(name, metrics, len(category.samples), int(category.labels.sum()),
                                             notes, dict(result.timings))

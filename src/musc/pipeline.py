@@ -154,8 +154,8 @@ class MuSc:
         one new image after another; each tile position of a tiled bank is its own entry)."""
         alive = {key: entry for key, entry in self._reference_cache.items() if entry[0]() is not None}
         self._reference_cache = alive  # references nobody holds any more are forgotten
-        entry = alive.get(id(references))
-        if entry is None or entry[0]() is not references:
+        entry = alive.get(id(references))  # a live entry under this id is these references: ids are unique
+        if entry is None:
             aggregated = [list(self._aggregate(t.to(device), layer)) for layer, t in zip(layers, references.tokens)]
             entry = alive[id(references)] = (weakref.ref(references), aggregated)
         return entry[1]
@@ -239,13 +239,17 @@ class MuSc:
             embeddings = self.salient_vectors(features.tokens, grid)
         return self.finish(grid, embeddings, timings, pairs if keep_pairs else None)
 
+    def salient_tap(self, count: int) -> tuple[int, int]:
+        """RsCon's tapped block among `count`: (its position, its block number), the second-to-last one."""
+        pos = max(0, count - 2)
+        return pos, self._tap_layers(count)[pos]
+
     def salient_vectors(self, tokens: Sequence[torch.Tensor], grid: torch.Tensor) -> torch.Tensor:
         """RsCon's descriptors: the stage-1 vector (first view) of the second-to-last tapped block at each image's
         highest-scoring patch, (N, C). Aggregated again here rather than kept through scoring (less memory)."""
         from .rescoring import salient_patch_vectors
 
-        pos = max(0, len(tokens) - 2)
-        layer = self._tap_layers(len(tokens))[pos]
+        pos, layer = self.salient_tap(len(tokens))
         z = next(self._aggregate(tokens[pos], layer))
         return torch.from_numpy(salient_patch_vectors(z.cpu().numpy(), grid.flatten(1).cpu().numpy()))
 

@@ -61,6 +61,4 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
     return patch_vectors[np.arange(patch_vectors.shape[0]), patch_scores.argmax(axis=1)]
 
 
-RESCORING_SOURCES = {"rscin": "image embeddings", "rscon": "salient patch vectors"}
-
-__all__ = ["rscin", "knn_smoothing", "minmax", "salient_patch_vectors", "RESCORING_SOURCES"]
+__all__ = ["rscin", "knn_smoothing", "minmax", "salient_patch_vectors"]

@@ -227,37 +227,35 @@ class TiledScorer:
         side = self.model.backbone.image_size
         t0 = time.perf_counter()
         sizes = image_sizes(images)
-        if isinstance(references, TiledFeatures):
-            canvas, starts = references.canvas, references.starts
-        else:
-            canvas, starts = self.plan(sizes)
-        n, n_pos = len(images), len(starts)
-        tokens, embeddings = self.extract_tiles(images, canvas, starts, progress)
+        tiled_bank = isinstance(references, TiledFeatures)
+        plan = (references.canvas, references.starts) if tiled_bank else self.plan(sizes)
+        canvas, starts = plan
+        test = self.features(images, progress, plan)
         ref_positions = None
-        if isinstance(references, TiledFeatures):
+        if tiled_bank:
             ref_positions = references.positions
         elif references is not None:
-            ref_positions = self.features(references, progress, (canvas, starts)).positions
+            ref_positions = self.features(references, progress, plan).positions
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
-        positions = [Features(tokens[k], embeddings[k]) for k in range(n_pos)]
-        grids = TILE_MATCHING[c.tile_matching](self.model, positions, progress, ref_positions)  # (P, N, h, w)
+        grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, N, h, w)
         tile_maps, salient = [], []
-        for k in range(n_pos):
+        for k, position in enumerate(test.positions):
             tile_maps.append(self.model.upsample(grids[k]))
             if c.rescoring == "rscon":
-                salient.append(self.model.salient_vectors(tokens[k], grids[k]))
-        del tokens, positions, ref_positions
+                salient.append(self.model.salient_vectors(position.tokens, grids[k]))
+        embeddings = torch.stack([position.embeddings for position in test.positions])
+        del test, ref_positions
         stacked = torch.stack(tile_maps)  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         t_score = time.perf_counter() - t0
         if c.rescoring == "rscon":
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
-            emb = torch.stack([salient[int(best[i])][i] for i in range(n)])
+            emb = torch.stack([salient[int(best[i])][i] for i in range(len(images))])
         else:
-            emb = torch.stack(embeddings).mean(dim=0)
+            emb = embeddings.mean(dim=0)
         result = self.model.finish_maps(maps, emb, {"extraction": t_extract, "scoring": t_score})
-        result.notes.insert(0, f"{n_pos} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
+        result.notes.insert(0, f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
         return self.model.describe_inputs(result, images, sizes)
 
 
