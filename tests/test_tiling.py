@@ -111,6 +111,36 @@ def test_all_matching_finds_a_tile_wherever_it_sits(aggregation):
     assert same_place.shape == (3, 4, 4, 4) and same_place.mean() > 0.1  # aligned: other tiles sit there
 
 
+@pytest.mark.parametrize("mode", ["musc", "musc+"])
+def test_all_matching_with_references_finds_a_tile_wherever_it_sits(mode):
+    positions, _ = shuffled_tiles(n_images=6, seed=2)
+    test = [Features([t[:4] for t in f.tokens], f.embeddings[:4]) for f in positions]
+    refs = [Features([t[4:] for t in f.tokens], f.embeddings[4:]) for f in positions]
+    model = MuSc(MuScConfig(**TINY, layers=(0, 1), mode=mode))
+    anywhere = score_all(model, test, progress=False, references=refs)
+    assert anywhere.shape == (3, 4, 4, 4) and anywhere.abs().max() < 1e-3  # every tile sits in each reference
+    same_place = score_aligned(model, test, progress=False, references=refs)
+    assert same_place.amax() > 0.1  # aligned: some tile's content is at no other image's same position
+    gen = torch.Generator().manual_seed(7)  # references unlike the tests
+    far_refs = [Features([torch.randn(t.shape, generator=gen) for t in f.tokens], f.embeddings) for f in refs]
+    scores = score_all(model, test, progress=False, references=far_refs)
+    if mode == "musc":
+        assert scores.abs().max() < 1e-3  # few-shot: the test images still score each other
+    else:
+        assert scores.min() > 0.1  # MuSc+: only the references score
+
+
+@pytest.mark.parametrize("mode", ["musc", "musc+"])
+def test_all_matching_with_reference_images_and_one_tile_equals_the_whole_image(mode):
+    images = [Image.fromarray(textured(i, 56)) for i in range(3)]
+    refs = [Image.fromarray(textured(10 + i, 56)) for i in range(3)]
+    whole = MuSc(MuScConfig(**TINY, mode=mode))
+    tiled = MuSc(MuScConfig(**TINY, mode=mode, tile_scale=1.0, tile_matching="all"), backbone=whole.backbone)
+    a = whole.score(images, references=refs, progress=False)
+    b = tiled.score(images, references=refs, progress=False)
+    assert np.allclose(a.maps, b.maps, atol=1e-6) and np.allclose(a.scores, b.scores, atol=1e-6)
+
+
 def test_all_matching_keeps_its_result_under_a_memory_budget_and_splits_subsets():
     positions, _ = shuffled_tiles(n_images=6, seed=1, side=16)  # a pair's products: 768 x 768 floats > 1 MiB
     positions = [Features([t + 0.3 * torch.randn_like(t) for t in f.tokens], f.embeddings) for f in positions]
@@ -126,14 +156,13 @@ def test_tiles_refuse_what_they_do_not_support_yet():
         MuScConfig(**TINY, tile_scale=0).validate()
     with pytest.raises(ConfigError, match="tile_matching"):
         MuScConfig(**TINY, tile_scale=1.0, tile_matching="some").validate()
-    with pytest.raises(ConfigError, match="local engine"):
-        MuSc(MuScConfig(**TINY, tile_scale=1.0, engine="ray")).score(["a.png", "b.png"], progress=False)
+    with pytest.raises(ConfigError, match="local engine only"):  # before Ray is imported or started
+        MuSc(MuScConfig(**TINY, tile_scale=1.0, engine="ray", tile_matching="all")).score(["a.png", "b.png"],
+                                                                                        progress=False)
     images = [Image.fromarray(textured(i, 56)) for i in range(3)]
     tiled = MuSc(MuScConfig(**TINY, tile_scale=1.0))
     with pytest.raises(ConfigError, match="bank"):
         tiled.score(images, references=tiled.extract(images, progress=False)[0], progress=False)
-    with pytest.raises(ConfigError, match="reference images yet"):
-        MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_matching="all")).score(images, references=images, progress=False)
 
 
 @pytest.mark.parametrize("mode", ["musc", "musc+"])

@@ -124,9 +124,8 @@ def _norm(value: Any) -> Any:
 
 
 def tiles_setting(config: Any) -> dict[str, Any] | None:
-    """How a run cuts tiles, as a bank records it: None for whole images (also `auto` on the Ray engine, which
-    scores whole images)."""
-    if config.tile_scale is None or (config.tile_scale == "auto" and config.engine == "ray"):
+    """How a run cuts tiles, as a bank records it: None for whole images."""
+    if config.tile_scale is None:
         return None
     return {"scale": config.tile_scale, "overlap": config.tile_overlap}
 
@@ -146,9 +145,8 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     """Extract the reference images' features once (every tile's, on the references' own plan, with tiles)."""
     if len(images) < 1:
         raise InputError("a bank needs at least one reference image")
-    from .tiling import TiledScorer, refuse_on_ray
+    from .tiling import TiledScorer
 
-    refuse_on_ray(model.config)
     features: Features | TiledFeatures
     if tiles_setting(model.config) is not None:
         tiled = TiledScorer(model).features(images, progress)

@@ -165,17 +165,12 @@ def check_weights_available(config: MuScConfig) -> None:
     resolve_weights(config.backbone, config.weights, config.pretrained)
 
 
-def _pop_config(kwargs: dict[str, Any], tiles_on_workers: bool = False) -> MuScConfig:
-    """The run's configuration from the shared options. Numeric tiles on Ray are refused here, before Ray starts,
-    unless the command runs whole jobs on the workers (`tiles_on_workers`: evaluate's per-category tasks)."""
+def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
+    """The run's configuration from the shared options."""
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "tile_scale", "tile_overlap", "tile_matching")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
-    if not tiles_on_workers:
-        from .tiling import refuse_on_ray
-
-        refuse_on_ray(config)
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect
 
@@ -417,7 +412,7 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
     from .io import check_output_folder
     from .pipeline import MuSc
 
-    config = _pop_config(kwargs, tiles_on_workers=shots is None)  # --shots scores on the driver
+    config = _pop_config(kwargs)
     check_output_folder(out, replaced=False)
     check_weights_available(config)
     if shots is not None:

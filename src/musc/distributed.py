@@ -11,6 +11,10 @@ Work is split so that no task and not the driver ever holds every image's featur
   the nearest-patch distances of both blocks' patches in the other block's images. One reduce task per
   block gathers its row of the distance table and takes the interval mean.
 
+With tiles (aligned), a shard's task cuts and extracts its images' tiles, one object per tile position, and
+each position is scored as its own batch of the tasks above; the driver blends the maps as the local engine
+does (`TiledScorer.finish`).
+
 Blocks are sized from the memory budget, so each task's working memory stays within it. Subsets are
 scored as independent sets of tasks. The driver adds the per-pair patch scores, then finishes exactly as
 the local engine does (`MuSc.finish`): the same numbers, up to float rounding of the products (BENCHMARKS.md).
@@ -23,6 +27,8 @@ import logging
 import math
 import socket
 import time
+import uuid
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -33,7 +39,7 @@ from .errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from .pipeline import ImageSource, MuSc
-    from .types import Features, Result
+    from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +96,11 @@ _WORKER_BACKBONES: dict[tuple, Any] = {}
 
 
 def _worker_backbone(spec: dict, state: dict[str, torch.Tensor]) -> Any:
-    """The backbone in this worker process, built once per (preset, size, taps, weights) from shipped weights."""
+    """The backbone in this worker process, built once per (preset, size, taps, shipped weights)."""
     from .backbones import PRESETS, Backbone, register_preset
 
     preset = spec["preset"]
-    key = (preset.name, spec["image_size"], spec["layers"], spec["device"], spec["half"], spec["source"])
+    key = (preset.name, spec["image_size"], spec["layers"], spec["device"], spec["half"], spec["weights_id"])
     if key not in _WORKER_BACKBONES:
         if PRESETS.get(preset.name) != preset:
             register_preset(preset, overwrite=True)  # custom presets registered only on the driver
@@ -115,6 +121,18 @@ def _extract_shard(spec: dict, state: dict[str, torch.Tensor], sources: list) ->
     model = MuSc(spec["config"], backbone=bb)
     features, sizes = model.extract(sources, progress=False)
     return features.tokens, {"embeddings": features.embeddings, "sizes": sizes}
+
+
+def _extract_tiles_shard(spec: dict, state: dict[str, torch.Tensor], sources: list, canvas: tuple[int, int],
+                         starts: list[tuple[int, int]]) -> tuple:
+    """Tiles of one shard cut on (canvas, starts): each position's tokens per tapped block (one object per
+    position), then {embeddings (P, n, D), sizes}."""
+    from .pipeline import MuSc
+    from .tiling import TiledScorer, image_sizes
+
+    bb = _worker_backbone(spec, state)
+    tokens, embeddings = TiledScorer(MuSc(spec["config"], backbone=bb)).extract_tiles(sources, canvas, starts, False)
+    return (*tokens, {"embeddings": torch.stack(embeddings), "sizes": image_sizes(sources)})
 
 
 def _aggregate_block(spec: dict, layer_pos: int, layer: int, pieces: list[tuple[int, list[int]]],
@@ -209,6 +227,17 @@ def blocks_for(n: int, n_patches: int, channels: int, budget: int, workers: int)
     return [np.arange(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+_WEIGHTS_IDS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def _weights_id(module: torch.nn.Module) -> str:
+    """A name for one driver-side model's weights, so that workers never reuse another model's (two random
+    models share their weights' source label, not their weights)."""
+    if module not in _WEIGHTS_IDS:
+        _WEIGHTS_IDS[module] = uuid.uuid4().hex
+    return _WEIGHTS_IDS[module]
+
+
 class RayEngine:
     """Runs a MuSc model's extraction and mutual scoring as Ray tasks; finishing and decisions stay with the driver."""
 
@@ -222,7 +251,7 @@ class RayEngine:
         bb = self.model.backbone
         c = self.config
         return {"preset": bb.preset, "image_size": bb.image_size, "layers": bb.layers, "device": c.device,
-                "half": c.half, "source": bb.weights_source, "config": c.replace(engine="local", ray_address=None),
+                "half": c.half, "source": bb.weights_source, "weights_id": _weights_id(bb.model), "config": c.replace(engine="local", ray_address=None),
                 "interval": c.interval, "mode": c.mode, "tile_bytes": None,
                 "matmul_dtype": score_matmul_dtype(c.score_dtype, bb.device)}
 
@@ -236,17 +265,24 @@ class RayEngine:
         resources = ray.cluster_resources()
         return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
 
-    def _extract(self, ray: Any, spec: dict, images: Sequence["ImageSource"], bar: _Progress) -> tuple[list, list, torch.Tensor, list]:
-        """Submit one task per shard; returns (token refs per shard, shard index lists, embeddings, sizes)."""
+    def _extract(self, ray: Any, spec: dict, images: Sequence["ImageSource"], bar: _Progress,
+                 plan: tuple[tuple[int, int], list[tuple[int, int]]] | None = None) -> tuple[list, list, torch.Tensor, list]:
+        """Submit one task per shard; returns (token refs per shard, shard index lists, embeddings, sizes).
+
+        With a tile `plan` (canvas, starts): each shard's refs are a list, one per tile position, and the
+        embeddings are (P, N, D)."""
         spec, state, gpus = self._ship(ray, spec)
-        task = _remote(_extract_shard, num_returns=2, num_gpus=gpus)
+        if plan is None:
+            task, args = _remote(_extract_shard, num_returns=2, num_gpus=gpus), ()
+        else:
+            task, args = _remote(_extract_tiles_shard, num_returns=len(plan[1]) + 1, num_gpus=gpus), plan
         shard = max(1, SHARD_BATCHES * self.config.batch_size)
         starts = list(range(0, len(images), shard))
-        outs = [task.remote(spec, state, list(images[s:s + shard])) for s in starts]
-        token_refs = [o[0] for o in outs]
-        bar.wait([o[1] for o in outs])
-        meta = ray.get([o[1] for o in outs])
-        embeddings = torch.cat([m["embeddings"] for m in meta])
+        outs = [task.remote(spec, state, list(images[s:s + shard]), *args) for s in starts]
+        token_refs = [o[0] if plan is None else list(o[:-1]) for o in outs]
+        bar.wait([o[-1] for o in outs])
+        meta = ray.get([o[-1] for o in outs])
+        embeddings = torch.cat([m["embeddings"] for m in meta], dim=-2)
         sizes = [size for m in meta for size in m["sizes"]]
         shards = [np.arange(s, min(len(images), s + shard)) for s in starts]
         return token_refs, shards, embeddings, sizes
@@ -280,6 +316,21 @@ class RayEngine:
         tokens = [torch.cat(parts) for parts in zip(*ray.get(refs))]
         return Features(tokens, embeddings), sizes
 
+    def tiled_features(self, images: Sequence["ImageSource"], plan: tuple[tuple[int, int], list[tuple[int, int]]],
+                       progress: bool = True) -> "TiledFeatures":
+        """Every tile's features of all images, cut on `plan`, gathered on the driver (tiled banks, references)."""
+        from tqdm.auto import tqdm
+
+        from .types import Features, TiledFeatures
+
+        ray = connect(self.config.ray_address)
+        n_shards = math.ceil(len(images) / max(1, SHARD_BATCHES * self.config.batch_size))
+        with tqdm(total=n_shards, desc="extracting tiles (ray)", unit="task", disable=not progress, leave=False) as bar:
+            refs, _, embeddings, _ = self._extract(ray, self._spec(), images, _Progress(bar), plan)
+        positions = [Features([torch.cat(parts) for parts in zip(*ray.get([shard[p] for shard in refs]))], embeddings[p])
+                     for p in range(len(plan[1]))]
+        return TiledFeatures(positions, plan[0], list(plan[1]))
+
     def score(self, images: Sequence["ImageSource"], progress: bool = True, keep_pairs: bool = False,
               references: Any = None) -> "Result":
         """Score the images on the cluster: the local engine's Result, computed as tasks."""
@@ -291,6 +342,8 @@ class RayEngine:
         n = len(images)
         if references is None and n < 2:
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got {n}")
+        if c.tile_scale is not None:
+            return self._score_tiles(images, progress, keep_pairs, references)
         ray = connect(c.ray_address)
         spec = self._spec()
         t0 = time.perf_counter()
@@ -306,16 +359,67 @@ class RayEngine:
             t0 = time.perf_counter()
             grid, pairs = self._mutual_scores(ray, spec, n, token_refs, shards, references, progress_bar, keep_pairs)
         bb = self.model.backbone
-        if c.rescoring == "rscon":  # descriptors computed where the features are; (N, C) comes back
-            pos, layer = self.model.salient_tap(len(bb.layers))
-            best = grid.argmax(dim=1)
-            task = _remote(_salient_shard)
-            embeddings = torch.cat(ray.get([task.remote(spec, pos, layer, best[torch.as_tensor(idx)], ref)
-                                            for idx, ref in zip(shards, token_refs)]))
+        if c.rescoring == "rscon":
+            embeddings = self._salient(ray, spec, grid, token_refs, shards)
         timings = {"extraction": t_extract, "scoring": time.perf_counter() - t0}
         h = w = bb.grid
         result = self.model.finish(grid.view(n, h, w), embeddings, timings,
                                    {k: v.view(n, h, w) for k, v in pairs.items()} if keep_pairs else None)
+        return self.model.describe_inputs(result, images, sizes)
+
+    def _salient(self, ray: Any, spec: dict, grid: torch.Tensor, token_refs: list, shards: list[np.ndarray]
+                 ) -> torch.Tensor:
+        """RsCon's descriptors (N, C) at each image's highest-scoring patch of `grid` (N, L), computed where the
+        features are."""
+        pos, layer = self.model.salient_tap(len(self.model.backbone.layers))
+        best = grid.argmax(dim=1)
+        task = _remote(_salient_shard)
+        return torch.cat(ray.get([task.remote(spec, pos, layer, best[torch.as_tensor(idx)], ref)
+                                  for idx, ref in zip(shards, token_refs)]))
+
+    def _score_tiles(self, images: Sequence["ImageSource"], progress: bool, keep_pairs: bool, references: Any
+                     ) -> "Result":
+        """Native-resolution tiles as tasks: tiles extracted per shard, each tile position scored as its own
+        batch (aligned tiles), maps blended and finished on the driver as the local engine does."""
+        from tqdm.auto import tqdm
+
+        from .tiling import TiledScorer, image_sizes
+        from .types import TiledFeatures
+
+        c = self.config
+        if c.tile_matching != "aligned":
+            raise ConfigError(f"--tile-matching {c.tile_matching} runs on the local engine only: leave out --engine "
+                              "ray, or use aligned tiles")
+        tiler = TiledScorer(self.model)
+        tiler.check(references, keep_pairs)
+        ray = connect(c.ray_address)
+        spec = self._spec()
+        n = len(images)
+        t0 = time.perf_counter()
+        plan = tiler.plan_for(image_sizes(images), references)
+        n_pos = len(plan[1])
+        with tqdm(desc="scoring tiles (ray)", unit="task", disable=not progress, leave=False) as bar:
+            bar.total = math.ceil(n / max(1, SHARD_BATCHES * c.batch_size))
+            progress_bar = _Progress(bar)
+            token_refs, shards, embeddings, sizes = self._extract(ray, spec, images, progress_bar, plan)
+            ref_positions = None
+            if isinstance(references, TiledFeatures):
+                ref_positions = references.positions
+            elif references is not None:
+                ref_positions = self.tiled_features(references, plan, progress=False).positions
+            t_extract = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            h = w = self.model.backbone.grid
+            grids, salient = [], []
+            for p in range(n_pos):
+                at_p = [refs[p] for refs in token_refs]
+                grid, _ = self._mutual_scores(ray, spec, n, at_p, shards,
+                                              None if ref_positions is None else ref_positions[p], progress_bar, False)
+                grids.append(grid.view(n, h, w))
+                if c.rescoring == "rscon":
+                    salient.append(self._salient(ray, spec, grid, at_p, shards))
+        result = tiler.finish(torch.stack(grids), embeddings, salient if c.rescoring == "rscon" else None, plan,
+                              {"extraction": t_extract}, t0)
         return self.model.describe_inputs(result, images, sizes)
 
     def _mutual_scores(self, ray: Any, spec: dict, n: int, token_refs: list, shards: list[np.ndarray],

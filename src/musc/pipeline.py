@@ -300,17 +300,14 @@ class MuSc:
             raise InputError("no images to score")
         if self.config.subsets > 1 and len(images) // self.config.subsets < 2:
             raise InputError(f"{len(images)} images cannot be split into {self.config.subsets} subsets of at least 2 images")
-        from .tiling import refuse_on_ray
-
-        refuse_on_ray(self.config)
-        if isinstance(references, TiledFeatures) and (self.config.tile_scale is None or self.config.engine == "ray"):
+        if isinstance(references, TiledFeatures) and self.config.tile_scale is None:
             raise ConfigError("these reference features are tiled (a bank built with --tiles): score with the same "
-                              "--tiles on the local engine")
-        if self.config.tile_scale == "auto" and (self.config.engine == "ray" or isinstance(references, Features)):
+                              "--tiles")
+        if self.config.tile_scale == "auto" and isinstance(references, Features):
             whole = MuSc(self.config.replace(tile_scale=None), backbone=self._backbone)
             result = whole.score(images, progress=progress, keep_pairs=keep_pairs, references=references)
             self._backbone = whole._backbone
-            result.notes.append("tiles 'auto' take whole images with a bank or the Ray engine (not tiled yet)")
+            result.notes.append("tiles 'auto' take whole images with a bank built without tiles")
             return result
         if self.config.engine == "ray":
             from .distributed import RayEngine

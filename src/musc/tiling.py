@@ -100,13 +100,12 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
     """Every tile against all tiles of the other images: (P, N, h, w) patch scores.
 
     Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
-    nearest-patch distance to image j is its distance to the closest patch anywhere in j. Subsets, the memory
-    budget, fast mode and the product precision apply as in `MuSc.patch_scores`. No references yet.
+    nearest-patch distance to image j is its distance to the closest patch anywhere in j. `references[p]`: the
+    reference images' tiles at p, joined the same way (few-shot MuSc or MuSc+, as config.mode says). Subsets,
+    the memory budget, fast mode and the product precision apply as in `MuSc.patch_scores`.
     """
     from .pipeline import score_matmul_dtype, split_subsets
 
-    if references is not None:
-        raise ConfigError("--tile-matching all does not take reference images yet: use aligned tiles")
     c = model.config
     tokens = [features.tokens for features in positions]
     n_pos, n = len(tokens), tokens[0][0].shape[0]
@@ -117,16 +116,22 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
     budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
     matmul_dtype = score_matmul_dtype(c.score_dtype, device)
     total = torch.zeros((n, n_pos * h * w), dtype=torch.float32, device=device)
-    parts = split_subsets(n, c.subsets, c.seed)
+    parts = split_subsets(n, c.subsets, c.seed) if references is None or n >= 2 * c.subsets else [np.arange(n)]
+    ref_z = None
+    if references is not None:  # per block and view, (M, P*h*w, C): every tile of each reference image
+        per_position = [model._aggregated_references(features, layers, device) for features in references]
+        ref_z = [[torch.cat([agg[li][ri] for agg in per_position], dim=1) for ri in range(len(views))]
+                 for li in range(len(layers))]
     with tqdm(total=len(layers) * len(views) * n, desc="scoring all tiles", unit="img", disable=not progress,
               leave=False) as bar:
         for li, layer in enumerate(layers):
             for idx in parts:
                 index = torch.as_tensor(idx, device=device)
                 per_tile = [model._aggregate(tokens[p][li][index], layer) for p in range(n_pos)]
-                for _ in views:
+                for ri in range(len(views)):
                     z = torch.cat([next(stage1) for stage1 in per_tile], dim=1)  # (n, P*h*w, C)
-                    total[index] += model._score_pair(z, None, mutual_scores, budget, matmul_dtype, bar.update)
+                    refs = None if ref_z is None else ref_z[li][ri]
+                    total[index] += model._score_pair(z, refs, mutual_scores, budget, matmul_dtype, bar.update)
                     del z
     total /= len(layers) * len(views)
     return total.view(n, n_pos, h, w).transpose(0, 1)
@@ -135,14 +140,6 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 """How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
 features per position) -> (P, N, h, w) scores."""
-
-
-def refuse_on_ray(config: Any) -> None:
-    """ConfigError for numeric tiles on the Ray engine: `musc score` and banks tile on the local engine only
-    (`musc evaluate` runs tiles per category on the Ray workers, with the local engine there)."""
-    if config.engine == "ray" and config.tile_scale not in (None, "auto"):
-        raise ConfigError("native-resolution tiles score on the local engine only (musc evaluate --engine ray runs "
-                          "them per category on the workers): leave out --engine ray or --tiles")
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
@@ -206,15 +203,19 @@ class TiledScorer:
 
     def features(self, images: Sequence["ImageSource"], progress: bool = True,
                  plan: tuple[tuple[int, int], list[tuple[int, int]]] | None = None) -> TiledFeatures:
-        """The tiles' features of `images`, cut on `plan` (canvas, starts) or on the plan of their own sizes."""
-        canvas, starts = plan or self.plan(image_sizes(images))
+        """The tiles' features of `images`, cut on `plan` (canvas, starts) or on the plan of their own sizes
+        (gathered from the workers on the Ray engine)."""
+        plan = plan or self.plan(image_sizes(images))
+        if self.config.engine == "ray":
+            from .distributed import RayEngine
+
+            return RayEngine(self.model).tiled_features(images, plan, progress)
+        canvas, starts = plan
         tokens, embeddings = self.extract_tiles(images, canvas, starts, progress)
         return TiledFeatures([Features(t, e) for t, e in zip(tokens, embeddings)], canvas, list(starts))
 
-    def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
-              keep_pairs: bool = False) -> "Result":
-        """Maps and scores of `images` on tiles. `references`: reference images (cut on the test images' plan) or
-        a tiled bank's `TiledFeatures` (the test images are cut on the bank's plan)."""
+    def check(self, references: Any, keep_pairs: bool) -> None:
+        """Errors for what tiles cannot take: whole-image reference features, an empty reference set, per-pair maps."""
         if isinstance(references, Features):
             raise ConfigError("native-resolution tiles need tiled references, not whole-image features (a bank "
                               "built without --tiles): rebuild the bank with the same --tiles, give --reference DIR, "
@@ -223,41 +224,61 @@ class TiledScorer:
             raise InputError("the reference set is empty")
         if keep_pairs:
             raise ConfigError("per-pair maps are not kept with tiles")
+
+    def plan_for(self, sizes: Sequence[tuple[int, int]], references: Any
+                 ) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """A tiled bank's plan (new images are cut where its references were), else the plan of `sizes`."""
+        if isinstance(references, TiledFeatures):
+            return references.canvas, list(references.starts)
+        return self.plan(sizes)
+
+    def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
+              keep_pairs: bool = False) -> "Result":
+        """Maps and scores of `images` on tiles. `references`: reference images (cut on the test images' plan) or
+        a tiled bank's `TiledFeatures` (the test images are cut on the bank's plan)."""
+        self.check(references, keep_pairs)
         c = self.config
-        side = self.model.backbone.image_size
         t0 = time.perf_counter()
         sizes = image_sizes(images)
-        tiled_bank = isinstance(references, TiledFeatures)
-        plan = (references.canvas, references.starts) if tiled_bank else self.plan(sizes)
-        canvas, starts = plan
+        plan = self.plan_for(sizes, references)
         test = self.features(images, progress, plan)
         ref_positions = None
-        if tiled_bank:
+        if isinstance(references, TiledFeatures):
             ref_positions = references.positions
         elif references is not None:
             ref_positions = self.features(references, progress, plan).positions
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
         grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, N, h, w)
-        tile_maps, salient = [], []
-        for k, position in enumerate(test.positions):
-            tile_maps.append(self.model.upsample(grids[k]))
-            if c.rescoring == "rscon":
-                salient.append(self.model.salient_vectors(position.tokens, grids[k]))
+        salient = None
+        if c.rescoring == "rscon":
+            salient = [self.model.salient_vectors(position.tokens, grids[k]) for k, position in enumerate(test.positions)]
         embeddings = torch.stack([position.embeddings for position in test.positions])
         del test, ref_positions
-        stacked = torch.stack(tile_maps)  # (P, N, S, S)
-        maps = blend(stacked, starts, canvas)
-        t_score = time.perf_counter() - t0
-        if c.rescoring == "rscon":
-            best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
-            emb = torch.stack([salient[int(best[i])][i] for i in range(len(images))])
-        else:
-            emb = embeddings.mean(dim=0)
-        result = self.model.finish_maps(maps, emb, {"extraction": t_extract, "scoring": t_score})
-        result.notes.insert(0, f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
+        result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0)
         return self.model.describe_inputs(result, images, sizes)
 
+    def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
+               plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], t_scoring: float
+               ) -> "Result":
+        """Tile patch scores (P, N, h, w) -> one blended map per image, then re-scoring (`MuSc.finish_maps`).
 
-__all__ = ["TiledScorer", "TILE_MATCHING", "image_sizes", "refuse_on_ray", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
+        `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
+        image keeps its highest-scoring tile's. Shared by the local and the Ray engine."""
+        canvas, starts = plan
+        stacked = torch.stack([self.model.upsample(grid) for grid in grids])  # (P, N, S, S)
+        maps = blend(stacked, starts, canvas)
+        timings = {**timings, "scoring": time.perf_counter() - t_scoring}
+        if salient is not None:
+            best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
+            emb = torch.stack([salient[int(best[i])][i] for i in range(maps.shape[0])])
+        else:
+            emb = embeddings.mean(dim=0)
+        result = self.model.finish_maps(maps, emb, timings)
+        side = self.model.backbone.image_size
+        result.notes.insert(0, f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
+        return result
+
+
+__all__ = ["TiledScorer", "TILE_MATCHING", "image_sizes", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
            "blend_window"]
