@@ -220,6 +220,16 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert (lambda c: (c["tile_scale"], c["tile_overlap"]))(config_of("--tile-overlap", "0.3")) == ("auto", 0.3)
 
 
+def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
+    from test_cli import TINY as CLI_TINY, run
+
+    loud = [option for option in CLI_TINY if option != "-q"]
+    res = run("score", image_folder, "--out", tmp_path / "a", *loud, "--tiles", "1.0", "--no-images")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("Note: 9 tiles of 56 px per image") == 1  # once, in the summary
+    assert not any("tiles of" in r.getMessage() for r in caplog.records if r.levelno >= 30)
+
+
 def test_cli_tiles_with_references_and_a_bank(image_folder, tmp_path):
     from test_cli import TINY as CLI_TINY, run
 

@@ -331,8 +331,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise InputError("no readable images to score")
     with ResultFolder(out) as folder:
         result = model.score(paths, progress=progress, references=references)
-        for note in result.notes:
-            log.warning(note)
+        for note in result.notes:  # in config.json and the summary; in the log with -v
+            log.info(note)
         if len(paths) < 3 and decision_method in ("balanced", "fdr", "mad", "gmm", "otsu"):
             decision, masks, pixel_info = None, None, None
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
