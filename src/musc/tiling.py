@@ -259,16 +259,17 @@ class TiledScorer:
         return self.model.describe_inputs(result, images, sizes)
 
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
-               plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], t_scoring: float
+               plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float
                ) -> "Result":
         """Tile patch scores (P, N, h, w) -> one blended map per image, then re-scoring (`MuSc.finish_maps`).
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
-        image keeps its highest-scoring tile's. Shared by the local and the Ray engine."""
+        image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
+        timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
         stacked = torch.stack([self.model.upsample(grid) for grid in grids])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
-        timings = {**timings, "scoring": time.perf_counter() - t_scoring}
+        timings = {**timings, "scoring": time.perf_counter() - scoring_started}
         if salient is not None:
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
             emb = torch.stack([salient[int(best[i])][i] for i in range(maps.shape[0])])
