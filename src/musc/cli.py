@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
 from .config import ENGINES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
-from .decision import DEFAULT_FDR, IMAGE_METHODS, PIXEL_METHODS
+from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
 log = logging.getLogger("musc")
@@ -333,7 +333,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         result = model.score(paths, progress=progress, references=references)
         for note in result.notes:  # in config.json and the summary; in the log with -v
             log.info(note)
-        if len(paths) < 3 and decision_method in ("balanced", "fdr", "mad", "gmm", "otsu"):
+        if len(paths) < 3 and decision_method in LABEL_FREE_METHODS:
             decision, masks, pixel_info = None, None, None
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
         else:

@@ -76,7 +76,7 @@ class MuScConfig:
     """Native-resolution tiles (musc.tiling): images are resized to the batch's median size times this factor and
     cut into overlapping image_size tiles; None = off (each image resized whole to image_size). 'auto': the
     short side of the batch's median size becomes image_size (aspect kept), so only elongated images are cut
-    along their long side; near-square batches, a bank and the Ray engine take whole images."""
+    along their long side; near-square batches and a bank built without tiles take whole images."""
     tile_overlap: float = 0.25
     """Least overlap of neighbouring tiles, as a fraction of the tile side."""
     tile_matching: str = "aligned"

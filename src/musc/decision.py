@@ -46,7 +46,9 @@ from .errors import ConfigError
 
 MAP_METHODS = ("balanced", "fdr")
 """Methods that decide from the anomaly maps (their maxima and pixels) rather than the final image scores."""
-IMAGE_METHODS = (*MAP_METHODS, "gmm", "mad", "otsu", "rate", "fixed")
+LABEL_FREE_METHODS = (*MAP_METHODS, "gmm", "mad", "otsu")
+"""Methods that set their threshold from the batch alone (not from the user's rate or threshold)."""
+IMAGE_METHODS = (*LABEL_FREE_METHODS, "rate", "fixed")
 DEFAULT_FDR = 0.05
 MIN_LABEL_FREE_IMAGES = 10
 """Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
@@ -508,5 +510,5 @@ def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images",
            "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
-           "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "PIXEL_METHODS",
+           "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS",
            "DEFAULT_FDR"]

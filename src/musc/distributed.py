@@ -261,6 +261,10 @@ class RayEngine:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         return {**spec, "device": "cuda" if gpus else "cpu"}, state, gpus
 
+    def _shard_size(self) -> int:
+        """Images per extraction task."""
+        return max(1, SHARD_BATCHES * self.config.batch_size)
+
     def _workers(self, ray: Any) -> int:
         resources = ray.cluster_resources()
         return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
@@ -276,7 +280,7 @@ class RayEngine:
             task, args = _remote(_extract_shard, num_returns=2, num_gpus=gpus), ()
         else:
             task, args = _remote(_extract_tiles_shard, num_returns=len(plan[1]) + 1, num_gpus=gpus), plan
-        shard = max(1, SHARD_BATCHES * self.config.batch_size)
+        shard = self._shard_size()
         starts = list(range(0, len(images), shard))
         outs = [task.remote(spec, state, list(images[s:s + shard]), *args) for s in starts]
         token_refs = [o[0] if plan is None else list(o[:-1]) for o in outs]
@@ -310,7 +314,7 @@ class RayEngine:
         from .types import Features
 
         ray = connect(self.config.ray_address)
-        n_shards = math.ceil(len(images) / max(1, SHARD_BATCHES * self.config.batch_size))
+        n_shards = math.ceil(len(images) / self._shard_size())
         with tqdm(total=n_shards, desc="extracting (ray)", unit="task", disable=not progress, leave=False) as bar:
             refs, _, embeddings, sizes = self._extract(ray, self._spec(), images, _Progress(bar))
         tokens = [torch.cat(parts) for parts in zip(*ray.get(refs))]
@@ -324,7 +328,7 @@ class RayEngine:
         from .types import Features, TiledFeatures
 
         ray = connect(self.config.ray_address)
-        n_shards = math.ceil(len(images) / max(1, SHARD_BATCHES * self.config.batch_size))
+        n_shards = math.ceil(len(images) / self._shard_size())
         with tqdm(total=n_shards, desc="extracting tiles (ray)", unit="task", disable=not progress, leave=False) as bar:
             refs, _, embeddings, _ = self._extract(ray, self._spec(), images, _Progress(bar), plan)
         positions = [Features([torch.cat(parts) for parts in zip(*ray.get([shard[p] for shard in refs]))], embeddings[p])
@@ -348,7 +352,7 @@ class RayEngine:
         spec = self._spec()
         t0 = time.perf_counter()
         with tqdm(desc="scoring (ray)", unit="task", disable=not progress, leave=False) as bar:
-            bar.total = math.ceil(n / max(1, SHARD_BATCHES * c.batch_size))
+            bar.total = math.ceil(n / self._shard_size())
             progress_bar = _Progress(bar)
             token_refs, shards, embeddings, sizes = self._extract(ray, spec, images, progress_bar)
             if references is not None and not isinstance(references, Features):
@@ -384,7 +388,6 @@ class RayEngine:
         from tqdm.auto import tqdm
 
         from .tiling import TiledScorer, image_sizes
-        from .types import TiledFeatures
 
         c = self.config
         if c.tile_matching != "aligned":
@@ -399,27 +402,23 @@ class RayEngine:
         plan = tiler.plan_for(image_sizes(images), references)
         n_pos = len(plan[1])
         with tqdm(desc="scoring tiles (ray)", unit="task", disable=not progress, leave=False) as bar:
-            bar.total = math.ceil(n / max(1, SHARD_BATCHES * c.batch_size))
+            bar.total = math.ceil(n / self._shard_size())
             progress_bar = _Progress(bar)
             token_refs, shards, embeddings, sizes = self._extract(ray, spec, images, progress_bar, plan)
-            ref_positions = None
-            if isinstance(references, TiledFeatures):
-                ref_positions = references.positions
-            elif references is not None:
-                ref_positions = self.tiled_features(references, plan, progress=False).positions
+            ref_positions = tiler.reference_positions(references, plan, progress=False)
             t_extract = time.perf_counter() - t0
             t0 = time.perf_counter()
             h = w = self.model.backbone.grid
-            grids, salient = [], []
+            grids: list[torch.Tensor] = []
+            salient: list[torch.Tensor] | None = [] if c.rescoring == "rscon" else None
             for p in range(n_pos):
                 at_p = [refs[p] for refs in token_refs]
                 grid, _ = self._mutual_scores(ray, spec, n, at_p, shards,
                                               None if ref_positions is None else ref_positions[p], progress_bar, False)
                 grids.append(grid.view(n, h, w))
-                if c.rescoring == "rscon":
+                if salient is not None:
                     salient.append(self._salient(ray, spec, grid, at_p, shards))
-        result = tiler.finish(torch.stack(grids), embeddings, salient if c.rescoring == "rscon" else None, plan,
-                              {"extraction": t_extract}, t0)
+        result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0)
         return self.model.describe_inputs(result, images, sizes)
 
     def _mutual_scores(self, ray: Any, spec: dict, n: int, token_refs: list, shards: list[np.ndarray],

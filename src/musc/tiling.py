@@ -232,6 +232,15 @@ class TiledScorer:
             return references.canvas, list(references.starts)
         return self.plan(sizes)
 
+    def reference_positions(self, references: Any, plan: tuple[tuple[int, int], list[tuple[int, int]]],
+                            progress: bool = True) -> list[Features] | None:
+        """The references' features per tile position: a tiled bank's own, or reference images cut on `plan`."""
+        if references is None:
+            return None
+        if isinstance(references, TiledFeatures):
+            return references.positions
+        return self.features(references, progress, plan).positions
+
     def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
               keep_pairs: bool = False) -> "Result":
         """Maps and scores of `images` on tiles. `references`: reference images (cut on the test images' plan) or
@@ -242,11 +251,7 @@ class TiledScorer:
         sizes = image_sizes(images)
         plan = self.plan_for(sizes, references)
         test = self.features(images, progress, plan)
-        ref_positions = None
-        if isinstance(references, TiledFeatures):
-            ref_positions = references.positions
-        elif references is not None:
-            ref_positions = self.features(references, progress, plan).positions
+        ref_positions = self.reference_positions(references, plan, progress)
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
         grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, N, h, w)
