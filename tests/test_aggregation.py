@@ -101,6 +101,22 @@ def test_snamd_matches_its_transcription_borders_included(r_values):
     assert torch.allclose(z, torch.nn.functional.normalize(expected.flatten(2).transpose(1, 2), dim=-1), atol=1e-5)
 
 
+def test_snamd_keeps_each_patch_own_token_when_tokens_are_far_apart():
+    """exp(-distance) is not scale-free: at the distances of DINO taps (tens; BENCHMARKS.md, SNAMD's neighbour
+    weights) every neighbour's weight vanishes and SNAMD returns each patch's own unit token."""
+    tokens = torch.randn(1, 8, 5, 5)
+    own = torch.nn.functional.normalize(tokens.flatten(2).transpose(1, 2), dim=-1)
+    assert torch.allclose(next(snamd_iter(tokens * 100, (1, 3, 5))), own, atol=1e-6)
+    assert (next(snamd_iter(tokens, (1, 3, 5))) - own).abs().max() > 0.05  # at unit scale the neighbours count
+
+
+def test_snamd_of_tokens_close_together_is_the_plain_window_mean():
+    tokens = torch.randn(1, 8, 5, 5)
+    plain = sum(neighbourhood_mean(tokens, r) for r in (1, 3, 5)).flatten(2).transpose(1, 2)
+    got = next(snamd_iter(tokens * 1e-4, (1, 3, 5)))
+    assert torch.allclose(got, torch.nn.functional.normalize(plain, dim=-1), atol=1e-3)
+
+
 def test_snamd_r1_is_the_normalised_token():
     tokens = torch.randn(1, 4, 3, 3)
     z = next(snamd_iter(tokens, (1,)))
