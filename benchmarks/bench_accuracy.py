@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -32,6 +33,7 @@ KSDD_ROOT = MTD_ROOT.parent / "ksdd"
 
 
 MTD_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
+DATASETS = ("mtd-200", "ksdd", *(f"mtd-{t}" for t in MTD_TYPES))
 
 
 def samples(name: str) -> list:
@@ -87,8 +89,9 @@ def scores_path(size: int, dataset: str, method: str) -> Path:
     return ROOT / "bench-out" / f"accuracy-{size}" / f"{dataset}__{method}.json"
 
 
-def versus_musc(size: int, datasets: list[str]) -> list[str]:
-    """Rows: each kept run's AUROC-cls minus `musc`'s on the same images, with a 90 % paired bootstrap interval."""
+def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
+    """Rows: each kept run's AUROC-cls minus `musc`'s on the same images, with a 90 % paired bootstrap interval
+    (every data set's kept runs, like the panel keeps earlier rows)."""
     from musc.metrics import auroc_difference
 
     rows = []
@@ -125,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--methods", default="musc,muscv2")
-    ap.add_argument("--datasets", default=",".join(["mtd-200", "ksdd", *(f"mtd-{t}" for t in MTD_TYPES)]))
+    ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "DATASET"), help=argparse.SUPPRESS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -166,7 +169,7 @@ def main() -> None:
         "the normal and the defective images separately; `musc.metrics.auroc_difference`). \"within noise\": the "
         "interval holds 0, so this many images cannot tell the two apart.", "",
         "| data set | method | Δ AUROC-cls | 90 % interval | |", "|---|---|---:|---|---|",
-        *versus_musc(args.size, args.datasets.split(","))], not args.no_write)
+        *versus_musc(args.size, DATASETS)], not args.no_write)
 
 
 if __name__ == "__main__":

@@ -29,5 +29,5 @@ def all_metrics(labels: np.ndarray, scores: np.ndarray, masks: list[np.ndarray] 
     return {k: out[k] for k in METRIC_COLUMNS}
 
 
-__all__ = ["auroc", "auroc_difference", "AurocDifference", "average_precision", "f1_max", "f1_max_threshold", "pixel_metrics", "pro_score",
-           "image_metrics", "all_metrics", "METRIC_COLUMNS", "METRIC_TITLES"]
+__all__ = ["auroc", "auroc_difference", "AurocDifference", "average_precision", "f1_max", "f1_max_threshold",
+           "pixel_metrics", "pro_score", "image_metrics", "all_metrics", "METRIC_COLUMNS", "METRIC_TITLES"]
