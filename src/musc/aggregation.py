@@ -7,6 +7,9 @@ Variants, picked by name (`MuScConfig.aggregation`, registry `AGGREGATIONS`):
 - `snamd` (MuSc-V2): inside each r x r window, a mean weighted by exp(-||f - f_centre||) (zero padding, whose
   weight is exp(-||f_centre||)); the r results are averaged into one vector per patch, then L2-normalised.
   No LayerNorm. One set of patch vectors per tapped block: a third of LNAMD's mutual scoring for r = 1, 3, 5.
+  The weights depend on the tokens' scale: between DINO taps' neighbours (distances of tens) they vanish, and
+  SNAMD keeps each patch's own unit token (benchmarks/bench_snamd.py).
+- `lnamd+snamd` (this project): both variants' sets, each scored, all averaged.
 """
 
 from __future__ import annotations
@@ -115,14 +118,12 @@ class Aggregation:
     name: str
     run: Callable[[torch.Tensor, Sequence[int]], Iterator[torch.Tensor]]
     views: Callable[[Sequence[int]], tuple]
-    source: str
 
 
 AGGREGATIONS: dict[str, Aggregation] = {
-    "lnamd": Aggregation("lnamd", lnamd_iter, lambda r_values: tuple(r_values), "MuSc (ICLR 2024)"),
-    "snamd": Aggregation("snamd", snamd_iter, lambda r_values: ("snamd",), "MuSc-V2 (TPAMI 2026)"),
-    "lnamd+snamd": Aggregation("lnamd+snamd", lnamd_and_snamd_iter, lambda r_values: (*r_values, "snamd"),
-                               "both, averaged in MSM (this project)"),
+    "lnamd": Aggregation("lnamd", lnamd_iter, lambda r_values: tuple(r_values)),
+    "snamd": Aggregation("snamd", snamd_iter, lambda r_values: ("snamd",)),
+    "lnamd+snamd": Aggregation("lnamd+snamd", lnamd_and_snamd_iter, lambda r_values: (*r_values, "snamd")),
 }
 
 
