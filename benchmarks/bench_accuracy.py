@@ -26,10 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from common import MTD_ROOT, ROOT, mtd_subset, peak_rss_mib, publish
+from common import KSDD_ROOT, MTD_ROOT, ROOT, mtd_subset, peak_rss_mib, publish
 
-from musc.metrics import METRIC_COLUMNS, METRIC_TITLES
-KSDD_ROOT = MTD_ROOT.parent / "ksdd"
+from musc.metrics import METRIC_COLUMNS, METRIC_TITLES, auroc_difference
 
 
 MTD_TYPES = ("blowhole", "break", "crack", "fray", "uneven")
@@ -92,8 +91,6 @@ def scores_path(size: int, dataset: str, method: str) -> Path:
 def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
     """Rows: each kept run's AUROC-cls minus `musc`'s on the same images, with a 90 % paired bootstrap interval
     (every data set's kept runs, like the panel keeps earlier rows)."""
-    from musc.metrics import auroc_difference
-
     rows = []
     for dataset in datasets:
         base = scores_path(size, dataset, "musc")

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import MTD_ROOT, ROOT, mtd_subset, publish
+from common import KSDD_ROOT, MTD_ROOT, ROOT, mtd_subset, publish
 
 from musc import MuSc, MuScConfig
 from musc.datasets import get_reader, load_mask, resize_mask
 from musc.metrics import f1_max
 
 DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
-KSDD_ROOT = MTD_ROOT.parent / "ksdd"
 HELD_OUT = ("mtd-80pct",)
 
 

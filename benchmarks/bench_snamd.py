@@ -8,7 +8,7 @@ the SNAMD vector (r = 1, 3, 5) moves from the patch's own unit token (1 - cosine
 preset is compared with the same preset at r = 1 alone (each patch's own normalised token, no neighbours):
 largest difference of the anomaly maps, AUROC-cls and PRO.
 
-Data sets: mtd-200 and ksdd (../shared/datasets), dinov2_vits14 with the imported weights at --size.
+Data sets: mtd-200 and ksdd, or any of bench_accuracy.py's (../shared/datasets), dinov2_vits14 with the imported weights at --size.
 
 Usage: python benchmarks/bench_snamd.py [--size 224] [--datasets mtd-200,ksdd] [--no-write]
 """
@@ -21,18 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import MTD_ROOT, mtd_subset, publish
+from bench_accuracy import samples
+from common import publish
 
 from musc import MuSc, MuScConfig
 from musc.aggregation import snamd_iter
-from musc.datasets import Category, get_reader
+from musc.datasets import Category
 from musc.evaluation import metrics_for
-
-KSDD_ROOT = MTD_ROOT.parent / "ksdd"
-
-
-def samples(name: str) -> list:
-    return mtd_subset() if name == "mtd-200" else get_reader("ksdd").load(KSDD_ROOT).samples
 
 
 def neighbour_stats(tokens: torch.Tensor, r_values: tuple[int, ...]) -> dict[str, float]:

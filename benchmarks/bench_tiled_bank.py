@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MTD_ROOT, peak_rss_mib, publish
+from common import KSDD_ROOT, peak_rss_mib, publish
 
 from musc import MuSc, MuScConfig
 from musc.bank import build_bank
@@ -23,7 +23,6 @@ from musc.datasets import Category, get_reader
 from musc.evaluation import metrics_for
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES
 
-KSDD_ROOT = MTD_ROOT.parent / "ksdd"
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 MTD_ROOT = ROOT.parent / "shared" / "datasets" / "mtd"
+KSDD_ROOT = ROOT.parent / "shared" / "datasets" / "ksdd"
 
 
 def machine() -> str:

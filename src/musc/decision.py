@@ -510,5 +510,5 @@ def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images",
            "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
-           "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS",
-           "DEFAULT_FDR"]
+           "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm",
+           "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR"]

@@ -251,7 +251,8 @@ class RayEngine:
         bb = self.model.backbone
         c = self.config
         return {"preset": bb.preset, "image_size": bb.image_size, "layers": bb.layers, "device": c.device,
-                "half": c.half, "source": bb.weights_source, "weights_id": _weights_id(bb.model), "config": c.replace(engine="local", ray_address=None),
+                "half": c.half, "source": bb.weights_source, "weights_id": _weights_id(bb.model),
+                "config": c.replace(engine="local", ray_address=None),
                 "interval": c.interval, "mode": c.mode, "tile_bytes": None,
                 "matmul_dtype": score_matmul_dtype(c.score_dtype, bb.device)}
 
