@@ -11,7 +11,8 @@ second table gives every method's AUROC-cls minus `musc`'s on the same images wi
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
        [--no-write]   (a method may carry tile options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
-       +rscin / +rscon = that stage 3 with its preset's windows)
+       +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
+       --methods '' rewrites both tables from the kept runs)
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
     """Score one data set with one variant (in this process): its metrics, time and peak memory.
 
     A variant is a method preset, optionally with tile options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
-    'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all)."""
+    'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all),
+    'musc+blocks5-8-11' (--layers 5,8,11)."""
     from musc import MuSc, MuScConfig
     from musc.config import METHODS
     from musc.datasets import Category
@@ -70,6 +72,8 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
             tiles.update(rescoring=option, rscin_windows=METHODS["musc" if option == "rscin" else "muscv2"]["rscin_windows"])
         elif option.startswith("overlap"):
             tiles["tile_overlap"] = float(option[len("overlap"):])
+        elif option.startswith("blocks"):
+            tiles["layers"] = tuple(int(b) for b in option[len("blocks"):].split("-"))
         else:
             scale = option[len("tiles"):]
             tiles["tile_scale"] = scale if scale == "auto" else float(scale)
@@ -88,6 +92,13 @@ def scores_path(size: int, dataset: str, method: str) -> Path:
     return ROOT / "bench-out" / f"accuracy-{size}" / f"{dataset}__{method}.json"
 
 
+def points(value: float) -> str:
+    """A difference in AUROC points with its sign, one decimal; more where that would round a non-zero to 0.0
+    (so an interval called better or worse never shows a bound of +0.0)."""
+    x = 100 * value
+    return f"{x:+.1f}" if x == 0 or abs(x) >= 0.05 else f"{x:+.2g}"
+
+
 def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
     """Rows: each kept run's AUROC-cls minus `musc`'s on the same images, with a 90 % paired bootstrap interval
     (every data set's kept runs, like the panel keeps earlier rows)."""
@@ -104,7 +115,7 @@ def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
                 continue
             d = auroc_difference(np.array(run["labels"]), np.array(run["scores"]), np.array(reference["scores"]))
             verdict = "better" if d.low > 0 else ("worse" if d.high < 0 else "within noise")
-            rows.append(f"| {dataset} | {method} | {100 * d.delta:+.1f} | [{100 * d.low:+.1f}, {100 * d.high:+.1f}] "
+            rows.append(f"| {dataset} | {method} | {points(d.delta)} | [{points(d.low)}, {points(d.high)}] "
                         f"| {verdict} |")
     return rows
 
@@ -134,9 +145,11 @@ def main() -> None:
         return
     rows = existing_rows(args.size)
     for dataset in args.datasets.split(","):
-        for method in args.methods.split(","):
+        for method in filter(None, args.methods.split(",")):
             out = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--one", method, dataset],
-                                 capture_output=True, text=True, check=True)
+                                 stdout=subprocess.PIPE, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{method} on {dataset} failed (exit {out.returncode}); the rows above are not written")
             run = json.loads(out.stdout.strip().splitlines()[-1])
             keep = scores_path(args.size, dataset, method)
             keep.parent.mkdir(parents=True, exist_ok=True)
@@ -149,13 +162,14 @@ def main() -> None:
     rows.sort(key=lambda r: r.split("|")[1])
     lines = ["## Accuracy panel: method presets on every labelled data set at hand", "",
              f"`python benchmarks/bench_accuracy.py --size {args.size}` — dinov2_vits14 (imported weights) at "
-             f"{args.size}, blocks 2, 5, 8, 11; metrics in % at the model's input size (with tiles: at the tile canvas size); "
+             f"{args.size}, blocks 2, 5, 8, 11 unless a row says otherwise; metrics in % at the model's input size "
+             "(with tiles: at the tile canvas size); "
              "time end to end (extraction + scoring + re-scoring) on this CPU; peak RSS of the run's process. "
              "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
-             "that stage 3. mtd-TYPE: 80 normal MTD images and 20 of one defect type (12 for fray), none in "
-             "mtd-200. Times vary by about 15 % between runs on this shared machine.", "",
+             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`. mtd-TYPE: 80 normal MTD images and 20 of one "
+             "defect type (12 for fray), none in mtd-200. Times vary by about 15 % between runs on this shared machine.", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)
