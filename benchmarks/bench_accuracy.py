@@ -103,8 +103,10 @@ def points(value: float) -> str:
 
 def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
     """Rows: each kept run's AUROC-cls minus `musc`'s on the same images, with a 90 % paired bootstrap interval
-    (every data set's kept runs, like the panel keeps earlier rows)."""
+    (every data set's kept runs; rows already in BENCHMARKS.md whose runs are not kept here stay, as the panel
+    keeps earlier rows)."""
     rows = []
+    computed = set()
     for dataset in datasets:
         base = scores_path(size, dataset, "musc")
         if not base.is_file():
@@ -119,15 +121,19 @@ def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
             verdict = "better" if d.low > 0 else ("worse" if d.high < 0 else "within noise")
             rows.append(f"| {dataset} | {method} | {points(d.delta)} | [{points(d.low)}, {points(d.high)}] "
                         f"| {verdict} |")
-    return rows
+            computed.add((dataset, method))
+    kept = [r for r in existing_rows(size, "-versus-musc")
+            if tuple(c.strip() for c in r.split("|")[1:3]) not in computed]
+    return sorted(rows + kept, key=lambda r: r.split("|")[1:3])
 
 
-def existing_rows(size: int) -> list[str]:
-    """Rows already in BENCHMARKS.md's panel at this size: a run adds or replaces rows, it keeps the others."""
+def existing_rows(size: int, table: str = "") -> list[str]:
+    """Rows already in BENCHMARKS.md's panel (or, with table '-versus-musc', its comparison) at this size: a run adds
+    or replaces rows, it keeps the others."""
     from common import BENCHMARKS_MD
 
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
-    start, end = text.find(f"<!-- accuracy-{size} -->"), text.find(f"<!-- /accuracy-{size} -->")
+    start, end = text.find(f"<!-- accuracy-{size}{table} -->"), text.find(f"<!-- /accuracy-{size}{table} -->")
     if start < 0 or end < 0:
         return []
     return [line for line in text[start:end].splitlines()

@@ -66,7 +66,8 @@ def test_ray_equals_local_on_real_images(cluster):
 
 
 @pytest.mark.parametrize("changes", [dict(subsets=2), dict(projection_dim=8, r_values=(1, 3)), dict(interval=0.5),
-                                     dict(aggregation="snamd", rescoring="rscon", rscin_windows=(1, 7))])
+                                     dict(aggregation="snamd", rescoring="rscon", rscin_windows=(1, 7)),
+                                     dict(image_score="scale-max")])
 def test_ray_equals_local_with_options(cluster, changes):
     assert_same(*both(MuScConfig(**TINY, memory_budget_mb=1, **changes), images()))
 
@@ -97,7 +98,7 @@ def tall_images(tmp_path) -> list[str]:
     return paths
 
 
-@pytest.mark.parametrize("method", ["musc", "muscv2"])
+@pytest.mark.parametrize("method", ["musc", "musc-scales", "muscv2"])
 def test_ray_tiles_equal_local_tiles(cluster, tmp_path, method):
     config = MuScConfig.for_method(method, **TINY, memory_budget_mb=1, tile_scale=1.0)
     local, on_ray = both(config, tall_images(tmp_path))

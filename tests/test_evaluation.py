@@ -24,7 +24,9 @@ def run(*args):
 def test_evaluate_writes_tables_and_matches_sklearn(tmp_path):
     root = make_dataset("mvtec_ad", tmp_path / "data")
     out = tmp_path / "out"
-    res = run("evaluate", "--dataset", "mvtec_ad", "--root", root, "--out", out, *TINY)
+    # musc: map maxima never tie; scale-max can tie at 1.0 in a tiny batch, and the CSV's 6 decimals then merge
+    # re-scored values that differ in the last bits
+    res = run("evaluate", "--dataset", "mvtec_ad", "--root", root, "--out", out, "--method", "musc", *TINY)
     assert res.exit_code == 0, res.output
     md = (out / "metrics.md").read_text()
     assert "| category | AUROC-cls | F1-max-cls | AP-cls | AUROC-segm | F1-max-segm | AP-segm | PRO-segm |" in md

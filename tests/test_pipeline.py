@@ -169,8 +169,8 @@ def test_muscv2_is_snamd_scored_once_per_block_then_rscon():
                                      dict(score_dtype="float16")])
 def test_every_preset_works_with_the_options(changes):
     for method in METHODS:
-        result = MuSc(MuScConfig.for_method(method, **{**TINY.to_dict(), "rscin_windows": METHODS[method]["rscin_windows"],
-                                                       **changes})).score(_images(), progress=False)
+        base = {k: v for k, v in TINY.to_dict().items() if k not in METHODS[method]}  # the preset's own stages
+        result = MuSc(MuScConfig.for_method(method, **{**base, **changes})).score(_images(), progress=False)
         assert result.maps.shape == (8, 112, 112) and np.isfinite(result.scores).all()
 
 
@@ -186,8 +186,33 @@ def test_lnamd_and_snamd_together_average_both_variants_views():
     base = dict(backbone="test_tiny_dino", image_size=56, pretrained=False, device="cpu", layers=(0, 1))
     grids = {a: MuSc(MuScConfig(**base, aggregation=a)).patch_scores(feats, progress=False)[0]
              for a in ("lnamd", "snamd", "lnamd+snamd")}
-    views = len(MuScConfig().r_values)  # LNAMD: one set per r; SNAMD: one set
-    expected = (views * grids["lnamd"] + grids["snamd"]) / (views + 1)
-    assert torch.allclose(grids["lnamd+snamd"], expected, atol=1e-6)
+    assert grids["lnamd"].shape == (len(MuScConfig().r_values), 6, 4, 4)  # LNAMD: one set per r; SNAMD: one set
+    assert grids["snamd"].shape == (1, 6, 4, 4)
+    assert torch.allclose(grids["lnamd+snamd"], torch.cat([grids["lnamd"], grids["snamd"]]), atol=1e-6)
     both = MuSc(MuScConfig(**base, aggregation="lnamd+snamd"))
     assert both.views() == (1, 3, 5, "snamd")
+
+
+def test_scale_max_scores_each_image_by_its_strongest_scaled_r_and_keeps_the_paper_maps():
+    base = {k: v for k, v in TINY.to_dict().items() if k not in METHODS["musc"]}
+    config = MuScConfig.for_method("musc-scales", **base)
+    assert (config.aggregation, config.image_score, config.rescoring) == ("lnamd", "scale-max", "rscin")
+    model = MuSc(config)
+    features, _ = model.extract(_images(), progress=False)
+    result = model.score_features(features, progress=False, keep_pairs=True)
+    paper = MuSc(config.replace(image_score="max"), backbone=model.backbone).score_features(features, progress=False)
+    np.testing.assert_array_equal(result.maps, paper.maps)
+    # by hand: each r's map is the mean over blocks; its per-image maxima scaled to [0, 1]; the largest per image
+    per_r = np.stack([np.mean([result.pair_maps[(b, r)] for b in model.backbone.layers], axis=0)
+                      for r in config.r_values]).reshape(len(config.r_values), 8, -1)
+    scaled = [(m - m.min()) / (m.max() - m.min()) for m in per_r.max(axis=2)]
+    np.testing.assert_allclose(result.raw_scores, np.max(scaled, axis=0), atol=1e-6)
+    np.testing.assert_allclose(result.scores, rscin(np.max(scaled, axis=0), result.embeddings, (1, 2, 3)), atol=1e-6)
+    assert result.ranking()[0] == 0
+
+
+def test_scale_max_on_a_single_image_against_references_is_its_map_maximum():
+    config = MuScConfig.for_method("musc-scales", **{**TINY.to_dict(), "image_score": "scale-max", "mode": "musc+"})
+    result = MuSc(config).score(_images(1), references=_images(6)[1:], progress=False)
+    np.testing.assert_allclose(result.raw_scores, result.maps.reshape(1, -1).max(axis=1), rtol=1e-6)
+    assert "skipped" in result.notes[0]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from musc.rescoring import knn_smoothing, minmax, rscin
+from musc.rescoring import IMAGE_SCORES, get_image_score, knn_smoothing, minmax, rscin, scale_max
 
 
 def test_hand_worked_example():
@@ -37,3 +37,24 @@ def test_bad_shapes():
         rscin(np.zeros(3), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="1-D"):
         rscin(np.zeros((3, 1)), np.zeros((3, 2)))
+
+
+def test_scale_max_takes_each_images_strongest_scaled_view():
+    # Two views over four images. View 0 spans 1..5, view 1 spans 0.2..0.4: scaled, image 3 is view 1's strongest.
+    views = np.array([[1.0, 5.0, 2.0, 1.0],
+                      [0.2, 0.3, 0.2, 0.4]])
+    expected = np.max([[0, 1, 0.25, 0], [0, 0.5, 0, 1]], axis=0)
+    np.testing.assert_allclose(scale_max(views.mean(axis=0), views), expected)
+    assert list(np.argsort(-scale_max(views.mean(axis=0), views), kind="stable")) == [1, 3, 2, 0]
+
+
+def test_scale_max_with_one_view_ranks_as_the_map_maximum_and_one_image_is_its_map_maximum():
+    maxima = np.array([0.3, 0.9, 0.5])
+    np.testing.assert_allclose(scale_max(maxima, maxima[None]), minmax(maxima))
+    np.testing.assert_allclose(get_image_score("max").run(maxima, maxima[None]), maxima)
+    np.testing.assert_allclose(scale_max(np.array([0.7]), np.array([[0.7], [0.2]])), [0.7])  # nothing to scale
+    with pytest.raises(ValueError, match="shape"):
+        scale_max(maxima, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="unknown image score"):
+        get_image_score("mean")
+    assert not IMAGE_SCORES["max"].uses_views and IMAGE_SCORES["scale-max"].uses_views

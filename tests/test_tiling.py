@@ -106,9 +106,11 @@ def test_all_matching_finds_a_tile_wherever_it_sits(aggregation):
     positions, _ = shuffled_tiles()
     model = MuSc(MuScConfig(**TINY, aggregation=aggregation, layers=(0, 1)))
     anywhere = score_all(model, positions, progress=False)
-    assert anywhere.shape == (3, 4, 4, 4) and anywhere.abs().max() < 1e-3  # each tile has an exact copy elsewhere
+    views = len(model.views())  # (positions, views, images, h, w)
+    assert anywhere.shape == (3, views, 4, 4, 4)
+    assert anywhere.abs().max() < 1e-3  # each tile has an exact copy elsewhere
     same_place = score_aligned(model, positions, progress=False)
-    assert same_place.shape == (3, 4, 4, 4) and same_place.mean() > 0.1  # aligned: other tiles sit there
+    assert same_place.shape == (3, views, 4, 4, 4) and same_place.mean() > 0.1  # aligned: other tiles sit there
 
 
 @pytest.mark.parametrize("mode", ["musc", "musc+"])
@@ -118,7 +120,7 @@ def test_all_matching_with_references_finds_a_tile_wherever_it_sits(mode):
     refs = [Features([t[4:] for t in f.tokens], f.embeddings[4:]) for f in positions]
     model = MuSc(MuScConfig(**TINY, layers=(0, 1), mode=mode))
     anywhere = score_all(model, test, progress=False, references=refs)
-    assert anywhere.shape == (3, 4, 4, 4) and anywhere.abs().max() < 1e-3  # every tile sits in each reference
+    assert anywhere.shape == (3, 3, 4, 4, 4) and anywhere.abs().max() < 1e-3  # every tile sits in each reference
     same_place = score_aligned(model, test, progress=False, references=refs)
     assert same_place.amax() > 0.1  # aligned: some tile's content is at no other image's same position
     gen = torch.Generator().manual_seed(7)  # references unlike the tests
@@ -306,3 +308,15 @@ def test_tiled_bank_settings_are_checked():
     rscon = MuSc(MuScConfig.for_method("muscv2-tiles", **TINY), backbone=tiled_model.backbone)
     one = rscon.score(refs[:1], references=build_bank(rscon, refs, progress=False).features, progress=False)
     assert any(n.startswith("RsCon skipped") for n in one.notes)  # the re-scoring stage in use is named
+
+
+def test_scale_max_on_tiles_takes_each_rs_blended_map():
+    images = tall_images(80, 5)
+    both = MuSc(MuScConfig(**TINY, r_values=(1, 3), tile_scale=1.0, image_score="scale-max"))
+    result = both.score(images, progress=False)
+    one_r = [MuSc(MuScConfig(**TINY, r_values=(r,), tile_scale=1.0), backbone=both.backbone) for r in (1, 3)]
+    per_r = [model.score(images, progress=False) for model in one_r]  # one view each: its map is that r's blended map
+    np.testing.assert_allclose(result.maps, (per_r[0].maps + per_r[1].maps) / 2, atol=1e-6)
+    maxima = [run.maps.reshape(5, -1).max(axis=1) for run in per_r]
+    expected = np.max([(m - m.min()) / (m.max() - m.min()) for m in maxima], axis=0)
+    np.testing.assert_allclose(result.raw_scores, expected, atol=1e-5)

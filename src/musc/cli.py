@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import ENGINES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
+from .config import DEFAULT_METHOD, ENGINES, IMAGE_SCORES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
 from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
@@ -64,12 +64,17 @@ def score_options(func: Callable) -> Callable:
                      help="LNAMD aggregation degrees (odd)."),
         click.option("--interval", type=float, default=_DEFAULTS.interval, show_default=True,
                      help="MSM: fraction of the N-1 smallest nearest-patch distances averaged."),
-        click.option("--method", type=click.Choice(list(METHODS)), default="musc", show_default=True,
-                     help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); muscv2 = MuSc-V2's "
-                          "stages (SNAMD, RsCon with windows 1,7). See README: How it works."),
+        click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,
+                     help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); musc-scales = the "
+                          "paper's stages, each image scored by its strongest scale; muscv2 = MuSc-V2's stages "
+                          "(SNAMD, RsCon with windows 1,7). See README: How it works."),
+        click.option("--image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
+                     help="An image's score before re-scoring: max = its map's maximum (the paper), scale-max = "
+                          "its strongest per-r map maximum, each r's scaled over the batch. Default: the method's."),
         click.option("--rscin-windows", type=IntList(), default=None,
                      help="Re-scoring window sizes k. Default: the method's (musc 1,2,3; muscv2 1,7)."),
-        click.option("--no-rscin", is_flag=True, help="Skip RsCIN: image score = map maximum."),
+        click.option("--no-rscin", is_flag=True,
+                     help="Skip re-scoring: image score = the --image-score value (musc: the map maximum)."),
         click.option("--subsets", type=int, default=_DEFAULTS.subsets, show_default=True,
                      help="Score the images in this many random label-free subsets (bounds time and memory)."),
         click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True, help="Seed for --subsets."),
@@ -132,23 +137,26 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
                         random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
                         projection_dim: int | None = None, engine: str = _DEFAULTS.engine,
-                        ray_address: str | None = None, method: str = "musc", tile_scale: float | str | None = None,
-                        tile_overlap: float | None = None,
+                        ray_address: str | None = None, method: str = DEFAULT_METHOD, image_score: str | None = None,
+                        tile_scale: float | str | None = None, tile_overlap: float | None = None,
                         tile_matching: str = _DEFAULTS.tile_matching) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
-    Tile settings left out (None) come from the method preset, then the defaults; --tiles off turns tiles off."""
+    The image score and tile settings left out (None) come from the method preset, then the defaults; --tiles off
+    turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
-    tiles: dict[str, Any] = {"tile_matching": tile_matching}
+    overrides: dict[str, Any] = {"tile_matching": tile_matching}  # preset fields the options replace
+    if image_score is not None:
+        overrides["image_score"] = image_score
     if tile_scale is not None:
-        tiles["tile_scale"] = None if tile_scale == "off" else tile_scale
+        overrides["tile_scale"] = None if tile_scale == "off" else tile_scale
     if tile_overlap is not None:
-        tiles["tile_overlap"] = tile_overlap
+        overrides["tile_overlap"] = tile_overlap
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
         weights=weights, pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
-        projection_dim=projection_dim, engine=engine, ray_address=ray_address, **tiles)
+        projection_dim=projection_dim, engine=engine, ray_address=ray_address, **overrides)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -169,7 +177,8 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     """The run's configuration from the shared options."""
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
-             "projection_dim", "engine", "ray_address", "method", "tile_scale", "tile_overlap", "tile_matching")
+             "projection_dim", "engine", "ray_address", "method", "image_score", "tile_scale", "tile_overlap",
+             "tile_matching")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

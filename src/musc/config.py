@@ -16,16 +16,24 @@ MODES = ("musc", "musc+")
 ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
+IMAGE_SCORES = ("max", "scale-max")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
-    "musc": {"aggregation": "lnamd", "rescoring": "rscin", "rscin_windows": (1, 2, 3)},
-    "muscv2": {"aggregation": "snamd", "rescoring": "rscon", "rscin_windows": (1, 7)},
-    "muscv2-tiles": {"aggregation": "snamd", "rescoring": "rscon", "rscin_windows": (1, 7), "tile_scale": "auto",
-                     "tile_overlap": 0.1},
+    "musc": {"aggregation": "lnamd", "image_score": "max", "rescoring": "rscin", "rscin_windows": (1, 2, 3)},
+    "musc-scales": {"aggregation": "lnamd", "image_score": "scale-max", "rescoring": "rscin",
+                    "rscin_windows": (1, 2, 3)},
+    "muscv2": {"aggregation": "snamd", "image_score": "max", "rescoring": "rscon", "rscin_windows": (1, 7)},
+    "muscv2-tiles": {"aggregation": "snamd", "image_score": "max", "rescoring": "rscon", "rscin_windows": (1, 7),
+                     "tile_scale": "auto", "tile_overlap": 0.1},
 }
-"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `muscv2` takes MuSc-V2's 2D stages (SNAMD, RsCon with
-windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images (tile_scale 'auto', 10 %
-overlap). They set stages and tiling only: backbone, size and blocks stay the user's."""
+"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages with each image
+scored by its strongest scale (image_score 'scale-max'; the maps are the paper's); `muscv2` takes MuSc-V2's 2D
+stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
+(tile_scale 'auto', 10 % overlap). They set stages and tiling only: backbone, size and blocks stay the user's."""
+
+DEFAULT_METHOD = "musc-scales"
+"""The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
+BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,9 @@ class MuScConfig:
     """With reference images: 'musc' (few-shot: references join the scorers) or 'musc+' (references only)."""
     aggregation: str = "lnamd"
     """Stage 1 variant (musc.aggregation.AGGREGATIONS): 'lnamd' (MuSc) or 'snamd' (MuSc-V2)."""
+    image_score: str = "max"
+    """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
+    'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_scale: float | str | None = None
@@ -122,6 +133,8 @@ class MuScConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ConfigError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
         if isinstance(self.tile_scale, str):
@@ -176,4 +189,5 @@ class MuScConfig:
         return cls.from_dict(data.get("config", data))
 
 
-__all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "AGGREGATIONS", "RESCORINGS"]
+__all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "DEFAULT_METHOD", "AGGREGATIONS", "RESCORINGS",
+           "IMAGE_SCORES"]

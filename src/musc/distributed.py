@@ -365,10 +365,10 @@ class RayEngine:
             grid, pairs = self._mutual_scores(ray, spec, n, token_refs, shards, references, progress_bar, keep_pairs)
         bb = self.model.backbone
         if c.rescoring == "rscon":
-            embeddings = self._salient(ray, spec, grid, token_refs, shards)
+            embeddings = self._salient(ray, spec, grid.mean(dim=0), token_refs, shards)
         timings = {"extraction": t_extract, "scoring": time.perf_counter() - t0}
         h = w = bb.grid
-        result = self.model.finish(grid.view(n, h, w), embeddings, timings,
+        result = self.model.finish(grid.view(len(grid), n, h, w), embeddings, timings,
                                    {k: v.view(n, h, w) for k, v in pairs.items()} if keep_pairs else None)
         return self.model.describe_inputs(result, images, sizes)
 
@@ -416,16 +416,17 @@ class RayEngine:
                 at_p = [refs[p] for refs in token_refs]
                 grid, _ = self._mutual_scores(ray, spec, n, at_p, shards,
                                               None if ref_positions is None else ref_positions[p], progress_bar, False)
-                grids.append(grid.view(n, h, w))
+                grids.append(grid.view(len(grid), n, h, w))
                 if salient is not None:
-                    salient.append(self._salient(ray, spec, grid, at_p, shards))
+                    salient.append(self._salient(ray, spec, grid.mean(dim=0), at_p, shards))
         result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0)
         return self.model.describe_inputs(result, images, sizes)
 
     def _mutual_scores(self, ray: Any, spec: dict, n: int, token_refs: list, shards: list[np.ndarray],
                        references: Any, bar: _Progress, keep_pairs: bool
                        ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor]]:
-        """Every (tapped block, subset, r) as pair and reduce tasks; returns the mean patch scores (N, L).
+        """Every (tapped block, subset, r) as pair and reduce tasks; returns each view's patch scores (V, N, L),
+        the mean over the tapped blocks, as `MuSc.patch_scores` does.
 
         The sums run in the local engine's order (tapped block, subset, r), so they round the same way.
         """
@@ -444,7 +445,7 @@ class RayEngine:
         ref_shard = ray.put(references.tokens) if references is not None else None
         workers = self._workers(ray)
         views = self.model.views()
-        total = torch.zeros((n, n_patches), dtype=torch.float32)
+        total = torch.zeros((len(views), n, n_patches), dtype=torch.float32)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
         for layer_pos, layer in enumerate(bb.layers):
             ref_z = None
@@ -462,11 +463,11 @@ class RayEngine:
                 for r_pos, r in enumerate(views):
                     for block, s in zip(blocks, self._score_blocks(ray, spec, r_pos, z, ref_z, bar)):
                         index = torch.as_tensor(block)
-                        total[index] += s
+                        total[r_pos, index] += s
                         if keep_pairs:
-                            pairs.setdefault((layer, r), torch.zeros_like(total))[index] = s
+                            pairs.setdefault((layer, r), torch.zeros_like(total[0]))[index] = s
                 bar.wait(z + ([ref_z] if ref_z is not None else []))
-        total /= len(bb.layers) * len(views)
+        total /= len(bb.layers)
         return total, pairs
 
     def _score_blocks(self, ray: Any, spec: dict, r_pos: int, z: list, ref_z: Any, bar: _Progress

@@ -1,4 +1,5 @@
-"""The MuSc model: composes backbone -> stage 1 (LNAMD or SNAMD) -> MSM -> maps -> stage 3 (RsCIN or RsCon).
+"""The MuSc model: composes backbone -> stage 1 (LNAMD or SNAMD) -> MSM -> maps -> stage 3 (image score, then
+RsCIN or RsCon).
 
 Variants come from each stage's registry by the names in the config; other engines (Ray, tiles) reuse these
 steps. No file output here.
@@ -24,7 +25,7 @@ from .backbones import Backbone
 from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb
-from .rescoring import rscin
+from .rescoring import get_image_score, rscin
 from .scoring import mutual_scores, random_projection, reference_scores
 from .types import Features, Result, TiledFeatures
 
@@ -174,7 +175,8 @@ class MuSc:
     def patch_scores(self, features: Features, progress: bool = True, keep_pairs: bool = False,
                      scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None
                      ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
-        """MSM over every (block, r) pair and subset: (N, h, w) mean patch scores (+ per-pair grids, timings).
+        """MSM over every (block, view) pair and subset: (V, N, h, w) patch scores of each stage-1 view (LNAMD: each
+        r), the mean over the tapped blocks (+ per-pair grids, timings). The anomaly map is their mean over views.
 
         `scorer(z, interval, budget, matmul_dtype=..., progress=...)` replaces `mutual_scores` (benchmarks use it
         to compare formulations on the same features). With `references`, config.mode picks few-shot MuSc
@@ -192,7 +194,7 @@ class MuSc:
         views = self.views()
         n_pairs = len(features.tokens) * len(views)
         matmul_dtype = score_matmul_dtype(c.score_dtype, features.tokens[0].device)
-        total = torch.zeros((n, h * w), dtype=torch.float32, device=features.tokens[0].device)
+        total = torch.zeros((len(views), n, h * w), dtype=torch.float32, device=features.tokens[0].device)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
         t_agg = t_score = 0.0
         device = features.tokens[0].device
@@ -213,13 +215,13 @@ class MuSc:
                                              bar.update)
                         _sync(device)
                         t_score += time.perf_counter() - t0
-                        total[index] += s
+                        total[ri, index] += s
                         if keep_pairs:
-                            pairs.setdefault((layer, r), torch.zeros_like(total))[index] = s
+                            pairs.setdefault((layer, r), torch.zeros_like(total[0]))[index] = s
                         del z  # freed before the next r is aggregated
-        total /= n_pairs
+        total /= len(features.tokens)
         grids = {k: v.view(n, h, w) for k, v in pairs.items()}
-        return total.view(n, h, w), grids, {"aggregation": t_agg, "scoring": t_score}
+        return total.view(len(views), n, h, w), grids, {"aggregation": t_agg, "scoring": t_score}
 
     def upsample(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """(N, h, w) -> (N, S, S) bilinear with align_corners=True, as in the paper's code."""
@@ -233,11 +235,11 @@ class MuSc:
         if features.num_images < 1 or (references is None and features.num_images < 2):
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
                              f"{features.num_images} (give reference images to score a single one)")
-        grid, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
+        view_grids, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
         embeddings = features.embeddings
         if c.rescoring == "rscon":
-            embeddings = self.salient_vectors(features.tokens, grid)
-        return self.finish(grid, embeddings, timings, pairs if keep_pairs else None)
+            embeddings = self.salient_vectors(features.tokens, view_grids.mean(dim=0))
+        return self.finish(view_grids, embeddings, timings, pairs if keep_pairs else None)
 
     def salient_tap(self, count: int) -> tuple[int, int]:
         """RsCon's tapped block among `count`: (its position, its block number), the second-to-last one."""
@@ -253,26 +255,30 @@ class MuSc:
         z = next(self._aggregate(tokens[pos], layer))
         return torch.from_numpy(salient_patch_vectors(z.cpu().numpy(), grid.flatten(1).cpu().numpy()))
 
-    def finish(self, grid: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
+    def finish(self, view_grids: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
-        """Patch-score grids (N, h, w) -> maps, raw scores (map maxima) and re-scored scores: a Result.
+        """Per-view patch-score grids (V, N, h, w) -> maps (their mean, upsampled), raw and re-scored image scores:
+        a Result.
 
-        The last stage of every engine: the local one and the Ray one share it.
+        The last stage of every engine: the local one and the Ray one share it. Bilinear upsampling with aligned
+        corners keeps each grid's maximum, so the per-view maxima are taken on the grids.
         """
         t0 = time.perf_counter()
-        maps = self.upsample(grid)
+        maps = self.upsample(view_grids.mean(dim=0))
         timings["upsampling"] = time.perf_counter() - t0
-        return self.finish_maps(maps, embeddings, timings, pairs)
+        return self.finish_maps(maps, embeddings, timings, pairs, view_grids.flatten(2).amax(dim=2))
 
     def finish_maps(self, maps: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
-                    pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
-        """Anomaly maps (N, H, W) -> raw scores (map maxima) and re-scored scores: a Result (tiles blend their
-        own maps and join here)."""
+                    pairs: dict[tuple[int, int], torch.Tensor] | None = None,
+                    view_maxima: torch.Tensor | None = None) -> Result:
+        """Anomaly maps (N, H, W) and each view's per-image map maxima (V, N; None = the maps' own) -> raw scores
+        (config.image_score) and re-scored scores: a Result (tiles blend their own maps and join here)."""
         c = self.config
-        raw = maps.flatten(1).amax(dim=1)
+        map_maxima = maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float64)
+        views = map_maxima[None] if view_maxima is None else view_maxima.cpu().numpy().astype(np.float64)
         t0 = time.perf_counter()
         emb = embeddings.cpu().numpy()
-        raw_np = raw.cpu().numpy().astype(np.float64)
+        raw_np = get_image_score(c.image_score).run(map_maxima, views)
         notes = []
         if c.rscin_windows and len(raw_np) < 2:
             stage = "RsCon" if c.rescoring == "rscon" else "RsCIN"

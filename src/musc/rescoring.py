@@ -1,4 +1,11 @@
-"""Stage 3: refine image scores by smoothing them over each image's nearest images.
+"""Stage 3: image scores from the maps, refined by smoothing them over each image's nearest images.
+
+An image's score before refinement is picked by name (`MuScConfig.image_score`, registry `IMAGE_SCORES`):
+- `max` (MuSc): the maximum of its anomaly map (the mean over every (block, view) of stage 1).
+- `scale-max` (this project): the strongest of its per-view maxima. Each view (LNAMD: each r) has its own map
+  (mean over blocks); each view's per-image maxima are scaled to [0, 1] over the batch and the image takes the
+  largest. A small defect stands out at r = 1 and a wide one at r = 5, and the mean over r dilutes either; the
+  maps themselves stay the mean. With one view, or fewer than 2 images, it ranks as `max` does.
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
@@ -11,7 +18,8 @@ Works for scores from any method: array in, array out. The variants (`MuScConfig
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -54,6 +62,40 @@ def rscin(scores: Sequence[float] | np.ndarray, embeddings: np.ndarray, windows:
     return np.mean([knn_smoothing(normed, similarity, k) for k in windows], axis=0)
 
 
+def scale_max(map_maxima: np.ndarray, view_maxima: np.ndarray) -> np.ndarray:
+    """`scale-max` image scores (N,): each row of `view_maxima` (V, N) min-max scaled over the batch, then the
+    largest per image; map maxima for fewer than 2 images (nothing to scale against)."""
+    view_maxima = np.asarray(view_maxima, dtype=np.float64)
+    if view_maxima.ndim != 2 or view_maxima.shape[1] != len(map_maxima):
+        raise ValueError(f"view maxima must have shape (V, {len(map_maxima)}), got {view_maxima.shape}")
+    if view_maxima.shape[1] < 2:
+        return np.asarray(map_maxima, dtype=np.float64)
+    return np.max([minmax(row) for row in view_maxima], axis=0)
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """A rule for an image's score before re-scoring: `run(map_maxima (N,), view_maxima (V, N)) -> (N,)`;
+    `uses_views` False: it reads the map maxima only (engines then skip each view's own map)."""
+
+    name: str
+    run: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    uses_views: bool
+
+
+IMAGE_SCORES: dict[str, ImageScore] = {
+    "max": ImageScore("max", lambda map_maxima, view_maxima: np.asarray(map_maxima, dtype=np.float64), False),
+    "scale-max": ImageScore("scale-max", scale_max, True),
+}
+
+
+def get_image_score(name: str) -> ImageScore:
+    try:
+        return IMAGE_SCORES[name]
+    except KeyError:
+        raise ValueError(f"unknown image score {name!r}; known: {', '.join(IMAGE_SCORES)}") from None
+
+
 def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -> np.ndarray:
     """RsCon's image descriptors: (N, L, C) patch vectors and (N, L) patch scores -> (N, C), the vector of each
     image's highest-scoring patch."""
@@ -61,4 +103,5 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
     return patch_vectors[np.arange(patch_vectors.shape[0]), patch_scores.argmax(axis=1)]
 
 
-__all__ = ["rscin", "knn_smoothing", "minmax", "salient_patch_vectors"]
+__all__ = ["rscin", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "ImageScore", "IMAGE_SCORES",
+           "get_image_score"]

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError
+from .rescoring import get_image_score
 from .scoring import mutual_scores
 from .types import Features, TiledFeatures
 
@@ -85,7 +86,8 @@ def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tu
 
 def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
                   references: Sequence["Features"] | None = None) -> torch.Tensor:
-    """Per tile position p, MSM of tile p against tile p of the other images: (P, N, h, w) patch scores.
+    """Per tile position p, MSM of tile p against tile p of the other images: (P, V, N, h, w) patch scores per
+    stage-1 view (`MuSc.patch_scores`).
 
     `positions[p]`: the features of every image's tile at position p; `references[p]`: the reference images'
     tiles at p (few-shot MuSc or MuSc+, as config.mode says)."""
@@ -97,7 +99,7 @@ def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool
 
 def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
               references: Sequence["Features"] | None = None) -> torch.Tensor:
-    """Every tile against all tiles of the other images: (P, N, h, w) patch scores.
+    """Every tile against all tiles of the other images: (P, V, N, h, w) patch scores per stage-1 view.
 
     Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
     nearest-patch distance to image j is its distance to the closest patch anywhere in j. `references[p]`: the
@@ -115,7 +117,7 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
     device = tokens[0][0].device
     budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
     matmul_dtype = score_matmul_dtype(c.score_dtype, device)
-    total = torch.zeros((n, n_pos * h * w), dtype=torch.float32, device=device)
+    total = torch.zeros((len(views), n, n_pos * h * w), dtype=torch.float32, device=device)
     parts = split_subsets(n, c.subsets, c.seed) if references is None or n >= 2 * c.subsets else [np.arange(n)]
     ref_z = None
     if references is not None:  # per block and view, (M, P*h*w, C): every tile of each reference image
@@ -131,15 +133,15 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
                 for ri in range(len(views)):
                     z = torch.cat([next(stage1) for stage1 in per_tile], dim=1)  # (n, P*h*w, C)
                     refs = None if ref_z is None else ref_z[li][ri]
-                    total[index] += model._score_pair(z, refs, mutual_scores, budget, matmul_dtype, bar.update)
+                    total[ri, index] += model._score_pair(z, refs, mutual_scores, budget, matmul_dtype, bar.update)
                     del z
-    total /= len(layers) * len(views)
-    return total.view(n, n_pos, h, w).transpose(0, 1)
+    total /= len(layers)
+    return total.view(len(views), n, n_pos, h, w).permute(2, 0, 1, 3, 4)
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 """How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
-features per position) -> (P, N, h, w) scores."""
+features per position) -> (P, V, N, h, w) scores."""
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
@@ -254,10 +256,11 @@ class TiledScorer:
         ref_positions = self.reference_positions(references, plan, progress)
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
-        grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, N, h, w)
+        grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, V, N, h, w)
         salient = None
         if c.rescoring == "rscon":
-            salient = [self.model.salient_vectors(position.tokens, grids[k]) for k, position in enumerate(test.positions)]
+            salient = [self.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
+                       for k, position in enumerate(test.positions)]
         embeddings = torch.stack([position.embeddings for position in test.positions])
         del test, ref_positions
         result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0)
@@ -266,21 +269,26 @@ class TiledScorer:
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
                plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float
                ) -> "Result":
-        """Tile patch scores (P, N, h, w) -> one blended map per image, then re-scoring (`MuSc.finish_maps`).
+        """Tile patch scores per view (P, V, N, h, w) -> one blended map per image (the mean over views), each
+        view's blended map maxima, then the image scores (`MuSc.finish_maps`).
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
         timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
-        stacked = torch.stack([self.model.upsample(grid) for grid in grids])  # (P, N, S, S)
+        stacked = torch.stack([self.model.upsample(grid.mean(dim=0)) for grid in grids])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
+        view_maxima = None
+        if get_image_score(self.config.image_score).uses_views:  # one view's map at a time: only its maxima are kept
+            view_maxima = torch.stack([blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts,
+                                             canvas).flatten(1).amax(dim=1) for v in range(grids.shape[1])])
         timings = {**timings, "scoring": time.perf_counter() - scoring_started}
         if salient is not None:
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
             emb = torch.stack([salient[int(best[i])][i] for i in range(maps.shape[0])])
         else:
             emb = embeddings.mean(dim=0)
-        result = self.model.finish_maps(maps, emb, timings)
+        result = self.model.finish_maps(maps, emb, timings, view_maxima=view_maxima)
         side = self.model.backbone.image_size
         result.notes.insert(0, f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
         return result

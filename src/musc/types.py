@@ -52,7 +52,8 @@ class Result:
     scores: np.ndarray
     """(N,) final image scores (RsCIN-refined when enabled); higher = more anomalous."""
     raw_scores: np.ndarray
-    """(N,) image scores before RsCIN: each map's maximum."""
+    """(N,) image scores before re-scoring (config.image_score): 'max', each map's maximum; 'scale-max', each
+    image's strongest per-view map maximum, scaled over the batch."""
     maps: np.ndarray
     """(N, S, S) float32 anomaly maps at the model's input size."""
     embeddings: np.ndarray
