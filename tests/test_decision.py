@@ -122,7 +122,7 @@ def test_fdr_finds_planted_regions_and_masks_match_decisions():
     maps, labels, truth = synthetic_maps(90, 10, seed=1)
     decided = decide(np.zeros(len(maps)), maps, "fdr")
     d, masks = decided.image, decided.masks
-    assert d.method == "fdr" and not d.undecided and d.on == "raw_score"
+    assert d.method == "fdr" and not d.undecided and d.on == "map_max"
     assert d.defective[labels].all() and (d.defective & ~labels).sum() <= 3  # FDR 5 %: a few false ones may be
     assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)  # flagged <=> non-empty mask
     assert masks[truth].mean() > 0.5 and not masks[~d.defective].any()
@@ -193,7 +193,7 @@ def test_balanced_masks_match_decisions_and_contain_the_fdr_discoveries():
     maps, labels, truth = synthetic_maps(170, 30, seed=3, planted=0.45)
     decided = decide(np.zeros(len(maps)), maps)  # the default
     d, masks = decided.image, decided.masks
-    assert d.method == "balanced" and d.on == "raw_score" and "estimated F1" in d.detail
+    assert d.method == "balanced" and d.on == "map_max" and "estimated F1" in d.detail
     assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)
     assert not (decide_fdr(maps)[0].defective & ~d.defective).any()
     assert masks[truth].mean() > 0.5 and (masks & ~truth).sum() <= masks.sum() / 5

@@ -290,7 +290,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
 
     With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored.
 
-    Writes scores.csv (rank, path, score, raw_score, name, decision; rank 1 = most anomalous),
+    Writes scores.csv (rank, path, score, raw_score, map_max, name, decision; rank 1 = most anomalous),
     decision.json (thresholds and how they were chosen), maps/NAME.npy (float32 anomaly map at the
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
@@ -374,7 +374,7 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
         click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
     elif decision is not None:
         click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
-                   f"{' on the map maxima' if decision.on == 'raw_score' else ''}: {decision.detail}); "
+                   f"{' on the map maxima' if decision.on == 'map_max' else ''}: {decision.detail}); "
                    f"normal: {n - decision.count}")
     if decision is not None and decision.rate is not None:
         click.echo(f"Estimated defect rate: {decision.rate}")

@@ -89,7 +89,9 @@ class Decision:
     p_values: np.ndarray | None = None
     rate: RateEstimate | None = None
     on: str = "score"
-    """What `threshold` applies to: 'score' (the final image scores) or 'raw_score' (the map maxima)."""
+    """What `threshold` applies to: 'score' (the final image scores) or 'map_max' (each image's map maximum; the
+    scores.csv column of that name). Results written before that column existed say 'raw_score', then the map
+    maxima."""
 
     @property
     def count(self) -> int:
@@ -382,7 +384,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
 
     def undecided(detail: str, warning: str, **known: Any) -> tuple[Decision, np.ndarray, dict]:
         decision = Decision(np.zeros(n, dtype=bool), float("inf"), method, detail, [warning], undecided=True,
-                            on="raw_score", **known)
+                            on="map_max", **known)
         return decision, np.zeros(maps.shape, dtype=bool), {"method": method, "threshold": None}
 
     if n < min_images:
@@ -412,7 +414,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     else:
         detail = f"no image passes a test at FDR {fdr:g}: nothing suggests a defect in this batch; {peak}"
     threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
-    decision = Decision(flagged, threshold, method, detail, [], p_values=p, rate=rate, on="raw_score")
+    decision = Decision(flagged, threshold, method, detail, [], p_values=p, rate=rate, on="map_max")
     masks, pixel = mebin_masks(maps, flagged, float(np.median(evidence)))
     return decision, masks, pixel
 

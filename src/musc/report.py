@@ -20,6 +20,10 @@ from tqdm.auto import tqdm
 from .errors import InputError
 from .io import atomic_write_bytes, atomic_write_text, read_image
 
+MAP_MAXIMA_COLUMNS = ("map_max", "raw_score")
+"""scores.csv columns a decision's threshold_on may name that hold map maxima (raw_score in results written before
+map_max existed)."""
+
 THUMB = 192
 
 
@@ -163,7 +167,7 @@ def write_report(results: str | Path, progress: bool = True, title: str | None =
         img = decision["image"]
         summary += (f"; {img['defective']} flagged defective by <b>{e(img['method'])}</b> "
                     f"(threshold {'none' if img['threshold'] is None else format(img['threshold'], '.4f')} on the "
-                    f"{'map maxima' if on == 'raw_score' else 'scores'}: "
+                    f"{'map maxima' if on in MAP_MAXIMA_COLUMNS else 'scores'}: "
                     f"{e(img['detail'])})")
         if img.get("defect_rate"):
             r = img["defect_rate"]
