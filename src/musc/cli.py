@@ -102,7 +102,8 @@ def score_options(func: Callable) -> Callable:
                      help="Native-resolution tiles: resize the images to the batch's median size times F "
                           "(1 = native resolution) and score overlapping --image-size tiles; for defects much "
                           "smaller than a patch of the whole image. auto: short side = --image-size, tiles along "
-                          "the long side of elongated images only. Default: the --method preset's (off for musc)."),
+                          "the long side of elongated images only. Default: the --method preset's (off for musc "
+                          "and musc-scales)."),
         click.option("--tile-overlap", type=float, default=None,
                      help=f"Least overlap of neighbouring tiles (fraction of the tile side). Default: the --method "
                           f"preset's, else {_DEFAULTS.tile_overlap:g}."),
