@@ -17,17 +17,20 @@ ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
 IMAGE_SCORES = ("max", "scale-max")
+MAP_RULES = ("mean", "z-max")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
-    "musc": {"aggregation": "lnamd", "image_score": "max", "rescoring": "rscin", "rscin_windows": (1, 2, 3)},
-    "musc-scales": {"aggregation": "lnamd", "image_score": "scale-max", "rescoring": "rscin",
+    "musc": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscin",
+             "rscin_windows": (1, 2, 3)},
+    "musc-scales": {"aggregation": "lnamd", "map_rule": "z-max", "image_score": "scale-max", "rescoring": "rscin",
                     "rscin_windows": (1, 2, 3)},
-    "muscv2": {"aggregation": "snamd", "image_score": "max", "rescoring": "rscon", "rscin_windows": (1, 7)},
-    "muscv2-tiles": {"aggregation": "snamd", "image_score": "max", "rescoring": "rscon", "rscin_windows": (1, 7),
-                     "tile_scale": "auto", "tile_overlap": 0.1},
+    "muscv2": {"aggregation": "snamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscon",
+               "rscin_windows": (1, 7)},
+    "muscv2-tiles": {"aggregation": "snamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscon",
+                     "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
 }
-"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages with each image
-scored by its strongest scale (image_score 'scale-max'; the maps are the paper's); `muscv2` takes MuSc-V2's 2D
+"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages with each patch
+and image judged at its strongest scale (map_rule 'z-max', image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
 stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
 (tile_scale 'auto', 10 % overlap). They set stages and tiling only: backbone, size and blocks stay the user's."""
 
@@ -78,6 +81,9 @@ class MuScConfig:
     """With reference images: 'musc' (few-shot: references join the scorers) or 'musc+' (references only)."""
     aggregation: str = "lnamd"
     """Stage 1 variant (musc.aggregation.AGGREGATIONS): 'lnamd' (MuSc) or 'snamd' (MuSc-V2)."""
+    map_rule: str = "mean"
+    """How each view's patch scores become one map (musc.scoring.MAP_RULES): 'mean' (MuSc: the mean over views)
+    or 'z-max' (each view standardised by the batch's median and MAD, then the largest per patch)."""
     image_score: str = "max"
     """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch)."""
@@ -133,6 +139,8 @@ class MuScConfig:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.map_rule not in MAP_RULES:
+            raise ConfigError(f"map_rule must be one of {', '.join(MAP_RULES)}, got {self.map_rule!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ConfigError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.rescoring not in RESCORINGS:
@@ -190,4 +198,4 @@ class MuScConfig:
 
 
 __all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "DEFAULT_METHOD", "AGGREGATIONS", "RESCORINGS",
-           "IMAGE_SCORES"]
+           "IMAGE_SCORES", "MAP_RULES"]

@@ -26,7 +26,7 @@ from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb
 from .rescoring import get_image_score, rscin
-from .scoring import mutual_scores, random_projection, reference_scores
+from .scoring import get_map_rule, mutual_scores, random_projection, reference_scores
 from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class MuSc:
                      scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None
                      ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
         """MSM over every (block, view) pair and subset: (V, N, h, w) patch scores of each stage-1 view (LNAMD: each
-        r), the mean over the tapped blocks (+ per-pair grids, timings). The anomaly map is their mean over views.
+        r), the mean over the tapped blocks (+ per-pair grids, timings). config.map_rule makes them one map.
 
         `scorer(z, interval, budget, matmul_dtype=..., progress=...)` replaces `mutual_scores` (benchmarks use it
         to compare formulations on the same features). With `references`, config.mode picks few-shot MuSc
@@ -237,7 +237,7 @@ class MuSc:
                              f"{features.num_images} (give reference images to score a single one)")
         view_grids, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
         embeddings = features.embeddings
-        if c.rescoring == "rscon":
+        if c.rescoring == "rscon":  # the arg-max of the mean over views, on every engine and map rule
             embeddings = self.salient_vectors(features.tokens, view_grids.mean(dim=0))
         return self.finish(view_grids, embeddings, timings, pairs if keep_pairs else None)
 
@@ -257,14 +257,14 @@ class MuSc:
 
     def finish(self, view_grids: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
-        """Per-view patch-score grids (V, N, h, w) -> maps (their mean, upsampled), raw and re-scored image scores:
-        a Result.
+        """Per-view patch-score grids (V, N, h, w) -> maps (config.map_rule, upsampled), raw and re-scored image
+        scores: a Result.
 
         The last stage of every engine: the local one and the Ray one share it. Bilinear upsampling with aligned
         corners keeps each grid's maximum, so the per-view maxima are taken on the grids.
         """
         t0 = time.perf_counter()
-        maps = self.upsample(view_grids.mean(dim=0))
+        maps = self.upsample(get_map_rule(self.config.map_rule)(view_grids))
         timings["upsampling"] = time.perf_counter() - t0
         return self.finish_maps(maps, embeddings, timings, pairs, view_grids.flatten(2).amax(dim=2))
 

@@ -10,6 +10,13 @@ both i's nearest-patch similarities in j (row maxima) and j's in i (column maxim
 (N, L, N) table of nearest-patch distances does not fit the memory budget, images are scored in
 blocks against all others instead (twice the products, a fraction of the memory). Both give the
 same numbers.
+
+The patch scores of every (block, view) pair become one map by a rule picked by name (`MuScConfig.map_rule`,
+registry `MAP_RULES`), applied to each view's scores (the mean over the tapped blocks):
+- `mean` (MuSc): the mean over views.
+- `z-max` (this project): each view's scores standardised by the batch's median and median absolute deviation
+  over all its patches, then the largest per patch. A defect that stands out at one r (a small one at r = 1, a
+  wide one at r = 5) keeps its contrast instead of being averaged with the r where it does not.
 """
 
 from __future__ import annotations
@@ -270,6 +277,35 @@ def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(z @ proj, dim=-1)
 
 
+def view_mean(view_grids: torch.Tensor) -> torch.Tensor:
+    """`mean`: (..., V, N, h, w) per-view patch scores -> (..., N, h, w), the mean over views."""
+    return view_grids.mean(dim=-4)
+
+
+def robust_z_max(view_grids: torch.Tensor) -> torch.Tensor:
+    """`z-max`: (..., V, N, h, w) per-view patch scores -> (..., N, h, w). Each view is standardised by the median
+    and median absolute deviation of all its scores (every image, and every tile position in front of V), then
+    the maximum over views is kept. A view whose scores are all equal contributes 0."""
+    views = view_grids.movedim(-4, 0)
+    flat = views.reshape(views.shape[0], -1)
+    median = flat.median(dim=1).values
+    mad = (flat - median[:, None]).abs().median(dim=1).values
+    mad = torch.where(mad > 0, mad, torch.ones_like(mad))
+    shape = (-1, *([1] * (views.dim() - 1)))
+    return ((views - median.view(shape)) / mad.view(shape)).amax(dim=0)
+
+
+MAP_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": view_mean, "z-max": robust_z_max}
+
+
+def get_map_rule(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        return MAP_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown map rule {name!r}; known: {', '.join(MAP_RULES)}") from None
+
+
 __all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "cross_nearest_distances", "mutual_scores",
            "default_memory_budget", "interval_mean_excluding_self",
-           "half_inputs", "random_projection", "distances_to_references", "reference_scores"]
+           "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
+           "robust_z_max", "MAP_RULES", "get_map_rule"]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError
 from .rescoring import get_image_score
-from .scoring import mutual_scores
+from .scoring import get_map_rule, mutual_scores
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
@@ -269,14 +269,15 @@ class TiledScorer:
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
                plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float
                ) -> "Result":
-        """Tile patch scores per view (P, V, N, h, w) -> one blended map per image (the mean over views), each
-        view's blended map maxima, then the image scores (`MuSc.finish_maps`).
+        """Tile patch scores per view (P, V, N, h, w) -> one blended map per image (config.map_rule over all
+        positions at once), each view's blended map maxima, then the image scores (`MuSc.finish_maps`).
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
         timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
-        stacked = torch.stack([self.model.upsample(grid.mean(dim=0)) for grid in grids])  # (P, N, S, S)
+        fused = get_map_rule(self.config.map_rule)(grids)  # (P, N, h, w)
+        stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         view_maxima = None
         if get_image_score(self.config.image_score).uses_views:  # one view's map at a time: only its maxima are kept
