@@ -14,7 +14,7 @@ second table gives every method's AUROC-cls minus `musc`'s on the same images wi
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
        [--no-write]   (a method may carry options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
-       +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
+       +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8; +zmax = --map-rule z-max;
        --methods '' rewrites both tables from the kept runs)
 """
 
@@ -82,6 +82,8 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
             settings.update(rescoring=option, rscin_windows=METHODS[preset]["rscin_windows"])
         elif option.startswith("overlap"):
             settings["tile_overlap"] = float(option[len("overlap"):])
+        elif option == "zmax":
+            settings["map_rule"] = "z-max"
         elif option.startswith("blocks"):
             settings["layers"] = tuple(int(b) for b in option[len("blocks"):].split("-"))
         else:
@@ -184,7 +186,7 @@ def main() -> None:
              "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
-             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`. mtd-TYPE: 80 normal MTD images and 20 of one "
+             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`. mtd-TYPE: 80 normal MTD images and 20 of one "
              "defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second draw (80 other normal "
              "images, 20 other defective ones, 17 for crack), run after the default was chosen. Times vary by about "
              "15 % between runs on this shared machine.", "",

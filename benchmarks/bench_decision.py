@@ -13,7 +13,8 @@ Batches (dinov2_vits14 at --size, default 224; MTD = Magnetic Tile Defect, KSDD 
 Scored batches are cached in --cache (scores, maps, labels, masks), so the decision methods can be compared
 without scoring again.
 
-Usage: python benchmarks/bench_decision.py [--size 224] [--method musc] [--cache bench-out/decision] [--no-write]
+Usage: python benchmarks/bench_decision.py [--size 224] [--method musc] [--map-rule z-max] [--cache bench-out/decision]
+       [--no-write]
 """
 
 from __future__ import annotations
@@ -48,12 +49,15 @@ def batches() -> dict[str, list]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc") -> dict[str, np.ndarray]:
+def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None
+           ) -> dict[str, np.ndarray]:
     """Scores, raw scores, maps (N, H, W), labels and masks of a batch; from the cache when present."""
-    path = cache / (f"{name}-{size}.npz" if method == "musc" else f"{name}-{method}-{size}.npz")
+    variant = method + (f"-{map_rule}" if map_rule else "")
+    path = cache / (f"{name}-{size}.npz" if variant == "musc" else f"{name}-{variant}-{size}.npz")
     if path.is_file():
         return dict(np.load(path))
-    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu"))
+    rule = {"map_rule": map_rule} if map_rule else {}
+    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **rule))
     result = model.score([s.path for s in samples], progress=False)
     shape = tuple(result.maps.shape[-2:])
     masks = np.stack([resize_mask(load_mask(s, result.original_sizes[i]), shape) for i, s in enumerate(samples)])
@@ -75,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--method", default="musc", help="the --method preset whose maps are decided")
+    ap.add_argument("--map-rule", default=None, help="the preset's map rule replaced (--map-rule)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "decision")
     ap.add_argument("--methods", default="balanced,fdr,gmm,gmm/mebin,mad,mad/mebin,otsu",
                     help="image method[/pixel method] pairs; the pixel method defaults to 'image'")
@@ -83,8 +88,10 @@ def main() -> None:
     from musc.decision import MAP_METHODS, decide
 
     methods = [tuple((m + "/image").split("/")[:2]) for m in args.methods.split(",")]
-    suffix = "" if args.method == "musc" else f" --method {args.method}"
-    lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({args.method} maps)", "",
+    suffix = ("" if args.method == "musc" else f" --method {args.method}") + (
+        f" --map-rule {args.map_rule}" if args.map_rule else "")
+    variant = args.method + (f" --map-rule {args.map_rule}" if args.map_rule else "")
+    lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({variant} maps)", "",
              f"`python benchmarks/bench_decision.py --size {args.size}{suffix}` — dinov2_vits14 at {args.size}; F1 in %, "
              "and as a share of F1-max (the oracle threshold that needs labels; no automatic method sees labels). "
              "Pixel F1 is over all pixels of the batch at the model's input size, masks drawn by each method's "
@@ -95,7 +102,7 @@ def main() -> None:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
     share = lambda a, b: "n/a" if a is None or not b else f"{100 * a / b:.0f}%"
     for name, samples in batches().items():
-        data = scored(name, samples, args.size, args.cache, args.method)
+        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule)
         labels, masks = data["labels"], data["masks"]
         img_oracle = f1_max(labels, data["scores"]) if labels.any() and not labels.all() else None
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
@@ -112,7 +119,8 @@ def main() -> None:
                    f"(true {100 * labels.mean():.0f}%)" if rate is not None else "")
                 + f" | {says} |")
             print(lines[-1], flush=True)
-    publish("decision" if args.method == "musc" else f"decision-{args.method}", lines, not args.no_write)
+    section = "decision" if args.method == "musc" else f"decision-{args.method}"
+    publish(section + (f"-{args.map_rule}" if args.map_rule else ""), lines, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def test_score_writes_every_output(image_folder, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["backbone"] == "test_tiny_dino" and cfg["config"]["image_size"] == 56
     assert cfg["num_images"] == 7 and "scoring" in cfg["timings_s"]
-    assert (cfg["config"]["aggregation"], cfg["config"]["image_score"]) == ("lnamd", "scale-max")  # the default preset
+    default = cfg["config"]  # the default preset
+    assert (default["aggregation"], default["map_rule"], default["image_score"]) == ("lnamd", "mean", "scale-max")
     assert not list(out.rglob("*.tmp"))
 
 
@@ -54,9 +55,11 @@ def test_score_options_reach_the_config(image_folder, tmp_path):
     assert cfg["r_values"] == [1, 3] and cfg["layers"] == [1, 3] and cfg["interval"] == 0.5
     assert cfg["rscin_windows"] == [] and cfg["subsets"] == 2
     assert not (out / "maps").exists() and not (out / "heatmaps").exists()
-    res = run("score", image_folder, "--out", tmp_path / "paper", *TINY, "--image-score", "max", "--no-images")
+    res = run("score", image_folder, "--out", tmp_path / "paper", *TINY, "--image-score", "max", "--map-rule", "z-max",
+              "--no-images")
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "paper" / "config.json").read_text())["config"]["image_score"] == "max"
+    chosen = json.loads((tmp_path / "paper" / "config.json").read_text())["config"]
+    assert (chosen["image_score"], chosen["map_rule"]) == ("max", "z-max")
     res = run("score", image_folder, "--out", tmp_path / "bad", *TINY, "--image-score", "mean")
     assert res.exit_code != 0 and "--image-score" in res.output and not (tmp_path / "bad").exists()
     rows = list(csv.DictReader(open(out / "scores.csv")))

@@ -67,7 +67,7 @@ def test_ray_equals_local_on_real_images(cluster):
 
 @pytest.mark.parametrize("changes", [dict(subsets=2), dict(projection_dim=8, r_values=(1, 3)), dict(interval=0.5),
                                      dict(aggregation="snamd", rescoring="rscon", rscin_windows=(1, 7)),
-                                     dict(image_score="scale-max")])
+                                     dict(image_score="scale-max", map_rule="z-max")])
 def test_ray_equals_local_with_options(cluster, changes):
     assert_same(*both(MuScConfig(**TINY, memory_budget_mb=1, **changes), images()))
 

@@ -193,18 +193,26 @@ def test_lnamd_and_snamd_together_average_both_variants_views():
     assert both.views() == (1, 3, 5, "snamd")
 
 
-def test_scale_max_scores_each_image_by_its_strongest_scaled_r_and_keeps_the_paper_maps():
+def test_scale_max_scores_each_image_by_its_strongest_scaled_r_and_z_max_fuses_the_maps():
     base = {k: v for k, v in TINY.to_dict().items() if k not in METHODS["musc"]}
-    config = MuScConfig.for_method("musc-scales", **base)
-    assert (config.aggregation, config.image_score, config.rescoring) == ("lnamd", "scale-max", "rscin")
+    assert (METHODS["musc-scales"]["map_rule"], METHODS["musc-scales"]["image_score"]) == ("mean", "scale-max")
+    config = MuScConfig.for_method("musc-scales", **base, map_rule="z-max")  # the map rule option too
     model = MuSc(config)
     features, _ = model.extract(_images(), progress=False)
     result = model.score_features(features, progress=False, keep_pairs=True)
-    paper = MuSc(config.replace(image_score="max"), backbone=model.backbone).score_features(features, progress=False)
-    np.testing.assert_array_equal(result.maps, paper.maps)
-    # by hand: each r's map is the mean over blocks; its per-image maxima scaled to [0, 1]; the largest per image
+    # by hand: each r's patch scores are the mean over blocks
     per_r = np.stack([np.mean([result.pair_maps[(b, r)] for b in model.backbone.layers], axis=0)
-                      for r in config.r_values]).reshape(len(config.r_values), 8, -1)
+                      for r in config.r_values])  # (V, N, h, w)
+    # the map: each r standardised by the batch's median and MAD of its patch scores, the largest per patch
+    flat = per_r.reshape(len(config.r_values), -1)
+    med = np.array([np.sort(v)[(len(v) - 1) // 2] for v in flat])  # the lower median, as torch's
+    mad = np.array([np.sort(np.abs(v - m))[(len(v) - 1) // 2] for v, m in zip(flat, med)])
+    fused = ((per_r - med[:, None, None, None]) / mad[:, None, None, None]).max(axis=0)
+    np.testing.assert_allclose(result.maps, model.upsample(torch.from_numpy(fused)).numpy(), atol=1e-5)
+    paper = MuSc(config.replace(map_rule="mean"), backbone=model.backbone).score_features(features, progress=False)
+    assert not np.allclose(result.maps, paper.maps)
+    # the image score: each r's per-image maxima scaled to [0, 1]; the largest per image
+    per_r = per_r.reshape(len(config.r_values), 8, -1)
     scaled = [(m - m.min()) / (m.max() - m.min()) for m in per_r.max(axis=2)]
     np.testing.assert_allclose(result.raw_scores, np.max(scaled, axis=0), atol=1e-6)
     np.testing.assert_allclose(result.scores, rscin(np.max(scaled, axis=0), result.embeddings, (1, 2, 3)), atol=1e-6)

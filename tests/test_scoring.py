@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musc.scoring import (distances_to_references, half_inputs, interval_count, interval_mean, mutual_scores,
-                          nearest_patch_distances)
+from musc.scoring import (MAP_RULES, distances_to_references, get_map_rule, half_inputs, interval_count,
+                          interval_mean, mutual_scores, nearest_patch_distances, robust_z_max, view_mean)
 
 
 def naive_scores(z: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -156,3 +156,27 @@ def test_default_memory_budget_follows_available_memory(monkeypatch):
     assert scoring.default_memory_budget(torch.device("cpu")) == 2**30
     monkeypatch.setattr(scoring, "_available_memory", lambda: None)
     assert 0 < scoring.default_memory_budget(torch.device("cpu")) <= 0.4 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_z_max_standardises_each_view_over_the_batch_then_keeps_the_largest():
+    # view 0: patch values 1, 2, 3, 10 (median 2.5, MAD 0.5); view 1: 0, 0, 0, 4 (median 0, MAD 0 -> scale 1)
+    grids = torch.tensor([[1.0, 2.0, 3.0, 10.0], [0.0, 0.0, 0.0, 4.0]]).view(2, 2, 1, 2)  # (V, N, h, w)
+    out = robust_z_max(grids)
+    # torch's median of an even count is the lower one: 2 for view 0; its absolute deviations 1, 0, 1, 8 -> MAD 1
+    z0 = (torch.tensor([1.0, 2.0, 3.0, 10.0]) - 2.0) / (torch.tensor([1.0, 0.0, 1.0, 8.0]).median())
+    expected = torch.maximum(z0, torch.tensor([0.0, 0.0, 0.0, 4.0])).view(2, 1, 2)
+    assert out.shape == (2, 1, 2) and torch.allclose(out, expected)
+    assert torch.equal(view_mean(grids), grids.mean(dim=0))
+    constant = robust_z_max(torch.full((3, 4, 2, 2), 0.7))
+    assert torch.equal(constant, torch.zeros(4, 2, 2))  # no spread: every view contributes 0
+
+
+def test_z_max_statistics_span_every_tile_position():
+    gen = torch.Generator().manual_seed(0)
+    tiles = torch.rand((3, 2, 4, 5, 5), generator=gen)  # (P, V, N, h, w)
+    joined = tiles.permute(1, 2, 0, 3, 4).reshape(2, 4, 15, 5)  # the positions side by side in one grid per image
+    expected = robust_z_max(joined).view(4, 3, 5, 5).permute(1, 0, 2, 3)
+    assert torch.allclose(robust_z_max(tiles), expected)
+    assert set(MAP_RULES) == {"mean", "z-max"} and get_map_rule("z-max") is robust_z_max
+    with pytest.raises(ValueError, match="unknown map rule"):
+        get_map_rule("median")

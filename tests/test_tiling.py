@@ -61,11 +61,12 @@ def test_auto_tiles_take_whole_images_when_near_square_or_with_a_bank():
         MuScConfig(**TINY, tile_scale="big").validate()
 
 
-@pytest.mark.parametrize("matching", ["aligned", "all"])
-def test_one_tile_equals_the_whole_image(matching):
+@pytest.mark.parametrize("matching,map_rule", [("aligned", "mean"), ("all", "mean"), ("aligned", "z-max")])
+def test_one_tile_equals_the_whole_image(matching, map_rule):
     images = [Image.fromarray(textured(i, 56)) for i in range(5)]
-    whole = MuSc(MuScConfig(**TINY))
-    tiled = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_matching=matching), backbone=whole.backbone)
+    whole = MuSc(MuScConfig(**TINY, map_rule=map_rule))
+    tiled = MuSc(MuScConfig(**TINY, map_rule=map_rule, tile_scale=1.0, tile_matching=matching),
+                 backbone=whole.backbone)
     a, b = whole.score(images, progress=False), tiled.score(images, progress=False)
     assert np.allclose(a.maps, b.maps, atol=1e-6) and np.allclose(a.scores, b.scores, atol=1e-6)
 

@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import DEFAULT_METHOD, ENGINES, IMAGE_SCORES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
+from .config import DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
 from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 
@@ -68,6 +68,9 @@ def score_options(func: Callable) -> Callable:
                      help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); musc-scales = the "
                           "paper's stages, each image scored by its strongest scale; muscv2 = MuSc-V2's stages "
                           "(SNAMD, RsCon with windows 1,7). See README: How it works."),
+        click.option("--map-rule", type=click.Choice(list(MAP_RULES)), default=None,
+                     help="How the per-r patch scores become one map: mean (the paper) or z-max (each r standardised "
+                          "by the batch's median and MAD, the largest per patch). Default: the method's."),
         click.option("--image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
                      help="An image's score before re-scoring: max = its map's maximum (the paper), scale-max = "
                           "its strongest per-r map maximum, each r's scaled over the batch. Default: the method's."),
@@ -138,15 +141,18 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         subsets: int, seed: int, device: str, half: bool, batch_size: int, weights: str | None,
                         random_weights: bool, memory_budget_mb: int | None, score_dtype: str = _DEFAULTS.score_dtype,
                         projection_dim: int | None = None, engine: str = _DEFAULTS.engine,
-                        ray_address: str | None = None, method: str = DEFAULT_METHOD, image_score: str | None = None,
+                        ray_address: str | None = None, method: str = DEFAULT_METHOD, map_rule: str | None = None,
+                        image_score: str | None = None,
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
                         tile_matching: str = _DEFAULTS.tile_matching) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
-    The image score and tile settings left out (None) come from the method preset, then the defaults; --tiles off
-    turns tiles off."""
+    The map rule, image score and tile settings left out (None) come from the method preset, then the defaults;
+    --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
     overrides: dict[str, Any] = {"tile_matching": tile_matching}  # preset fields the options replace
+    if map_rule is not None:
+        overrides["map_rule"] = map_rule
     if image_score is not None:
         overrides["image_score"] = image_score
     if tile_scale is not None:
@@ -178,8 +184,8 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     """The run's configuration from the shared options."""
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
-             "projection_dim", "engine", "ray_address", "method", "image_score", "tile_scale", "tile_overlap",
-             "tile_matching")
+             "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
+             "tile_overlap", "tile_matching")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

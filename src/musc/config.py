@@ -22,15 +22,15 @@ TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
     "musc": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscin",
              "rscin_windows": (1, 2, 3)},
-    "musc-scales": {"aggregation": "lnamd", "map_rule": "z-max", "image_score": "scale-max", "rescoring": "rscin",
+    "musc-scales": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
                     "rscin_windows": (1, 2, 3)},
     "muscv2": {"aggregation": "snamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscon",
                "rscin_windows": (1, 7)},
     "muscv2-tiles": {"aggregation": "snamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscon",
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
 }
-"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages with each patch
-and image judged at its strongest scale (map_rule 'z-max', image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
+"""Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
+image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
 stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
 (tile_scale 'auto', 10 % overlap). They set stages and tiling only: backbone, size and blocks stay the user's."""
 
