@@ -14,8 +14,8 @@ second table gives every method's AUROC-cls minus `musc`'s on the same images wi
 Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] [--datasets mtd-200,ksdd,...]
        [--no-write]   (a method may carry options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
-       +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8; +zmax = --map-rule z-max;
-       --methods '' rewrites both tables from the kept runs)
+       +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
+       +zmax = --map-rule z-max; --methods '' rewrites both tables from the kept runs)
 """
 
 from __future__ import annotations
@@ -186,10 +186,10 @@ def main() -> None:
              "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
-             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`. mtd-TYPE: 80 normal MTD images and 20 of one "
-             "defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second draw (80 other normal "
-             "images, 20 other defective ones, 17 for crack), run after the default was chosen. Times vary by about "
-             "15 % between runs on this shared machine.", "",
+             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`. mtd-TYPE: 80 normal "
+             "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
+             "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
+             "chosen. Times vary by about 15 % between runs on this shared machine.", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)

@@ -88,9 +88,9 @@ def main() -> None:
     from musc.decision import MAP_METHODS, decide
 
     methods = [tuple((m + "/image").split("/")[:2]) for m in args.methods.split(",")]
-    suffix = ("" if args.method == "musc" else f" --method {args.method}") + (
-        f" --map-rule {args.map_rule}" if args.map_rule else "")
-    variant = args.method + (f" --map-rule {args.map_rule}" if args.map_rule else "")
+    rule = f" --map-rule {args.map_rule}" if args.map_rule else ""
+    suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule
+    variant = args.method + rule
     lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({variant} maps)", "",
              f"`python benchmarks/bench_decision.py --size {args.size}{suffix}` — dinov2_vits14 at {args.size}; F1 in %, "
              "and as a share of F1-max (the oracle threshold that needs labels; no automatic method sees labels). "

@@ -1,11 +1,12 @@
 """Stage 3: image scores from the maps, refined by smoothing them over each image's nearest images.
 
 An image's score before refinement is picked by name (`MuScConfig.image_score`, registry `IMAGE_SCORES`):
-- `max` (MuSc): the maximum of its anomaly map (the mean over every (block, view) of stage 1).
+- `max` (MuSc): the maximum of its anomaly map.
 - `scale-max` (this project): the strongest of its per-view maxima. Each view (LNAMD: each r) has its own map
   (mean over blocks); each view's per-image maxima are scaled to [0, 1] over the batch and the image takes the
   largest. A small defect stands out at r = 1 and a wide one at r = 5, and the mean over r dilutes either; the
-  maps themselves stay the mean. With one view, or fewer than 2 images, it ranks as `max` does.
+  maps themselves are left to `MuScConfig.map_rule`. With one view, or fewer than 2 images, it ranks as `max` does
+  on the mean map.
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
