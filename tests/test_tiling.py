@@ -233,6 +233,29 @@ def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
     assert not any("tiles of" in r.getMessage() for r in caplog.records if r.levelno >= 30)
 
 
+def test_whole_image_runs_on_elongated_images_point_to_tiles(tmp_path):
+    import json
+
+    from musc.tiling import elongated_note
+
+    from test_cli import TINY as CLI_TINY, run
+
+    assert elongated_note([(500, 1260), (500, 1250)]).startswith("the images are elongated (median 500 x 1255 px)")
+    assert elongated_note([(320, 240), (300, 250)]) is None and elongated_note([]) is None
+    folder = tmp_path / "tall"
+    folder.mkdir()
+    for k in range(4):
+        Image.fromarray(np.vstack([textured(30 + 2 * k, 56), textured(31 + 2 * k, 56)])).save(folder / f"t{k}.png")
+    loud = [option for option in CLI_TINY if option != "-q"]
+    for options, expected in (((), 1), (("--tiles", "auto"), 0)):
+        out = tmp_path / f"out{len(options)}"
+        res = run("score", folder, "--out", out, *loud, "--no-images", *options)
+        assert res.exit_code == 0, res.output
+        assert res.output.count("Note: the images are elongated (median 56 x 112 px)") == expected
+        notes = json.loads((out / "config.json").read_text())["notes"]
+        assert sum("--tiles auto cuts them" in n for n in notes) == expected
+
+
 def test_cli_tiles_with_references_and_a_bank(image_folder, tmp_path):
     from test_cli import TINY as CLI_TINY, run
 

@@ -347,6 +347,12 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise InputError("no readable images to score")
     with ResultFolder(out) as folder:
         result = model.score(paths, progress=progress, references=references)
+        if config.tile_scale is None:
+            from .tiling import elongated_note
+
+            note = elongated_note(result.original_sizes)
+            if note:
+                result.notes.append(note)
         for note in result.notes:  # in config.json and the summary; in the log with -v
             log.info(note)
         if len(paths) < 3 and decision_method in LABEL_FREE_METHODS:

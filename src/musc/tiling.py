@@ -51,6 +51,19 @@ AUTO_MIN_ASPECT = 1.5
 below it, squeezing the whole image to a square distorts little and one tile (the whole image) is used."""
 
 
+def elongated_note(sizes: Sequence[tuple[int, int]]) -> str | None:
+    """A note for whole-image runs on elongated images (median long side at least AUTO_MIN_ASPECT x the short one):
+    they were squeezed to squares, and tiles 'auto' would cut them along the long side; None otherwise."""
+    if not sizes:
+        return None
+    w, h = float(np.median([s[0] for s in sizes])), float(np.median([s[1] for s in sizes]))
+    if max(w, h) < AUTO_MIN_ASPECT * min(w, h):
+        return None
+    return (f"the images are elongated (median {w:.0f} x {h:.0f} px) and were squeezed to squares; --tiles auto "
+            "cuts them along the long side instead (on the three elongated sets measured: higher PRO, no lower "
+            "AUROC-cls, about 3 x the time; README, How it works)")
+
+
 def canvas_size(sizes: Sequence[tuple[int, int]], scale: float | str, side: int) -> tuple[int, int]:
     """(width, height) every image is resized to: the batch's median size times `scale`, at least one tile.
 
@@ -295,5 +308,5 @@ class TiledScorer:
         return result
 
 
-__all__ = ["TiledScorer", "TILE_MATCHING", "image_sizes", "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
-           "blend_window"]
+__all__ = ["elongated_note", "TiledScorer", "TILE_MATCHING", "image_sizes", "AUTO_MIN_ASPECT", "score_aligned",
+           "score_all", "tile_starts", "canvas_size", "blend", "blend_window"]
