@@ -49,6 +49,7 @@ def test_auto_tiles_take_whole_images_when_near_square_or_with_a_bank():
     auto = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=whole.backbone)
     a, b = whole.score(images, progress=False), auto.score(images, progress=False)
     assert np.allclose(a.maps, b.maps, atol=1e-6) and np.allclose(a.scores, b.scores, atol=1e-6)
+    assert b.config.tile_scale == "auto" and auto.score(images, progress=False, keep_pairs=True).pair_maps  # whole path
     tall = [Image.fromarray(np.vstack([textured(i, 56), textured(i + 50, 56)])) for i in range(4)]
     result = auto.score(tall, progress=False)
     assert result.maps.shape == (4, 112, 56) and "3 tiles" in result.notes[0]

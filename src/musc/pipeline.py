@@ -309,11 +309,14 @@ class MuSc:
         if isinstance(references, TiledFeatures) and self.config.tile_scale is None:
             raise ConfigError("these reference features are tiled (a bank built with --tiles): score with the same "
                               "--tiles")
-        if self.config.tile_scale == "auto" and isinstance(references, Features):
+        whole_for_auto = self._auto_takes_whole_images(images, references)
+        if whole_for_auto is not None:
             whole = MuSc(self.config.replace(tile_scale=None), backbone=self._backbone)
             result = whole.score(images, progress=progress, keep_pairs=keep_pairs, references=references)
             self._backbone = whole._backbone
-            result.notes.append("tiles 'auto' take whole images with a bank built without tiles")
+            result.config = self.config  # the configuration asked for: tiles 'auto', which took whole images here
+            if whole_for_auto:
+                result.notes.append(whole_for_auto)
             return result
         if self.config.engine == "ray":
             from .distributed import RayEngine
@@ -335,6 +338,18 @@ class MuSc:
         result = self.score_features(features, progress, keep_pairs, references=references)
         result.timings = {"extraction": t_extract, **result.timings}
         return self.describe_inputs(result, images, sizes)
+
+    def _auto_takes_whole_images(self, images: Sequence[ImageSource], references: object) -> str | None:
+        """With tiles 'auto': why whole images are scored instead ('' when the batch is near-square, so its plan
+        is one tile; a note when the bank was built without tiles); None when tiles are cut (or not 'auto')."""
+        if self.config.tile_scale != "auto" or isinstance(references, TiledFeatures):
+            return None
+        if isinstance(references, Features):
+            return "tiles 'auto' take whole images with a bank built without tiles"
+        from .tiling import TiledScorer, image_sizes
+
+        _, starts = TiledScorer(self).plan(image_sizes(images))
+        return "" if len(starts) == 1 else None
 
     def describe_inputs(self, result: Result, images: Sequence[ImageSource], sizes: list[tuple[int, int]]) -> Result:
         """Record on a result what it was computed from: original sizes, weights, and paths when all are paths."""
