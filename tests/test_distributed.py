@@ -98,7 +98,7 @@ def tall_images(tmp_path) -> list[str]:
     return paths
 
 
-@pytest.mark.parametrize("method", ["musc", "musc-scales", "muscv2"])
+@pytest.mark.parametrize("method", ["musc", "musc-scales", "muscv2", "musc-scales-tiles"])
 def test_ray_tiles_equal_local_tiles(cluster, tmp_path, method):
     config = MuScConfig.for_method(method, **TINY, memory_budget_mb=1, tile_scale=1.0)
     local, on_ray = both(config, tall_images(tmp_path))

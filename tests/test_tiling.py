@@ -248,13 +248,13 @@ def test_whole_image_runs_on_elongated_images_point_to_tiles(tmp_path):
     for k in range(4):
         Image.fromarray(np.vstack([textured(30 + 2 * k, 56), textured(31 + 2 * k, 56)])).save(folder / f"t{k}.png")
     loud = [option for option in CLI_TINY if option != "-q"]
-    for options, expected in (((), 1), (("--tiles", "auto"), 0)):
-        out = tmp_path / f"out{len(options)}"
+    for options, expected in (((), 1), (("--tiles", "auto"), 0), (("--method", "musc-scales-tiles"), 0)):
+        out = tmp_path / f"out{'-'.join(options)}"
         res = run("score", folder, "--out", out, *loud, "--no-images", *options)
         assert res.exit_code == 0, res.output
         assert res.output.count("Note: the images are elongated (median 56 x 112 px)") == expected
         notes = json.loads((out / "config.json").read_text())["notes"]
-        assert sum("--tiles auto cuts them" in n for n in notes) == expected
+        assert sum("musc-scales-tiles cuts them" in n for n in notes) == expected
 
 
 def test_cli_tiles_with_references_and_a_bank(image_folder, tmp_path):
@@ -333,6 +333,33 @@ def test_tiled_bank_settings_are_checked():
     rscon = MuSc(MuScConfig.for_method("muscv2-tiles", **TINY), backbone=tiled_model.backbone)
     one = rscon.score(refs[:1], references=build_bank(rscon, refs, progress=False).features, progress=False)
     assert any(n.startswith("RsCon skipped") for n in one.notes)  # the re-scoring stage in use is named
+
+
+def test_tile_subsets_keep_the_mutual_scoring_work_of_whole_images(monkeypatch):
+    import musc.tiling as tiling
+
+    assert [tiling.tile_subset_count(p, n) for p, n in ((3, 200), (3, 60), (3, 59), (1, 500))] == [3, 2, 1, 1]
+    monkeypatch.setattr(tiling, "MIN_TILE_SUBSET", 2)  # subsets of 2 images, so that tiny batches split
+    images = tall_images(70, 6)  # 3 tile positions at 56 px
+    model = MuSc(MuScConfig.for_method("musc-scales-tiles", **TINY))
+    split = model.score(images, progress=False)
+    by_hand = MuSc(MuScConfig.for_method("musc-scales-tiles", **TINY, subsets=3, tile_subsets=False),
+                   backbone=model.backbone).score(images, progress=False)
+    np.testing.assert_allclose(split.maps, by_hand.maps, atol=1e-6)
+    np.testing.assert_allclose(split.scores, by_hand.scores, atol=1e-6)
+    assert any("3 random subsets of about 2 images" in n for n in split.notes)
+    assert (split.config.tile_subsets, split.config.subsets) == (True, 1)  # the configuration asked for
+    whole = MuSc(MuScConfig.for_method("musc-scales-tiles", **TINY, tile_subsets=False), backbone=model.backbone)
+    assert not np.allclose(split.maps, whole.score(images, progress=False).maps, atol=1e-6)
+    given = MuSc(MuScConfig.for_method("musc-scales-tiles", **TINY, subsets=2), backbone=model.backbone)
+    assert not any("random subsets" in n for n in given.score(images, progress=False).notes)  # --subsets holds
+    with_refs = model.score(images[:3], references=images[3:], progress=False)
+    assert not any("random subsets" in n for n in with_refs.notes)
+    square = [Image.fromarray(textured(i, 56)) for i in range(6)]
+    scales = MuSc(MuScConfig.for_method("musc-scales", **TINY), backbone=model.backbone).score(square, progress=False)
+    on_square = model.score(square, progress=False)  # near-square: whole images, as musc-scales
+    np.testing.assert_allclose(on_square.maps, scales.maps, atol=1e-6)
+    np.testing.assert_allclose(on_square.scores, scales.scores, atol=1e-6)
 
 
 def test_scale_max_on_tiles_takes_each_rs_blended_map():

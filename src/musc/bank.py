@@ -142,12 +142,15 @@ def _cpu(features: Features) -> Features:
 
 
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
-    """Extract the reference images' features once (every tile's, on the references' own plan, with tiles)."""
+    """Extract the reference images' features once (every tile's, on the references' own plan, with tiles; whole
+    images when tiles 'auto' would not cut them)."""
     if len(images) < 1:
         raise InputError("a bank needs at least one reference image")
     from .tiling import TiledScorer
 
     features: Features | TiledFeatures
+    if model.config.tile_scale == "auto" and model.whole_images_for_auto(images) is not None:
+        model = type(model)(model.config.replace(tile_scale=None), backbone=model.backbone)  # near-square: whole
     if tiles_setting(model.config) is not None:
         tiled = TiledScorer(model).features(images, progress)
         features = TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)

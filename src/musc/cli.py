@@ -14,6 +14,7 @@ from .backbones import PRESETS, get_preset
 from .config import DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
 from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
+from .tiling import MIN_TILE_SUBSET
 
 log = logging.getLogger("musc")
 _DEFAULTS = MuScConfig()
@@ -67,7 +68,8 @@ def score_options(func: Callable) -> Callable:
         click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,
                      help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); musc-scales = the "
                           "paper's stages, each image scored by its strongest scale; muscv2 = MuSc-V2's stages "
-                          "(SNAMD, RsCon with windows 1,7). See README: How it works."),
+                          "(SNAMD, RsCon with windows 1,7); muscv2-tiles and musc-scales-tiles add tiles along the "
+                          "long side of elongated images (--tiles auto). See README: How it works."),
         click.option("--map-rule", type=click.Choice(list(MAP_RULES)), default=None,
                      help="How the per-r patch scores become one map: mean (the paper) or z-max (each r standardised "
                           "by the batch's median and MAD, the largest per patch). Default: the method's."),
@@ -105,8 +107,8 @@ def score_options(func: Callable) -> Callable:
                      help="Native-resolution tiles: resize the images to the batch's median size times F "
                           "(1 = native resolution) and score overlapping --image-size tiles; for defects much "
                           "smaller than a patch of the whole image. auto: short side = --image-size, tiles along "
-                          "the long side of elongated images only. Default: the --method preset's (off for musc "
-                          "and musc-scales)."),
+                          "the long side of elongated images only. Default: the --method preset's (auto for "
+                          "musc-scales-tiles and muscv2-tiles, else off)."),
         click.option("--tile-overlap", type=float, default=None,
                      help=f"Least overlap of neighbouring tiles (fraction of the tile side). Default: the --method "
                           f"preset's, else {_DEFAULTS.tile_overlap:g}."),
@@ -114,6 +116,10 @@ def score_options(func: Callable) -> Callable:
                      show_default=True,
                      help="With --tiles: aligned = each tile against the same tile of the other images (products "
                           "in a fixture); all = against every tile of the others (products that move; slower)."),
+        click.option("--tile-subsets/--no-tile-subsets", default=None,
+                     help="With tiles: score a batch cut into P tile positions in P random subsets (each of at least "
+                          f"{MIN_TILE_SUBSET} images), so tiles cost about the mutual scoring of whole images. "
+                          "Default: the --method preset's (on for musc-scales-tiles)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -144,7 +150,7 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         ray_address: str | None = None, method: str = DEFAULT_METHOD, map_rule: str | None = None,
                         image_score: str | None = None,
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
-                        tile_matching: str = _DEFAULTS.tile_matching) -> MuScConfig:
+                        tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
     The map rule, image score and tile settings left out (None) come from the method preset, then the defaults;
@@ -159,6 +165,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         overrides["tile_scale"] = None if tile_scale == "off" else tile_scale
     if tile_overlap is not None:
         overrides["tile_overlap"] = tile_overlap
+    if tile_subsets is not None:
+        overrides["tile_subsets"] = tile_subsets
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
@@ -185,7 +193,7 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
-             "tile_overlap", "tile_matching")
+             "tile_overlap", "tile_matching", "tile_subsets")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

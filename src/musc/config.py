@@ -28,11 +28,15 @@ METHODS: dict[str, dict[str, Any]] = {
                "rscin_windows": (1, 7)},
     "muscv2-tiles": {"aggregation": "snamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscon",
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
+    "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
+                          "rscin_windows": (1, 2, 3), "tile_scale": "auto", "tile_overlap": 0.1, "tile_subsets": True},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
 stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
-(tile_scale 'auto', 10 % overlap). They set stages and tiling only: backbone, size and blocks stay the user's."""
+(tile_scale 'auto', 10 % overlap); `musc-scales-tiles` adds the same tiles to `musc-scales`, each tile position
+scored in as many random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring
+work of whole images. They set stages and tiling only: backbone, size and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
@@ -99,6 +103,9 @@ class MuScConfig:
     tile_matching: str = "aligned"
     """With tiles: 'aligned' (tile p of an image is scored against tile p of the others: products in a fixture) or
     'all' (against every tile of the others: products that move; scoring time x the number of tiles)."""
+    tile_subsets: bool = False
+    """With tiles and no --subsets: a batch cut into P tile positions is scored in P random label-free subsets (each
+    of at least MIN_TILE_SUBSET images, musc.tiling), so P positions cost about the mutual scoring of whole images."""
     engine: str = "local"
     """Where the work runs: 'local' (this process) or 'ray' (tasks on a Ray cluster; same results)."""
     ray_address: str | None = None

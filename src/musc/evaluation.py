@@ -179,6 +179,9 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
         category = reader.load(root, name)
         notes = category.check()
         features = sizes = None
+        paths = [s.path for s in category.samples]
+        tiled = model.config.tile_scale is not None and model.whole_images_for_auto(paths) is None
+        config = model.config if tiled else model.config.replace(tile_scale=None)  # tiles 'auto', near-square: whole
         for seed in seeds:
             for mode in runs:
                 run_dir = out / name / f"{shots}shot-{mode.replace('+', 'plus')}-seed{seed}"
@@ -186,9 +189,8 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
                     report = CategoryReport.from_dict(json.loads((run_dir / METRICS_FILE).read_text()))
                 else:
                     refs = draw_references(category, shots, seed)
-                    scorer = MuSc(model.config.replace(mode=mode), backbone=model.backbone)
-                    paths = [s.path for s in category.samples]
-                    if model.config.tile_scale is not None:  # test and reference images cut on one plan per run
+                    scorer = MuSc(config.replace(mode=mode), backbone=model.backbone)
+                    if tiled:  # test and reference images cut on one plan per run
                         result = scorer.score(paths, progress, references=refs)
                     else:
                         if features is None:

@@ -46,6 +46,17 @@ def tile_starts(length: int, side: int, overlap: float) -> list[int]:
     return [round(k * (length - side) / (count - 1)) for k in range(count)]
 
 
+MIN_TILE_SUBSET = 30
+"""config.tile_subsets splits a tiled batch only into subsets of at least this many images (smaller batches are cheap
+to score whole; the batches measured in BENCHMARKS.md were split into subsets of 33 to 67 images)."""
+
+
+def tile_subset_count(positions: int, images: int) -> int:
+    """How many random subsets config.tile_subsets scores a batch of `images` cut into `positions` tile positions in:
+    one per position, each of at least MIN_TILE_SUBSET images; 1 = no split."""
+    return max(1, min(positions, images // MIN_TILE_SUBSET))
+
+
 AUTO_MIN_ASPECT = 1.5
 """tile_scale 'auto' cuts tiles only when the batch's median long side is at least this many times its short side;
 below it, squeezing the whole image to a square distorts little and one tile (the whole image) is used."""
@@ -53,15 +64,15 @@ below it, squeezing the whole image to a square distorts little and one tile (th
 
 def elongated_note(sizes: Sequence[tuple[int, int]]) -> str | None:
     """A note for whole-image runs on elongated images (median long side at least AUTO_MIN_ASPECT x the short one):
-    they were squeezed to squares, and tiles 'auto' would cut them along the long side; None otherwise."""
+    they were squeezed to squares, and tiles would cut them along the long side; None otherwise."""
     if not sizes:
         return None
     w, h = float(np.median([s[0] for s in sizes])), float(np.median([s[1] for s in sizes]))
     if max(w, h) < AUTO_MIN_ASPECT * min(w, h):
         return None
-    return (f"the images are elongated (median {w:.0f} x {h:.0f} px) and were squeezed to squares; --tiles auto "
-            "cuts them along the long side instead (on the three elongated sets measured: higher PRO, no lower "
-            "AUROC-cls, about 3 x the time; README, How it works)")
+    return (f"the images are elongated (median {w:.0f} x {h:.0f} px) and were squeezed to squares; --method "
+            "musc-scales-tiles cuts them into tiles along the long side instead (higher PRO on the three elongated "
+            "sets measured, about 1.5 x the time; README, How it works)")
 
 
 def canvas_size(sizes: Sequence[tuple[int, int]], scale: float | str, side: int) -> tuple[int, int]:
@@ -308,5 +319,5 @@ class TiledScorer:
         return result
 
 
-__all__ = ["elongated_note", "TiledScorer", "TILE_MATCHING", "image_sizes", "AUTO_MIN_ASPECT", "score_aligned",
-           "score_all", "tile_starts", "canvas_size", "blend", "blend_window"]
+__all__ = ["elongated_note", "tile_subset_count", "MIN_TILE_SUBSET", "TiledScorer", "TILE_MATCHING", "image_sizes",
+           "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend", "blend_window"]
