@@ -149,8 +149,9 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     from .tiling import TiledScorer
 
     features: Features | TiledFeatures
-    if model.config.tile_scale == "auto" and model.whole_images_for_auto(images) is not None:
-        model = type(model)(model.config.replace(tile_scale=None), backbone=model.backbone)  # near-square: whole
+    resolved, _ = model.config_for(images)
+    if resolved.tile_scale is None and model.config.tile_scale is not None:  # tiles 'auto', near-square: whole
+        model = type(model)(resolved, backbone=model.backbone)
     if tiles_setting(model.config) is not None:
         tiled = TiledScorer(model).features(images, progress)
         features = TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)

@@ -180,8 +180,8 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
         notes = category.check()
         features = sizes = None
         paths = [s.path for s in category.samples]
-        tiled = model.config.tile_scale is not None and model.whole_images_for_auto(paths) is None
-        config = model.config if tiled else model.config.replace(tile_scale=None)  # tiles 'auto', near-square: whole
+        tiled = model.config_for(paths)[0].tile_scale is not None  # tiles 'auto' on near-square images: whole
+        config = model.config if tiled else model.config.replace(tile_scale=None)
         for seed in seeds:
             for mode in runs:
                 run_dir = out / name / f"{shots}shot-{mode.replace('+', 'plus')}-seed{seed}"

@@ -309,24 +309,14 @@ class MuSc:
         if isinstance(references, TiledFeatures) and self.config.tile_scale is None:
             raise ConfigError("these reference features are tiled (a bank built with --tiles): score with the same "
                               "--tiles")
-        whole_for_auto = self.whole_images_for_auto(images, references)
-        if whole_for_auto is not None:
-            whole = MuSc(self.config.replace(tile_scale=None), backbone=self._backbone)
-            result = whole.score(images, progress=progress, keep_pairs=keep_pairs, references=references)
-            self._backbone = whole._backbone
-            result.config = self.config  # the configuration asked for: tiles 'auto', which took whole images here
-            if whole_for_auto:
-                result.notes.append(whole_for_auto)
-            return result
-        subsets = self._tile_subsets(images, references)
-        if subsets > 1:
-            split = MuSc(self.config.replace(subsets=subsets, tile_subsets=False), backbone=self._backbone)
-            result = split.score(images, progress=progress, keep_pairs=keep_pairs, references=references)
-            self._backbone = split._backbone
-            result.config = self.config
-            result.notes.append(f"each tile position scored in {subsets} random subsets of about "
-                                f"{len(images) // subsets} images (tile_subsets: about the mutual-scoring work of "
-                                "whole images)")
+        config, note = self.config_for(images, references)
+        if config != self.config:
+            model = MuSc(config, backbone=self._backbone)
+            result = model.score(images, progress=progress, keep_pairs=keep_pairs, references=references)
+            self._backbone = model._backbone
+            result.config = self.config  # the configuration asked for; the note says what it meant for this batch
+            if note:
+                result.notes.append(note)
             return result
         if self.config.engine == "ray":
             from .distributed import RayEngine
@@ -349,29 +339,28 @@ class MuSc:
         result.timings = {"extraction": t_extract, **result.timings}
         return self.describe_inputs(result, images, sizes)
 
-    def whole_images_for_auto(self, images: Sequence[ImageSource], references: object = None) -> str | None:
-        """With tiles 'auto': why whole images are scored instead ('' when the batch is near-square, so its plan
-        is one tile; a note when elongated images meet a bank built without tiles); None when tiles are cut (or
-        not 'auto')."""
-        if self.config.tile_scale != "auto" or isinstance(references, TiledFeatures):
-            return None
-        from .tiling import TiledScorer, image_sizes
-
-        _, starts = TiledScorer(self).plan(image_sizes(images))
-        if isinstance(references, Features):
-            return "" if len(starts) == 1 else "tiles 'auto' take whole images with a bank built without tiles"
-        return "" if len(starts) == 1 else None
-
-    def _tile_subsets(self, images: Sequence[ImageSource], references: object) -> int:
-        """config.tile_subsets: how many random subsets a zero-shot tiled batch is scored in (1 = no split; --subsets
-        given, reference images or a bank, or a batch too small keep it whole)."""
+    def config_for(self, images: Sequence[ImageSource], references: object = None) -> tuple[MuScConfig, str]:
+        """The configuration that scores this batch, and a note when that needs saying. Tiles 'auto' take whole
+        images when the batch's plan is one tile, or when a bank built without tiles meets elongated images (with
+        a note); config.tile_subsets splits a zero-shot tiled batch into `tile_subset_count` subsets (with a note).
+        A tiled bank keeps its own plan, so it is scored as configured."""
         c = self.config
-        if not c.tile_subsets or c.tile_scale is None or c.subsets > 1 or references is not None:
-            return 1
+        auto = c.tile_scale == "auto"
+        split = c.tile_subsets and c.subsets == 1 and references is None
+        if c.tile_scale is None or isinstance(references, TiledFeatures) or not (auto or split):
+            return c, ""
         from .tiling import TiledScorer, image_sizes, tile_subset_count
 
         _, starts = TiledScorer(self).plan(image_sizes(images))
-        return tile_subset_count(len(starts), len(images))
+        if auto and (len(starts) == 1 or isinstance(references, Features)):
+            note = "" if len(starts) == 1 else "tiles 'auto' take whole images with a bank built without tiles"
+            return c.replace(tile_scale=None), note
+        subsets = tile_subset_count(len(starts), len(images)) if split else 1
+        if subsets == 1:
+            return c, ""
+        return c.replace(subsets=subsets, tile_subsets=False), (
+            f"each tile position scored in {subsets} random subsets of about {len(images) // subsets} images "
+            "(tile_subsets: about the mutual-scoring work of whole images)")
 
     def describe_inputs(self, result: Result, images: Sequence[ImageSource], sizes: list[tuple[int, int]]) -> Result:
         """Record on a result what it was computed from: original sizes, weights, and paths when all are paths."""

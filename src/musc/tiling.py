@@ -62,13 +62,23 @@ AUTO_MIN_ASPECT = 1.5
 below it, squeezing the whole image to a square distorts little and one tile (the whole image) is used."""
 
 
+def median_size(sizes: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """The batch's median (width, height): what its canvas and the 'auto' rules are based on."""
+    return float(np.median([s[0] for s in sizes])), float(np.median([s[1] for s in sizes]))
+
+
+def near_square(width: float, height: float) -> bool:
+    """Long side below AUTO_MIN_ASPECT x the short one: tiles 'auto' take such images whole."""
+    return max(width, height) < AUTO_MIN_ASPECT * min(width, height)
+
+
 def elongated_note(sizes: Sequence[tuple[int, int]]) -> str | None:
     """A note for whole-image runs on elongated images (median long side at least AUTO_MIN_ASPECT x the short one):
     they were squeezed to squares, and tiles would cut them along the long side; None otherwise."""
     if not sizes:
         return None
-    w, h = float(np.median([s[0] for s in sizes])), float(np.median([s[1] for s in sizes]))
-    if max(w, h) < AUTO_MIN_ASPECT * min(w, h):
+    w, h = median_size(sizes)
+    if near_square(w, h):
         return None
     return (f"the images are elongated (median {w:.0f} x {h:.0f} px) and were squeezed to squares; --method "
             "musc-scales-tiles cuts them into tiles along the long side instead (higher PRO on the three elongated "
@@ -80,10 +90,9 @@ def canvas_size(sizes: Sequence[tuple[int, int]], scale: float | str, side: int)
 
     `scale` 'auto': the median size's short side becomes `side` (aspect kept), or one `side` square tile for
     batches closer to square than AUTO_MIN_ASPECT."""
-    w = float(np.median([s[0] for s in sizes]))
-    h = float(np.median([s[1] for s in sizes]))
+    w, h = median_size(sizes)
     if scale == "auto":
-        if max(w, h) < AUTO_MIN_ASPECT * min(w, h):
+        if near_square(w, h):
             return side, side
         scale = side / min(w, h)
     return max(side, round(w * float(scale))), max(side, round(h * float(scale)))
