@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from common import KSDD_ROOT, MTD_ROOT, ROOT, mtd_subset, peak_rss_mib, publish
+from common import KSDD_ROOT, MTD_ROOT, ROOT, elongated, mtd_subset, peak_rss_mib, publish
 
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES, auroc_difference
 
@@ -46,8 +46,6 @@ ELONGATED = {"mtd-tall": "tall", "mtd-wide": "wide"}
 """Held out too: every MTD image outside mtd-200 at least ELONGATED_ASPECT times as long as wide, portrait ('tall':
 93 normal, 47 defective) or landscape ('wide': 56 normal, 42 defective). The panel's only elongated set is ksdd;
 these check what tiles do on elongated images of another product."""
-ELONGATED_ASPECT = 1.8
-
 
 def samples(name: str) -> list:
     from musc.datasets import get_reader
@@ -64,25 +62,6 @@ def samples(name: str) -> list:
     if name in HELD_OUT:
         return of_type("Free")[800:880] + of_type(kind)[HELD_OUT[name]]
     return of_type("Free")[700:780] + of_type(kind)[20:40]
-
-
-def elongated(orientation: str) -> list:
-    """MTD images outside mtd-200 whose long side is at least ELONGATED_ASPECT times the short one, in one orientation
-    ('tall' or 'wide'), by file name."""
-    from PIL import Image
-
-    from musc.datasets import get_reader
-
-    skip = {s.path for s in mtd_subset()}
-    chosen = []
-    for s in sorted(get_reader("mtd").load(MTD_ROOT).samples, key=lambda s: s.path.name):
-        if s.path in skip:
-            continue
-        with Image.open(s.path) as im:
-            w, h = im.size
-        if max(w, h) >= ELONGATED_ASPECT * min(w, h) and (h > w) == (orientation == "tall"):
-            chosen.append(s)
-    return chosen
 
 
 def one_run(variant: str, dataset: str, size: int) -> dict:

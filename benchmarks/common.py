@@ -73,6 +73,28 @@ def mtd_subset(root: Path = MTD_ROOT) -> list:
     return chosen
 
 
+ELONGATED_ASPECT = 1.8
+
+
+def elongated(orientation: str) -> list:
+    """MTD images outside mtd-200 whose long side is at least ELONGATED_ASPECT times the short one, in one orientation
+    ('tall' or 'wide'), by file name."""
+    from PIL import Image
+
+    from musc.datasets import get_reader
+
+    skip = {s.path for s in mtd_subset()}
+    chosen = []
+    for s in sorted(get_reader("mtd").load(MTD_ROOT).samples, key=lambda s: s.path.name):
+        if s.path in skip:
+            continue
+        with Image.open(s.path) as im:
+            w, h = im.size
+        if max(w, h) >= ELONGATED_ASPECT * min(w, h) and (h > w) == (orientation == "tall"):
+            chosen.append(s)
+    return chosen
+
+
 def publish(section: str, lines: list[str], write: bool = True) -> str:
     """Add the machine line, print the section, and (unless told not to) write it into BENCHMARKS.md."""
     text = "\n".join([*lines, "", f"Machine: {machine()}."])

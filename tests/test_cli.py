@@ -39,7 +39,7 @@ def test_score_writes_every_output(image_folder, tmp_path):
     assert cfg["num_images"] == 7 and "scoring" in cfg["timings_s"]
     default = cfg["config"]  # the default preset
     assert (default["aggregation"], default["map_rule"], default["image_score"]) == ("lnamd", "mean", "scale-max")
-    assert (default["tile_scale"], default["tile_subsets"]) == (None, False)
+    assert (default["tile_scale"], default["tile_overlap"], default["tile_subsets"]) == ("auto", 0.1, True)
     assert not list(out.rglob("*.tmp"))
 
 

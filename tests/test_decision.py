@@ -84,8 +84,8 @@ def test_pixel_masks_only_on_flagged_images(method):
 
 # fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
 
-from musc.decision import (benjamini_hochberg, decide, decide_fdr, decide_from_maps,  # noqa: E402
-                           estimate_defect_rate, estimated_f1_cut, fit_null, shorth_location)
+from musc.decision import (UPPER_MAJORITY, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
+                           decide_from_maps, estimate_defect_rate, estimated_f1_cut, fit_null, shorth_location)
 from musc.metrics import f1_max  # noqa: E402
 
 
@@ -151,6 +151,25 @@ def test_map_methods_say_when_they_cannot_decide(method):
         decide_from_maps(maps, method, fdr=1.5)
     with pytest.raises(ConfigError, match="map-based"):
         decide_from_maps(maps, "gmm")
+
+
+def maps_with_maxima(evidence, size=8):
+    """Maps (N, size, size) at 0.1 whose single peak pixel is each image's evidence."""
+    maps = np.full((len(evidence), size, size), 0.1)
+    maps[:, size // 2, size // 2] = evidence
+    return maps
+
+
+@pytest.mark.parametrize("seed", [1, 3, 10, 21])
+def test_a_right_skewed_normal_peak_split_by_a_two_group_fit_is_still_decided(seed):
+    # normal maxima: a tight peak and a long right tail (as on tiled KolektorSDD maps); 25 of 200 defective, overlapping
+    rng = np.random.default_rng(seed)
+    evidence = np.r_[rng.normal(0.32, 0.02, 80), 0.33 + np.abs(rng.normal(0, 0.08, 95)), rng.normal(0.47, 0.06, 25)]
+    w, mu, sd = fit_gmm(evidence)
+    assert 0.5 < w[1] < UPPER_MAJORITY and abs(mu[1] - mu[0]) > 2 * min(sd)  # the upper group: just over half
+    d, masks, _ = decide_from_maps(maps_with_maxima(evidence), "balanced")
+    assert not d.undecided and d.rate.estimate < 0.5
+    assert d.defective[-25:].sum() >= 15 and np.array_equal(masks.reshape(200, -1).any(axis=1), d.defective)
 
 
 def image_f1(flagged, labels):

@@ -248,13 +248,14 @@ def test_whole_image_runs_on_elongated_images_point_to_tiles(tmp_path):
     for k in range(4):
         Image.fromarray(np.vstack([textured(30 + 2 * k, 56), textured(31 + 2 * k, 56)])).save(folder / f"t{k}.png")
     loud = [option for option in CLI_TINY if option != "-q"]
-    for options, expected in (((), 1), (("--tiles", "auto"), 0), (("--method", "musc-scales-tiles"), 0)):
+    for options, expected in ((("--method", "musc-scales"), 1), (("--method", "musc-scales", "--tiles", "auto"), 0),
+                              ((), 0)):  # the default preset tiles them
         out = tmp_path / f"out{'-'.join(options)}"
         res = run("score", folder, "--out", out, *loud, "--no-images", *options)
         assert res.exit_code == 0, res.output
         assert res.output.count("Note: the images are elongated (median 56 x 112 px)") == expected
         notes = json.loads((out / "config.json").read_text())["notes"]
-        assert sum("musc-scales-tiles cuts them" in n for n in notes) == expected
+        assert sum("musc-scales-tiles, cuts them" in n for n in notes) == expected
 
 
 def test_cli_tiles_with_references_and_a_bank(image_folder, tmp_path):

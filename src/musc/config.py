@@ -38,9 +38,9 @@ stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the 
 scored in as many random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring
 work of whole images. They set stages and tiling only: backbone, size and blocks stay the user's."""
 
-DEFAULT_METHOD = "musc-scales"
+DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
-BENCHMARKS.md)."""
+BENCHMARKS.md): `musc-scales` on near-square images, tiles along the long side of elongated ones."""
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,9 @@ def elongated_note(sizes: Sequence[tuple[int, int]]) -> str | None:
     w, h = median_size(sizes)
     if near_square(w, h):
         return None
-    return (f"the images are elongated (median {w:.0f} x {h:.0f} px) and were squeezed to squares; --method "
-            "musc-scales-tiles cuts them into tiles along the long side instead (higher PRO on the three elongated "
-            "sets measured, about 1.5 x the time; README, How it works)")
+    return (f"the images are elongated (median {w:.0f} x {h:.0f} px) and were squeezed to squares; the default "
+            "preset, musc-scales-tiles, cuts them into tiles along the long side instead (higher PRO on the three "
+            "elongated sets measured, about 1.5 x the time; README, How it works)")
 
 
 def canvas_size(sizes: Sequence[tuple[int, int]], scale: float | str, side: int) -> tuple[int, int]:
