@@ -108,7 +108,7 @@ def score_options(func: Callable) -> Callable:
                           "(1 = native resolution) and score overlapping --image-size tiles; for defects much "
                           "smaller than a patch of the whole image. auto: short side = --image-size, tiles along "
                           "the long side of elongated images only. Default: the --method preset's (auto for "
-                          "musc-scales-tiles and muscv2-tiles, else off)."),
+                          "musc-scales-tiles, the default, and muscv2-tiles; else off)."),
         click.option("--tile-overlap", type=float, default=None,
                      help=f"Least overlap of neighbouring tiles (fraction of the tile side). Default: the --method "
                           f"preset's, else {_DEFAULTS.tile_overlap:g}."),
