@@ -172,6 +172,17 @@ def test_a_right_skewed_normal_peak_split_by_a_two_group_fit_is_still_decided(se
     assert d.defective[-25:].sum() >= 15 and np.array_equal(masks.reshape(200, -1).any(axis=1), d.defective)
 
 
+def test_balanced_warns_when_the_rate_interval_reaches_one_half():
+    maps, labels, _ = synthetic_maps(60, 40, seed=0, planted=0.5)  # 40 % defective: decided, but barely mostly normal
+    d, masks, _ = decide_from_maps(maps, "balanced")
+    assert not d.undecided and d.rate.estimate < 0.5 <= d.rate.high
+    assert np.array_equal(d.defective, labels)
+    assert len(d.warnings) == 1 and "may not be mostly normal" in d.warnings[0]
+    assert d.to_dict()["warnings"] == d.warnings
+    clear, _, _ = decide_from_maps(synthetic_maps(90, 10, seed=1)[0], "balanced")  # 10 %: no warning
+    assert clear.count > 0 and clear.rate.high < 0.5 and clear.warnings == []
+
+
 def image_f1(flagged, labels):
     return 2 * (flagged & labels).sum() / (flagged.sum() + labels.sum())
 

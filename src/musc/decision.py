@@ -26,7 +26,8 @@ exactly when its mask is non-empty. A per-image rule: it carries over between pr
 in shape (BENCHMARKS.md, decision sections), where a margin over the image cut-off did not. The batch's
 defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
 says otherwise (or a two-group fit puts a clear majority, `UPPER_MAJORITY`, in its upper group), or the batch is too
-small, the method says it cannot decide and flags nothing.
+small, the method says it cannot decide and flags nothing; when only the estimate's interval reaches one half, it
+decides and warns.
 
 Kept as options (thresholds on the image scores): `gmm` (two-component Gaussian mixture), `mad`
 (median + k x scaled MAD), `otsu`, `rate` (the user's expected defect rate) and `fixed` (the user's
@@ -420,7 +421,12 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     else:
         detail = f"no image passes a test at FDR {fdr:g}: nothing suggests a defect in this batch; {peak}"
     threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
-    decision = Decision(flagged, threshold, method, detail, [], p_values=p, rate=rate, on="map_max")
+    warnings = []
+    if flagged.any() and rate.high >= 0.5:
+        warnings.append(f"the estimated defect rate's interval reaches {rate.high:.0%}: the batch may not be mostly "
+                        "normal, as this decision assumes, and normal images with unusual maps may be among the "
+                        "flagged ones; look at their maps, or set --expected-defect-rate or --threshold")
+    decision = Decision(flagged, threshold, method, detail, warnings, p_values=p, rate=rate, on="map_max")
     masks, pixel = mebin_masks(maps, flagged, float(np.median(evidence)))
     return decision, masks, pixel
 
