@@ -43,9 +43,10 @@ HELD_OUT = {"mtd-blowhole-b": slice(60, 80), "mtd-break-b": slice(60, 80), "mtd-
 """Second draws of MTD categories (defect images by file-name position, normal images 801-880), checked after a
 default was chosen on DATASETS."""
 ELONGATED = {"mtd-tall": "tall", "mtd-wide": "wide"}
-"""Held out too: every MTD image outside mtd-200 at least ELONGATED_ASPECT times as long as wide, portrait ('tall':
-93 normal, 47 defective) or landscape ('wide': 56 normal, 42 defective). The panel's only elongated set is ksdd;
-these check what tiles do on elongated images of another product."""
+"""Held out too: every MTD image outside mtd-200 at least common.ELONGATED_ASPECT times as long as wide, portrait
+('tall': 93 normal, 47 defective) or landscape ('wide': 56 normal, 42 defective). The panel's only elongated set is
+ksdd; these check what tiles do on elongated images of another product."""
+
 
 def samples(name: str) -> list:
     from musc.datasets import get_reader

@@ -27,7 +27,7 @@ in shape (BENCHMARKS.md, decision sections), where a margin over the image cut-o
 defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
 says otherwise (or a two-group fit puts a clear majority, `UPPER_MAJORITY`, in its upper group), or the batch is too
 small, the method says it cannot decide and flags nothing; when only the estimate's interval reaches one half, it
-decides and warns.
+decides, and warns if it flags any image.
 
 Kept as options (thresholds on the image scores): `gmm` (two-component Gaussian mixture), `mad`
 (median + k x scaled MAD), `otsu`, `rate` (the user's expected defect rate) and `fixed` (the user's
