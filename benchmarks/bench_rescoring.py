@@ -25,13 +25,13 @@ from common import publish
 from musc import MuSc, MuScConfig
 from musc.config import DEFAULT_METHOD
 from musc.metrics import auroc, auroc_difference
+from musc.rescoring import cosine_similarity
 
 
 def defective_neighbours(embeddings: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
     """Among each defective image's k most similar other images (cosine of the embeddings), the share that is
     defective, averaged over the defective images."""
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
+    similarity = cosine_similarity(embeddings)
     np.fill_diagonal(similarity, -np.inf)
     nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     return float(labels[nearest[labels]].mean())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from musc.rescoring import IMAGE_SCORES, get_image_score, knn_smoothing, minmax, rscin, scale_max
+from musc.rescoring import IMAGE_SCORES, cosine_similarity, get_image_score, knn_smoothing, minmax, rscin, scale_max
 
 
 def test_hand_worked_example():
@@ -30,6 +30,16 @@ def test_constant_scores_and_large_window():
     assert np.all(rscin(np.ones(4), e, (1, 2, 3)) == 0)
     out = rscin(np.array([0.0, 1, 2, 3]), e, (10,))
     assert out.shape == (4,) and np.all(np.isfinite(out))
+
+
+def test_cosine_similarity_ignores_length_and_keeps_a_zero_row_finite():
+    emb = np.array([[3.0, 4.0], [0.6, 0.8], [4.0, -3.0], [0.0, 0.0]])
+    s = cosine_similarity(emb)
+    np.testing.assert_allclose(s[:3, :3], [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-12)
+    np.testing.assert_array_equal(s[3], 0.0)
+    # RsCIN sees the same similarities whatever the embeddings' lengths
+    scores = np.array([1.0, 2.0, 5.0, 3.0])
+    np.testing.assert_allclose(rscin(scores, emb, (1, 2, 3)), rscin(scores, emb * [[2.0], [7.0], [0.5], [1.0]], (1, 2, 3)))
 
 
 def test_bad_shapes():

@@ -45,6 +45,13 @@ def knn_smoothing(scores: np.ndarray, similarity: np.ndarray, k: int) -> np.ndar
     return (weights / sums) @ scores
 
 
+def cosine_similarity(embeddings: np.ndarray) -> np.ndarray:
+    """(N, N) cosine similarities of the rows of `embeddings` (N, D): how alike RsCIN / RsCon find two images."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
+
+
 def rscin(scores: Sequence[float] | np.ndarray, embeddings: np.ndarray, windows: Sequence[int] = (1, 2, 3)) -> np.ndarray:
     """Refined scores (N,) from raw scores (N,) and image embeddings (N, D); no windows = min-max scaling only."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -58,8 +65,7 @@ def rscin(scores: Sequence[float] | np.ndarray, embeddings: np.ndarray, windows:
     normed = minmax(scores)
     if not windows:
         return normed
-    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
+    similarity = cosine_similarity(embeddings)
     return np.mean([knn_smoothing(normed, similarity, k) for k in windows], axis=0)
 
 
@@ -104,5 +110,5 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
     return patch_vectors[np.arange(patch_vectors.shape[0]), patch_scores.argmax(axis=1)]
 
 
-__all__ = ["rscin", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "ImageScore", "IMAGE_SCORES",
+__all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "ImageScore", "IMAGE_SCORES",
            "get_image_score"]
