@@ -219,6 +219,17 @@ def test_balanced_leaves_all_normal_batches_alone():
     assert np.mean(counts) <= 5
 
 
+def test_nothing_flagged_says_how_far_the_strongest_image_was_from_the_test():
+    for seed in range(10):  # an all-normal batch the test leaves alone
+        d = decide_from_maps(synthetic_maps(60, 0, seed)[0], "balanced")[0]
+        if d.count == 0:
+            break
+    assert d.count == 0 and not d.undecided
+    assert f"the lowest tail probability is {d.p_values.min():.2g}" in d.detail
+    assert f"among 60 images one image alone is flagged only below {0.05 / 60:.2g}" in d.detail
+    assert d.p_values.min() > 0.05 / 60
+
+
 def test_balanced_masks_match_decisions_and_contain_the_fdr_discoveries():
     maps, labels, truth = synthetic_maps(170, 30, seed=3, planted=0.45)
     decided = decide(np.zeros(len(maps)), maps)  # the default

@@ -419,7 +419,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         detail = (f"highest estimated F1 ({f1:.2f}, about {defects:.0f} defective images) once a test at FDR {fdr:g} "
                   f"finds defects; {peak}")
     else:
-        detail = f"no image passes a test at FDR {fdr:g}: nothing suggests a defect in this batch; {peak}"
+        detail = (f"no image passes a test at FDR {fdr:g}: the lowest tail probability is {p.min():.2g}, and among {n} "
+                  f"images one image alone is flagged only below {fdr / n:.2g}; {peak}")
     threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
     warnings = []
     if flagged.any() and rate.high >= 0.5:
