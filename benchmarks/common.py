@@ -76,9 +76,9 @@ def mtd_subset(root: Path = MTD_ROOT) -> list:
 ELONGATED_ASPECT = 1.8
 
 
-def elongated(orientation: str) -> list:
-    """MTD images outside mtd-200 whose long side is at least ELONGATED_ASPECT times the short one, in one orientation
-    ('tall' or 'wide'), by file name."""
+def elongated(orientation: str, low: float = ELONGATED_ASPECT, high: float = float("inf")) -> list:
+    """MTD images outside mtd-200 whose long side is between `low` (included) and `high` (excluded) times the short
+    one (default: at least ELONGATED_ASPECT), in one orientation ('tall' or 'wide'), by file name."""
     from PIL import Image
 
     from musc.datasets import get_reader
@@ -90,7 +90,7 @@ def elongated(orientation: str) -> list:
             continue
         with Image.open(s.path) as im:
             w, h = im.size
-        if max(w, h) >= ELONGATED_ASPECT * min(w, h) and (h > w) == (orientation == "tall"):
+        if low * min(w, h) <= max(w, h) < high * min(w, h) and (h > w) == (orientation == "tall"):
             chosen.append(s)
     return chosen
 
