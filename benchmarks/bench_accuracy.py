@@ -32,7 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common import ELONGATED_ASPECT, KSDD_ROOT, MTD_ROOT, ROOT, elongated, mtd_subset, peak_rss_mib, publish
+from common import (ELONGATED_ASPECT, KSDD_ROOT, MID_ASPECT, MTD_ROOT, ROOT, elongated, mtd_subset, peak_rss_mib,
+                    publish)
 
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES, auroc_difference
 
@@ -43,9 +44,6 @@ HELD_OUT = {"mtd-blowhole-b": slice(60, 80), "mtd-break-b": slice(60, 80), "mtd-
             "mtd-crack-b": slice(40, 57)}
 """Second draws of MTD categories (defect images by file-name position, normal images 801-880), checked after a
 default was chosen on DATASETS."""
-MID_ASPECT = 1.5
-"""Where `--tiles auto` started to tile until the mid sets showed that two tiles lose against whole images
-(musc.tiling.AUTO_MIN_ASPECT is 2.0 since)."""
 ELONGATED = {"mtd-tall": ("tall", ELONGATED_ASPECT), "mtd-wide": ("wide", ELONGATED_ASPECT),
              "mtd-mid-tall": ("tall", MID_ASPECT, ELONGATED_ASPECT),
              "mtd-mid-wide": ("wide", MID_ASPECT, ELONGATED_ASPECT)}

@@ -74,6 +74,9 @@ def mtd_subset(root: Path = MTD_ROOT) -> list:
 
 
 ELONGATED_ASPECT = 1.8
+MID_ASPECT = 1.5
+"""The mid sets lie from here up to ELONGATED_ASPECT: where `--tiles auto` started to tile until they showed that two
+tiles lose against whole images (musc.tiling.AUTO_MIN_ASPECT is 2.0 since)."""
 
 
 def elongated(orientation: str, low: float = ELONGATED_ASPECT, high: float = float("inf")) -> list:

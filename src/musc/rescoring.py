@@ -110,5 +110,5 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
     return patch_vectors[np.arange(patch_vectors.shape[0]), patch_scores.argmax(axis=1)]
 
 
-__all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "ImageScore", "IMAGE_SCORES",
-           "get_image_score"]
+__all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "ImageScore",
+           "IMAGE_SCORES", "get_image_score"]

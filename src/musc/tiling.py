@@ -59,7 +59,7 @@ def tile_subset_count(positions: int, images: int) -> int:
 
 AUTO_MIN_ASPECT = 2.0
 """tile_scale 'auto' cuts tiles only when the batch's median long side is at least this many times its short side
-(with the default overlap, three tiles or more); below it the whole image, squeezed to a square, is one tile.
+(three tiles or more at any overlap above 0); below it the whole image, squeezed to a square, is one tile.
 Measured (BENCHMARKS.md, accuracy panel): batches 2.3 to 2.5 times as long as wide, cut into three tiles, keep or
 gain AUROC-cls and gain PRO; batches about 1.6 times as long, cut into two, lost 5 to 7 points of AUROC-cls
 against whole images (the threshold was 1.5 until then)."""
