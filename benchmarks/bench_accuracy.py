@@ -192,7 +192,7 @@ def main() -> None:
                         + f" | {run['seconds']:.0f} | {run['peak_mib']:.0f} |")
             print(rows[-1], flush=True)
     rows.sort(key=lambda r: r.split("|")[1])
-    lines = ["## Accuracy panel: method presets on every labelled data set at hand", "",
+    lines = [f"## Accuracy panel at {args.size}: method presets on every labelled data set at hand", "",
              f"`python benchmarks/bench_accuracy.py --size {args.size}` — dinov2_vits14 (imported weights) at "
              f"{args.size}, blocks 2, 5, 8, 11 unless a row says otherwise; metrics in % at the model's input size "
              "(with tiles: at the tile canvas size); "
@@ -214,7 +214,7 @@ def main() -> None:
              "|---|---|" + "---:|" * (len(METRIC_COLUMNS) + 2), *rows]
     publish(f"accuracy-{args.size}", lines, not args.no_write)
     publish(f"accuracy-{args.size}-versus-musc", [
-        "## Accuracy panel: AUROC-cls against `musc`, with how sure each difference is", "",
+        f"## Accuracy panel at {args.size}: AUROC-cls against `musc`, with how sure each difference is", "",
         f"`python benchmarks/bench_accuracy.py --size {args.size}` (same runs as the panel above): AUROC-cls of each "
         "method minus `musc`'s on the same images, in points, with a 90 % paired bootstrap interval (2000 resamples of "
         "the normal and the defective images separately; `musc.metrics.auroc_difference`). \"within noise\": the "
