@@ -37,7 +37,6 @@ from musc.datasets import get_reader, load_mask, resize_mask
 from musc.metrics import f1_max
 
 DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
-HELD_OUT = ("mtd-80pct", "mtd-mid-tall", "mtd-mid-wide")
 
 
 def batches() -> dict[str, list]:
