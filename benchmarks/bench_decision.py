@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ELONGATED_ASPECT, KSDD_ROOT, MID_ASPECT, MTD_ROOT, ROOT, elongated, mtd_subset, publish
+from bench_accuracy import ELONGATED, samples
+from common import KSDD_ROOT, MTD_ROOT, ROOT, mtd_subset, publish
 
 from musc import MuSc, MuScConfig
 from musc.datasets import get_reader, load_mask, resize_mask
@@ -50,10 +51,7 @@ def batches() -> dict[str, list]:
         "mtd-normal-3": by_type["Free"][500:503],
         "mtd-80pct": by_type["Free"][600:620] + [s for t in ("Blowhole", "Break", "Uneven") for s in by_type[t][40:60]]
         + by_type["Crack"][30:50],
-        "mtd-tall": elongated("tall"),
-        "mtd-wide": elongated("wide"),
-        "mtd-mid-tall": elongated("tall", MID_ASPECT, ELONGATED_ASPECT),
-        "mtd-mid-wide": elongated("wide", MID_ASPECT, ELONGATED_ASPECT),
+        **{name: samples(name) for name in ELONGATED},  # the accuracy panel's elongated and mid sets
     }
     return {k: v for k, v in out.items() if v is not None}
 

@@ -39,7 +39,8 @@ def test_cosine_similarity_ignores_length_and_keeps_a_zero_row_finite():
     np.testing.assert_array_equal(s[3], 0.0)
     # RsCIN sees the same similarities whatever the embeddings' lengths
     scores = np.array([1.0, 2.0, 5.0, 3.0])
-    np.testing.assert_allclose(rscin(scores, emb, (1, 2, 3)), rscin(scores, emb * [[2.0], [7.0], [0.5], [1.0]], (1, 2, 3)))
+    rescaled = emb * [[2.0], [7.0], [0.5], [1.0]]
+    np.testing.assert_allclose(rscin(scores, emb, (1, 2, 3)), rscin(scores, rescaled, (1, 2, 3)))
 
 
 def test_bad_shapes():

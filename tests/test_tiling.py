@@ -42,7 +42,8 @@ def test_canvas_keeps_the_aspect_ratio():
     assert canvas_size([(1262, 500)], "auto", 224) == (565, 224)
     assert canvas_size([(261, 318)], "auto", 224) == (224, 224)  # near-square: one tile, the whole image
     assert canvas_size([(194, 321)], "auto", 224) == (224, 224)  # 1.65 times as long: still whole
-    assert canvas_size([(250, 499)], "auto", 224) == (224, 224) and canvas_size([(250, 500)], "auto", 224) == (224, 448)
+    assert canvas_size([(250, 499)], "auto", 224) == (224, 224)  # just under twice as long: whole
+    assert canvas_size([(250, 500)], "auto", 224) == (224, 448)  # twice as long: tiled
 
 
 def test_auto_tiles_take_whole_images_when_near_square_or_with_a_bank():
