@@ -48,6 +48,18 @@ def make_dataset(layout: str, root: Path, n_normal: int = 5, n_anomalous: int = 
                 img, mask = _anomalous(next(seed))
                 _save(img, root / cat / "test" / "scratch" / f"{i:03d}.png")
                 _save(mask, root / cat / "ground_truth" / "scratch" / f"{i:03d}_mask.png")
+    elif layout == "mvtec_ad2":
+        for cat in ("cat_a", "cat_b"):
+            for i in range(3):
+                _save(_normal(next(seed)), root / cat / "train" / "good" / f"{i:03d}.png")
+            _save(_normal(next(seed)), root / cat / "validation" / "good" / "000.png")
+            _save(_normal(next(seed)), root / cat / "test_private" / "000.png")  # no labels: never read
+            for i in range(n_normal):
+                _save(_normal(next(seed)), root / cat / "test_public" / "good" / f"{i:03d}.png")
+            for i in range(n_anomalous):
+                img, mask = _anomalous(next(seed))
+                _save(img, root / cat / "test_public" / "bad" / f"{i:03d}.png")
+                _save(mask, root / cat / "test_public" / "ground_truth" / "bad" / f"{i:03d}_mask.png")
     elif layout == "visa":
         rows = []
         for cat in ("cat_a", "cat_b"):
@@ -138,4 +150,4 @@ def make_dataset(layout: str, root: Path, n_normal: int = 5, n_anomalous: int = 
     return root
 
 
-LAYOUTS = ("mvtec_ad", "mpdd", "visa", "btad", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder")
+LAYOUTS = ("mvtec_ad", "mpdd", "mvtec_ad2", "visa", "btad", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder")

@@ -10,6 +10,7 @@ from synthetic_data import LAYOUTS, SIZE, SQUARE, make_dataset
 
 EXPECTED = {  # layout -> (categories, normal test images, anomalous test images, train normals) of the first category
     "mvtec_ad": (["cat_a", "cat_b"], 5, 2, 3), "mpdd": (["cat_a", "cat_b"], 5, 2, 3),
+    "mvtec_ad2": (["cat_a", "cat_b"], 5, 2, 3),
     "visa": (["cat_a", "cat_b"], 5, 2, 2), "btad": (["01", "02"], 5, 2, 2), "mvtec_3d": (["cat_a"], 5, 2, 2),
     "mvtec_loco": (["cat_a"], 5, 4, 2), "mtd": (["magnetic_tile"], 5, 4, 0),
     "ksdd": (["kolektor"], 6, 2, 0), "folder": (["data"], 5, 2, 0),

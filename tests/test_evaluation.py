@@ -63,7 +63,7 @@ def test_evaluate_is_resumable(tmp_path):
     assert (out / "01" / "metrics.json").stat().st_mtime_ns != first
 
 
-@pytest.mark.parametrize("layout", ["visa", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder", "mpdd"])
+@pytest.mark.parametrize("layout", ["visa", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder", "mpdd", "mvtec_ad2"])
 def test_evaluate_every_layout(layout, tmp_path):
     root = make_dataset(layout, tmp_path / "data")
     out = tmp_path / "out"

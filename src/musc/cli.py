@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
 from .config import DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
+from .datasets.readers import READERS
 from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 from .tiling import MIN_TILE_SUBSET
@@ -411,7 +412,7 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["mvtec_ad", "visa", "btad", "mpdd", "mvtec_3d", "mvtec_loco", "mtd", "ksdd", "folder"]),
+@click.option("--dataset", type=click.Choice(list(READERS)),
               required=True, help="On-disk layout of the dataset.")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="The dataset's root folder.")
 @click.option("--category", "categories", multiple=True,

@@ -35,19 +35,24 @@ class DatasetReader:
 
 
 class TypedTestLayout(DatasetReader):
-    """Layouts with `<cat>/test/<type>/...`: one folder per defect type, `normal_type` holding the normal images.
+    """Layouts with `<cat>/<test_dir>/<type>/...`: one folder per defect type, `normal_type` holding the normal images.
 
     Subclasses say where a type's images are, where an image's mask files are, and where training normals are.
     """
 
     normal_type = "good"
+    test_dir = "test"
 
     def categories(self, root: Path) -> list[str]:
         require_dir(root, f"{self.name} root")
-        return [c for c in _subdirs(root) if (root / c / "test").is_dir()]
+        return [c for c in _subdirs(root) if (root / c / self.test_dir).is_dir()]
+
+    def types(self, base: Path) -> list[str]:
+        """The defect-type folders of a category (the normal one included)."""
+        return _subdirs(base / self.test_dir)
 
     def images(self, base: Path, dtype: str) -> list[Path]:
-        return images_in(base / "test" / dtype)
+        return images_in(base / self.test_dir / dtype)
 
     def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
         raise NotImplementedError
@@ -59,7 +64,7 @@ class TypedTestLayout(DatasetReader):
         self._check_category(root, category)
         base = root / category
         samples = []
-        for dtype in _subdirs(base / "test"):
+        for dtype in self.types(base):
             for img in self.images(base, dtype):
                 if dtype == self.normal_type:
                     samples.append(Sample(img, NORMAL, dtype))
@@ -87,6 +92,21 @@ class MVTecAD(TypedTestLayout):
 class MPDD(MVTecAD):
     name = "mpdd"
     description = "MPDD (MVTec AD layout)"
+
+
+class MVTecAD2(TypedTestLayout):
+    """The public test set: `<cat>/test_public/{good,bad}`, masks `<cat>/test_public/ground_truth/bad/<stem>_mask.png`;
+    train/good. The private test sets have no labels, so they cannot be evaluated."""
+
+    name = "mvtec_ad2"
+    description = "MVTec AD 2 (public test set)"
+    test_dir = "test_public"
+
+    def types(self, base: Path) -> list[str]:
+        return [t for t in super().types(base) if t != "ground_truth"]
+
+    def masks(self, base: Path, dtype: str, image: Path) -> tuple[Path, ...]:
+        return _mask_file(base / self.test_dir / "ground_truth" / dtype, f"{image.stem}_mask")
 
 
 class VisA(DatasetReader):
@@ -265,7 +285,7 @@ class GenericFolder(DatasetReader):
 
 
 READERS: dict[str, Callable[[], DatasetReader]] = {
-    r.name: r for r in (MVTecAD, MPDD, VisA, BTAD, MVTec3D, MVTecLOCO, MagneticTile, KolektorSDD, GenericFolder)
+    r.name: r for r in (MVTecAD, MPDD, MVTecAD2, VisA, BTAD, MVTec3D, MVTecLOCO, MagneticTile, KolektorSDD, GenericFolder)
 }
 
 
