@@ -17,7 +17,8 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        [--no-write]   (a method may carry options: muscv2+tiles0.5 = --method muscv2 --tiles 0.5;
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
        +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
-       +zmax = --map-rule z-max; +subsets3 = --subsets 3; --methods '' rewrites both tables from the kept runs)
+       +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
+       --methods '' rewrites both tables from the kept runs)
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
             settings["layers"] = tuple(int(b) for b in option[len("blocks"):].split("-"))
         elif option.startswith("subsets"):
             settings["subsets"] = int(option[len("subsets"):])
+        elif option.startswith("interval"):
+            settings["interval"] = float(option[len("interval"):])
         else:
             scale = option[len("tiles"):]
             settings["tile_scale"] = scale if scale == "auto" else float(scale)
@@ -200,8 +203,9 @@ def main() -> None:
              "`+tilesF` = `--tiles F` (images resized to the batch's median size times F, cut into overlapping "
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
-             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`; `+subsetsS` = `--subsets S`. "
-             "mtd-TYPE: 80 normal "
+             "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`; `+subsetsS` = `--subsets S`; "
+             "`+intervalF` = `--interval F` (MSM: the share of the N-1 nearest-patch distances averaged; 0.3 in "
+             "every preset, as in the paper). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
              "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "
