@@ -57,7 +57,9 @@ class Result:
     maps: np.ndarray
     """(N, S, S) float32 anomaly maps at the model's input size."""
     embeddings: np.ndarray
-    """(N, D) image embeddings."""
+    """(N, D) what re-scoring measured image similarity on: the image embeddings (class token, or CLIP's projected
+    embedding; with tiles, the mean over tile positions) for `rscin`, each image's salient patch vector
+    (with tiles: its highest-scoring tile's) for `rscon`."""
     config: MuScConfig
     paths: list[str] | None = None
     original_sizes: list[tuple[int, int]] | None = None
