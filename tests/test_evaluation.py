@@ -106,6 +106,9 @@ def test_bad_evaluate_input(tmp_path):
     assert res.exit_code != 0 and "unknown categories nope" in res.output
     res = run("evaluate", "--dataset", "mvtec_ad", "--root", tmp_path / "missing", "--out", out, *TINY)
     assert res.exit_code != 0 and "root not found" in res.output
+    (tmp_path / "empty").mkdir()
+    res = run("evaluate", "--dataset", "mvtec_ad2", "--root", tmp_path / "empty", "--out", out, *TINY)
+    assert res.exit_code != 0 and "mvtec_ad2: no category found" in res.output and not out.exists()
     (root / "cat_a" / "ground_truth" / "scratch" / "000_mask.png").unlink()
     res = run("evaluate", "--dataset", "mvtec_ad", "--root", root, "--out", out, *TINY)
     assert res.exit_code != 0 and "have no mask" in res.output and "Traceback" not in res.output

@@ -221,6 +221,9 @@ def run_few_shot(dataset: str, root: str | Path, categories: Sequence[str] | Non
 
 def _choose(reader: Any, root: Path, dataset: str, categories: Sequence[str] | None) -> list[str]:
     known = reader.categories(root)
+    if not known:
+        raise DatasetError(f"{dataset}: no category found in {root}: expected the {reader.description} layout "
+                           "(README, musc evaluate, lists each layout)")
     chosen = list(known) if not categories or list(categories) == ["all"] else list(categories)
     unknown = [c for c in chosen if c not in known]
     if unknown:
