@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -58,6 +60,32 @@ def test_find_images(tmp_path):
         (tmp_path / p).write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)] == ["b.PNG", "sub/a.jpg"]
     assert [p.name for p in find_images(tmp_path, recursive=False)] == ["b.PNG"]
+
+
+def test_find_images_says_what_it_left_out(tmp_path, caplog):
+    for p in ["a.png", "b.pgm", "c.gif", "d.GIF", "labels.txt", "README", ".hidden.gif"]:
+        (tmp_path / p).write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="musc"):
+        found = find_images(tmp_path)
+    assert [p.name for p in found] == ["a.png", "b.pgm"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 1 and "left out 2 file(s)" in warnings[0] and ".gif: 2" in warnings[0]
+    assert len(infos) == 1 and "(no extension): 1" in infos[0] and ".txt: 1" in infos[0]
+    caplog.clear()
+    only_images = tmp_path / "only"
+    only_images.mkdir()
+    (only_images / "a.png").write_bytes(b"x")
+    find_images(only_images)
+    assert not caplog.records
+
+
+def test_read_image_reads_netpbm(tmp_path):
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    Image.fromarray(gray).save(tmp_path / "g.pgm")
+    rgb = read_image(tmp_path / "g.pgm")
+    assert rgb.mode == "RGB" and rgb.size == (8, 6)
+    assert np.array_equal(np.asarray(rgb)[..., 0], gray)
 
 
 def test_output_name_is_unique_per_relative_path(tmp_path):

@@ -12,6 +12,7 @@ import ctypes
 from collections import Counter
 import io as _io
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageReadError, InputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm")
+log = logging.getLogger("musc")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -69,13 +71,31 @@ def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"not a folder: {folder}")
     pattern = "**/*" if recursive else "*"
-    files = sorted(
-        p for p in folder.glob(pattern)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    visible = [p for p in folder.glob(pattern)
+               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    files = sorted(p for p in visible if p.suffix.lower() in IMAGE_EXTENSIONS)
+    report_left_out([p for p in visible if p.suffix.lower() not in IMAGE_EXTENSIONS], folder)
     if not files:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     return files
+
+
+def report_left_out(others: Sequence[Path], folder: Path) -> None:
+    """Log the files find_images left out by extension: a warning for formats Pillow knows as images (GIF,
+    JPEG 2000, ...), which a user may expect to be scored; info for the rest (notes, label files)."""
+    if not others:
+        return
+    known = set(Image.registered_extensions())
+    counts = Counter(p.suffix.lower() or "(no extension)" for p in others)
+    images = {ext: n for ext, n in counts.items() if ext in known}
+    rest = {ext: n for ext, n in counts.items() if ext not in known}
+    if images:
+        log.warning("left out %d file(s) under %s in image formats musc does not take (%s); convert them to one of "
+                    "%s to score them", sum(images.values()), folder,
+                    ", ".join(f"{ext}: {n}" for ext, n in sorted(images.items())), " ".join(IMAGE_EXTENSIONS))
+    if rest:
+        log.info("left out %d non-image file(s) under %s (%s)", sum(rest.values()), folder,
+                 ", ".join(f"{ext}: {n}" for ext, n in sorted(rest.items())))
 
 
 def current_umask() -> int:
