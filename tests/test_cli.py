@@ -147,3 +147,15 @@ def test_help_documents_every_option():
                 "--memory-budget", "--skip-unreadable", "--no-maps", "--no-images", "--quiet"]:
         assert opt in res.output, opt
     assert "test_tiny_dino" in run("backbones").output
+
+
+def test_python_dash_m_runs_the_command(image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    version = subprocess.run([sys.executable, "-m", "musc", "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("musc, version ")
+    bad = subprocess.run([sys.executable, "-m", "musc", "score", str(tmp_path / "missing"), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "folder not found" in bad.stderr
+    assert not (tmp_path / "out").exists()
