@@ -106,3 +106,22 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path, monkeypatch):
         atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+
+
+def test_low_bit_depth_16_bit_images_are_named_once(tmp_path, caplog):
+    from musc.io import warn_once
+
+    warn_once.cache_clear()
+    twelve_bit = np.full((4, 5), 4095, np.uint16)
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        for _ in range(3):
+            out = np.asarray(to_rgb(Image.fromarray(twelve_bit)))
+    assert out.max() == 16  # 4095 / 257: the loss the warning names
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "12 of its 16 bits" in caplog.records[0].getMessage()
+    warn_once.cache_clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        to_rgb(Image.fromarray(np.full((4, 5), 60000, np.uint16)))
+    assert not caplog.records
+    warn_once.cache_clear()

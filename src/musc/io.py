@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import functools
 from collections import Counter
 import io as _io
 import json
@@ -30,6 +31,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 log = logging.getLogger("musc")
 
 
+LOW_BIT_DEPTH = ("a 16-bit image uses at most 12 of its 16 bits (its brightest pixel is below 4096): scaled from 16 to "
+                 "8 bits it keeps at most 16 grey levels. If the camera writes 10- or 12-bit data into 16-bit files, "
+                 "scale them to the full range before scoring (x16 for 12-bit, x64 for 10-bit)")
+
+
+@functools.lru_cache(maxsize=None)
+def warn_once(message: str) -> None:
+    """Log a warning the first time it arises in this process (one per batch, not one per image)."""
+    log.warning(message)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (grayscale, palette, RGBA, 16-bit, float) to 8-bit RGB."""
     if image.mode == "RGB":
@@ -38,6 +50,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         arr = np.asarray(image, dtype=np.float64)
         peak = arr.max(initial=0)
         if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+            if peak < 4096:
+                warn_once(LOW_BIT_DEPTH)
             arr = arr / 257.0
         elif image.mode == "F" and peak <= 1.0:
             arr = arr * 255.0
