@@ -182,46 +182,63 @@ class MuSc:
         to compare formulations on the same features). With `references`, config.mode picks few-shot MuSc
         (references join every subset's scorers) or MuSc+ (references alone score).
         """
-        scorer = scorer or mutual_scores
-        c = self.config
         n = features.num_images
         _, _, h, w = features.tokens[0].shape
         if references is not None and [t.shape[1:] for t in references.tokens] != [t.shape[1:] for t in features.tokens]:
             raise InputError("reference features do not match the test features (other backbone, size or blocks)")
-        parts = split_subsets(n, c.subsets, c.seed) if references is None or n >= 2 * c.subsets else [np.arange(n)]
-        budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
+        device = features.tokens[0].device
         layers = self._tap_layers(len(features.tokens))
+        ref_z = self._aggregated_references(references, layers, device) if references is not None else None
+
+        def stage1(li: int, index: torch.Tensor) -> Iterator[torch.Tensor]:
+            tok = features.tokens[li]
+            return self._aggregate(tok if len(index) == n else tok[index], layers[li])
+
+        total, pairs, timings = self.score_views(n, h * w, layers, stage1, ref_z, scorer or mutual_scores, progress,
+                                                 keep_pairs, device, "mutual scoring")
+        grids = {k: v.view(n, h, w) for k, v in pairs.items()}
+        return total.view(len(self.views()), n, h, w), grids, timings
+
+    def score_views(self, n: int, n_patches: int, layers: Sequence[int],
+                    stage1: Callable[[int, torch.Tensor], Iterator[torch.Tensor]],
+                    ref_z: Sequence[Sequence[torch.Tensor]] | None, scorer: Callable[..., torch.Tensor],
+                    progress: bool, keep_pairs: bool, device: torch.device, desc: str
+                    ) -> tuple[torch.Tensor, dict[tuple[int, int], torch.Tensor], dict[str, float]]:
+        """The MSM loop of the local engines (whole images, tiles matched anywhere): for each tapped block (`layers`:
+        their numbers), subset and stage-1 view, one mutual scoring of the subset's patch vectors
+        (`stage1(block position, image index)` yields them view by view, (n, n_patches, C)), with the references'
+        vectors `ref_z[block position][view]` when given. Returns each view's scores (V, N, L), the
+        mean over the tapped blocks, the per-(block, view) scores when `keep_pairs`, and the timings."""
+        c = self.config
+        references = ref_z is not None
+        parts = split_subsets(n, c.subsets, c.seed) if not references or n >= 2 * c.subsets else [np.arange(n)]
+        budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
         views = self.views()
-        n_pairs = len(features.tokens) * len(views)
-        matmul_dtype = score_matmul_dtype(c.score_dtype, features.tokens[0].device)
-        total = torch.zeros((len(views), n, h * w), dtype=torch.float32, device=features.tokens[0].device)
+        matmul_dtype = score_matmul_dtype(c.score_dtype, device)
+        total = torch.zeros((len(views), n, n_patches), dtype=torch.float32, device=device)
         pairs: dict[tuple[int, int], torch.Tensor] = {}
         t_agg = t_score = 0.0
-        device = features.tokens[0].device
-        with tqdm(total=n_pairs * n, desc="mutual scoring", unit="img", disable=not progress, leave=False) as bar:
-            aggregated_refs = self._aggregated_references(references, layers, device) if references is not None else None
-            for li, (layer, tok) in enumerate(zip(layers, features.tokens)):
-                ref_z = aggregated_refs[li] if aggregated_refs is not None else None
+        with tqdm(total=len(layers) * len(views) * n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for li, layer in enumerate(layers):
                 for idx in parts:
                     index = torch.as_tensor(idx, device=device)
-                    zs = self._aggregate(tok if len(parts) == 1 else tok[index], layer)
+                    zs = stage1(li, index)
                     for ri, r in enumerate(views):
                         t0 = time.perf_counter()
                         z = next(zs)
                         _sync(device)
                         t_agg += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        s = self._score_pair(z, None if ref_z is None else ref_z[ri], scorer, budget, matmul_dtype,
+                        s = self._score_pair(z, ref_z[li][ri] if references else None, scorer, budget, matmul_dtype,
                                              bar.update)
                         _sync(device)
                         t_score += time.perf_counter() - t0
                         total[ri, index] += s
                         if keep_pairs:
                             pairs.setdefault((layer, r), torch.zeros_like(total[0]))[index] = s
-                        del z  # freed before the next r is aggregated
-        total /= len(features.tokens)
-        grids = {k: v.view(n, h, w) for k, v in pairs.items()}
-        return total.view(len(views), n, h, w), grids, {"aggregation": t_agg, "scoring": t_score}
+                        del z  # freed before the next view is aggregated
+        total /= len(layers)
+        return total, pairs, {"aggregation": t_agg, "scoring": t_score}
 
     def upsample(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """(N, h, w) -> (N, S, S) bilinear with align_corners=True, as in the paper's code."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -142,37 +142,25 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
     reference images' tiles at p, joined the same way (few-shot MuSc or MuSc+, as config.mode says). Subsets,
     the memory budget, fast mode and the product precision apply as in `MuSc.patch_scores`.
     """
-    from .pipeline import score_matmul_dtype, split_subsets
-
-    c = model.config
     tokens = [features.tokens for features in positions]
     n_pos, n = len(tokens), tokens[0][0].shape[0]
     _, _, h, w = tokens[0][0].shape
     layers = model._tap_layers(len(tokens[0]))
-    views = model.views()
     device = tokens[0][0].device
-    budget = None if c.memory_budget_mb is None else c.memory_budget_mb * 2**20
-    matmul_dtype = score_matmul_dtype(c.score_dtype, device)
-    total = torch.zeros((len(views), n, n_pos * h * w), dtype=torch.float32, device=device)
-    parts = split_subsets(n, c.subsets, c.seed) if references is None or n >= 2 * c.subsets else [np.arange(n)]
     ref_z = None
     if references is not None:  # per block and view, (M, P*h*w, C): every tile of each reference image
         per_position = [model._aggregated_references(features, layers, device) for features in references]
-        ref_z = [[torch.cat([agg[li][ri] for agg in per_position], dim=1) for ri in range(len(views))]
+        ref_z = [[torch.cat([agg[li][ri] for agg in per_position], dim=1) for ri in range(len(model.views()))]
                  for li in range(len(layers))]
-    with tqdm(total=len(layers) * len(views) * n, desc="scoring all tiles", unit="img", disable=not progress,
-              leave=False) as bar:
-        for li, layer in enumerate(layers):
-            for idx in parts:
-                index = torch.as_tensor(idx, device=device)
-                per_tile = [model._aggregate(tokens[p][li][index], layer) for p in range(n_pos)]
-                for ri in range(len(views)):
-                    z = torch.cat([next(stage1) for stage1 in per_tile], dim=1)  # (n, P*h*w, C)
-                    refs = None if ref_z is None else ref_z[li][ri]
-                    total[ri, index] += model._score_pair(z, refs, mutual_scores, budget, matmul_dtype, bar.update)
-                    del z
-    total /= len(layers)
-    return total.view(len(views), n, n_pos, h, w).permute(2, 0, 1, 3, 4)
+
+    def stage1(li: int, index: torch.Tensor) -> Iterator[torch.Tensor]:
+        per_tile = [model._aggregate(tokens[p][li][index], layers[li]) for p in range(n_pos)]
+        for views in zip(*per_tile):  # one view of every tile at a time
+            yield torch.cat(views, dim=1)  # (n, P*h*w, C)
+
+    total, _, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, False, device,
+                                    "scoring all tiles")
+    return total.view(len(model.views()), n, n_pos, h, w).permute(2, 0, 1, 3, 4)
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
