@@ -54,6 +54,10 @@ def test_find_images(tmp_path):
         find_images(tmp_path / "missing")
     with pytest.raises(InputError, match="no images"):
         find_images(tmp_path)
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="not a folder"):
+        find_images(tmp_path / "file.png")
+    (tmp_path / "file.png").unlink()
     (tmp_path / "sub").mkdir()
     (tmp_path / ".hidden").mkdir()
     for p in ["b.PNG", "sub/a.jpg", ".hidden/c.png", "notes.txt"]:

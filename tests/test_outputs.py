@@ -14,7 +14,8 @@ from PIL import Image
 
 import musc.io as mio
 from musc.cli import main
-from musc.io import ResultFolder, check_output_folder, output_names
+from musc.errors import InputError
+from musc.io import ResultFolder, check_output_file, check_output_folder, output_names
 
 from conftest import planted, textured
 
@@ -180,6 +181,30 @@ def test_result_folder_commit_replaces_whole_folder(tmp_path):
         (folder / "scores.csv").write_text("rank,path,score\n1,a,0.5\n")
     assert sorted(p.name for p in out.iterdir()) == ["scores.csv"]
     assert "0.5" in (out / "scores.csv").read_text()
+
+
+def test_result_folder_keeps_files_that_arrive_during_a_run(tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(InputError, match="now holds other files: the results were not written"):
+        with ResultFolder(out) as folder:
+            (folder / "scores.csv").write_text("rank,path,score\n")
+            out.mkdir()
+            (out / "theirs.txt").write_text("keep me")  # someone else's file, written while musc ran
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"] and (out / "theirs.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]  # the staging sibling is gone
+
+
+def test_a_damaged_config_json_is_not_taken_for_an_earlier_result(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="holding other files"):
+        check_output_folder(out)
+
+
+def test_check_output_file_refuses_a_folder(tmp_path):
+    with pytest.raises(InputError, match="is a folder: give a file name"):
+        check_output_file(tmp_path)
 
 
 def test_result_folder_swap_without_exchange(tmp_path, monkeypatch):

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from musc.scoring import (MAP_RULES, distances_to_references, get_map_rule, half_inputs, interval_count,
-                          interval_mean, mutual_scores, nearest_patch_distances, robust_z_max, view_mean)
+from musc.scoring import (MAP_RULES, cross_nearest_distances, distances_to_references, get_map_rule, half_inputs,
+                          interval_count, interval_mean, mutual_scores, nearest_patch_distances, robust_z_max,
+                          view_mean)
 
 
 def naive_scores(z: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -180,3 +181,13 @@ def test_z_max_statistics_span_every_tile_position():
     assert set(MAP_RULES) == {"mean", "z-max"} and get_map_rule("z-max") is robust_z_max
     with pytest.raises(ValueError, match="unknown map rule"):
         get_map_rule("median")
+
+
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_cross_nearest_distances_are_both_directions_of_the_brute_force(block_bytes):
+    za, zb = unit(3, 6, 8, seed=1), unit(4, 6, 8, seed=2)
+    brute = torch.cdist(za.reshape(-1, 8), zb.reshape(-1, 8)).view(3, 6, 4, 6)  # (A, L, B, L)
+    ab, ba = cross_nearest_distances(za, zb, block_bytes=block_bytes)
+    assert ab.shape == (3, 6, 4) and ba.shape == (4, 6, 3)
+    assert torch.allclose(ab, brute.amin(dim=3), atol=1e-5)
+    assert torch.allclose(ba, brute.amin(dim=1).permute(1, 2, 0), atol=1e-5)
