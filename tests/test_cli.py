@@ -159,3 +159,57 @@ def test_python_dash_m_runs_the_command(image_folder, tmp_path):
                           str(tmp_path / "out")], capture_output=True, text=True)
     assert bad.returncode != 0 and "folder not found" in bad.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--r", ""], "the list is empty"),
+    (["--decision", "fixed"], "--decision fixed needs --threshold"),
+])
+def test_bad_option_combinations(image_folder, tmp_path, extra, msg):
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", image_folder, "--out", out, *TINY, *extra), out, msg)
+    assert not out.exists()
+
+
+def test_reference_and_bank_together(image_folder, tmp_path):
+    out = tmp_path / "out"
+    res = run("score", image_folder, "--out", out, *TINY, "--reference", image_folder / "good",
+              "--bank", tmp_path / "some.bank")
+    _assert_failed_cleanly(res, out, "give --reference or --bank, not both")
+
+
+def test_a_file_that_is_not_an_image(image_folder, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", image_folder / "good" / "img_0.png", notes, "--out", out, *TINY), out,
+                           "not an image file", "notes.txt")
+
+
+def test_nothing_readable_left(image_folder, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"junk")
+    out = tmp_path / "out"
+    _assert_failed_cleanly(run("score", folder, "--out", out, *TINY, "--skip-unreadable"), out,
+                           "needs at least 2 readable images", "found 0")
+    _assert_failed_cleanly(run("score", folder, "--out", out, *TINY, "--skip-unreadable", "--reference",
+                               image_folder / "good"), out, "no readable images to score")
+
+
+def test_evaluate_rejects_zero_shots(image_folder, tmp_path):
+    res = run("evaluate", "--dataset", "folder", "--root", image_folder, "--out", tmp_path / "ev", *TINY,
+              "--shots", "0")
+    assert res.exit_code != 0 and "--shots must be >= 1, got 0" in res.output
+    assert not (tmp_path / "ev").exists()
+
+
+def test_weights_list_names_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSC_CACHE_DIR", str(tmp_path / "cache"))
+    res = run("weights", "list")
+    assert res.exit_code == 0 and f"No imported weights in {tmp_path / 'cache' / 'weights'}" in res.output
+    (tmp_path / "cache" / "weights").mkdir(parents=True)
+    save_file(tiny_state_dict("test_tiny_dino"), str(tmp_path / "cache" / "weights" / "tiny.safetensors"))
+    res = run("weights", "list")
+    assert res.exit_code == 0 and "tiny" in res.output and "No imported weights" not in res.output
