@@ -126,3 +126,37 @@ def test_real_mtd_layout():
     crack = next(s for s in category.samples if s.defect_type == "Crack")
     mask = load_mask(crack, Image.open(crack.path).size)
     assert mask.any() and mask.mean() < 0.5
+
+
+def test_broken_ground_truth_is_named(tmp_path):
+    from musc.datasets import Category, Sample
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    with pytest.raises(DatasetError, match="no mask and no image size"):
+        load_mask(Sample(image, ANOMALOUS, "crack"))
+    (tmp_path / "bad_mask.png").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match="cannot read mask .*bad_mask.png"):
+        load_mask(Sample(image, ANOMALOUS, "crack", (tmp_path / "bad_mask.png",)))
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "m1.png")
+    Image.fromarray(np.full((4, 8), 255, np.uint8)).save(tmp_path / "m2.png")
+    with pytest.raises(DatasetError, match="mask parts of .* differ in size"):
+        load_mask(Sample(image, ANOMALOUS, "crack", (tmp_path / "m1.png", tmp_path / "m2.png")))
+    with pytest.raises(DatasetError, match="category 'empty' has no test images"):
+        Category("empty", []).check()
+
+
+def test_roots_a_reader_cannot_use(tmp_path):
+    (tmp_path / "visa" / "split_csv").mkdir(parents=True)
+    (tmp_path / "visa" / "split_csv" / "1cls.csv").write_text("object,split,image\ncandle,test,a.png\n")
+    with pytest.raises(DatasetError, match="visa: .*1cls.csv must have columns image, label, mask, object, split"):
+        get_reader("visa").categories(tmp_path / "visa")
+    (tmp_path / "ksdd" / "kos01").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="ksdd: no folders with Part\\*.jpg images in"):
+        get_reader("ksdd").categories(tmp_path / "ksdd")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DatasetError, match="folder: .* must contain normal/ and/or anomalous/"):
+        get_reader("folder").categories(tmp_path / "plain")
+    (tmp_path / "plain" / "normal").mkdir()
+    with pytest.raises(DatasetError, match="the only category is 'plain', not 'other'"):
+        get_reader("folder").load(tmp_path / "plain", "other")

@@ -224,3 +224,26 @@ def test_scale_max_on_a_single_image_against_references_is_its_map_maximum():
     result = MuSc(config).score(_images(1), references=_images(6)[1:], progress=False)
     np.testing.assert_allclose(result.raw_scores, result.maps.reshape(1, -1).max(axis=1), rtol=1e-6)
     assert "skipped" in result.notes[0]
+
+
+def test_api_inputs_that_cannot_be_scored():
+    model = MuSc(TINY)
+    gray = [textured(i)[..., None] for i in range(3)]  # (H, W, 1) arrays are grayscale images
+    assert model.score(gray, progress=False).maps.shape == (3, *gray[0].shape[:2])
+    with pytest.raises(InputError, match="cannot use an object of type int as an image"):
+        model.score([textured(0), 42], progress=False)
+    with pytest.raises(InputError, match="no images to score"):
+        model.score([], references=[textured(1)], progress=False)
+    with pytest.raises(ConfigError, match="subsets must be >= 1"):
+        split_subsets(10, 0, seed=0)
+
+
+def test_features_that_cannot_be_scored():
+    model = MuSc(TINY)
+    features, _ = model.extract([textured(i) for i in range(3)], progress=False)
+    one = Features([t[:1] for t in features.tokens], features.embeddings[:1])
+    with pytest.raises(InputError, match="at least 2 images .* got 1"):
+        model.score_features(one, progress=False)
+    smaller, _ = MuSc(TINY.replace(image_size=56)).extract([textured(5)], progress=False)
+    with pytest.raises(InputError, match="reference features do not match the test features"):
+        model.score_features(features, progress=False, references=smaller)

@@ -108,6 +108,15 @@ def test_bank_mismatch_and_damage_refused(tmp_path):
     (tmp_path / "x.bank").write_bytes(b"junk")
     with pytest.raises(InputError, match="cannot read bank"):
         Bank.load(tmp_path / "x.bank")
+    with pytest.raises(InputError, match="bank not found"):
+        Bank.load(tmp_path / "missing.bank")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(InputError, match="is not a musc bank \\(format 'pt'\\)"):
+        Bank.load(tmp_path / "model.safetensors")
+    with pytest.raises(InputError, match="at least one reference image"):
+        build_bank(MuSc(TINY), [], progress=False)
 
 
 def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
