@@ -257,3 +257,20 @@ def test_benjamini_hochberg_matches_its_definition():
         passing = [k for k in range(1, p.size + 1) if ranked[k - 1] <= q * k / p.size]
         cut = ranked[max(passing) - 1] if passing else -1.0
         assert np.array_equal(benjamini_hochberg(p, q), p <= cut)
+
+
+def test_api_misuse_of_the_decision_methods_is_named():
+    from musc.decision import Decision
+
+    scores = np.r_[np.random.default_rng(0).normal(0, 1, 40), [8.0, 9.0]]
+    with pytest.raises(ConfigError, match="balanced method decides from the anomaly maps: use decide"):
+        decide_images(scores, "balanced")
+    maps = np.zeros((42, 4, 4))
+    maps[:, 0, 0] = scores
+    flagged = decide_images(scores, "mad")
+    with pytest.raises(ConfigError, match="pixel method must be one of"):
+        pixel_masks(maps, scores, flagged, method="watershed")
+    fixed = decide(scores, maps, "mad", pixel_threshold=8.5)
+    assert fixed.pixel == {"method": "fixed", "threshold": 8.5}
+    assert fixed.masks.sum() == 1 and fixed.masks[41, 0, 0]
+    assert isinstance(fixed.image, Decision)
