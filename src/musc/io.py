@@ -27,18 +27,18 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageReadError, InputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm")
 log = logging.getLogger("musc")
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".pbm")
 
 LOW_BIT_DEPTH = ("a 16-bit image uses at most 12 of its 16 bits (its brightest pixel is below 4096): scaled from 16 to "
-                 "8 bits it keeps at most 16 grey levels. If the camera writes 10- or 12-bit data into 16-bit files, "
+                 "8 bits it keeps about 16 grey levels. If the camera writes 10- or 12-bit data into 16-bit files, "
                  "scale them to the full range before scoring (x16 for 12-bit, x64 for 10-bit)")
 
 
 @functools.lru_cache(maxsize=None)
 def warn_once(message: str) -> None:
-    """Log a warning the first time it arises in this process (one per batch, not one per image)."""
+    """Log a warning only the first time it arises in this process, so a batch of such images gives one line."""
     log.warning(message)
 
 
