@@ -36,6 +36,7 @@ import numpy as np
 from common import (ELONGATED_ASPECT, KSDD_ROOT, MID_ASPECT, MTD_ROOT, ROOT, elongated, mtd_subset, peak_rss_mib,
                     publish)
 
+from musc.config import METHODS
 from musc.metrics import METRIC_COLUMNS, METRIC_TITLES, auroc_difference
 
 
@@ -71,41 +72,46 @@ def samples(name: str) -> list:
     return of_type("Free")[700:780] + of_type(kind)[20:40]
 
 
+FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
+                "rscin": {"rescoring": "rscin", "rscin_windows": METHODS["musc"]["rscin_windows"]},
+                "rscon": {"rescoring": "rscon", "rscin_windows": METHODS["muscv2"]["rscin_windows"]}}
+"""Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
+VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
+                 "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
+                 "interval": ("interval", float), "tiles": ("tile_scale", lambda v: v if v == "auto" else float(v))}
+"""Variant options with a value (prefix + value, e.g. 'blocks2-5-8') -> (config field, parser of the value)."""
+
+
+def variant_settings(variant: str) -> tuple[str, dict]:
+    """'musc-scales-tiles+blocks2-5-8' -> ('musc-scales-tiles', {'layers': (2, 5, 8)}): the method preset and
+    the config fields its options set (FLAG_OPTIONS, VALUE_OPTIONS)."""
+    method, *options = variant.split("+")
+    settings: dict = {}
+    for option in options:
+        prefix = next((p for p in VALUE_OPTIONS if option.startswith(p)), None)
+        if option in FLAG_OPTIONS:
+            settings.update(FLAG_OPTIONS[option])
+        elif prefix is not None:
+            field, parse = VALUE_OPTIONS[prefix]
+            settings[field] = parse(option[len(prefix):])
+        else:
+            raise SystemExit(f"unknown option {option!r} in variant {variant!r}; known: "
+                             f"{', '.join([*FLAG_OPTIONS, *(p + 'VALUE' for p in VALUE_OPTIONS)])}")
+    return method, settings
+
+
 def one_run(variant: str, dataset: str, size: int) -> dict:
     """Score one data set with one variant (in this process): its metrics, time and peak memory.
 
     A variant is a method preset, optionally with options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
     'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all),
-    'musc+blocks5-8-11' (--layers 5,8,11)."""
+    'musc+blocks5-8-11' (--layers 5,8,11); every option in FLAG_OPTIONS and VALUE_OPTIONS."""
     from musc import MuSc, MuScConfig
-    from musc.config import METHODS
     from musc.datasets import Category
     from musc.evaluation import metrics_for
 
     chosen = samples(dataset)
-    method, *options = variant.split("+")
-    settings: dict = {}  # config fields the variant's options set
-    for option in options:
-        if option == "all":
-            settings["tile_matching"] = "all"
-        elif option.startswith("agg"):
-            settings["aggregation"] = option[len("agg"):].replace("-", "+")
-        elif option in ("rscin", "rscon"):
-            preset = "musc" if option == "rscin" else "muscv2"
-            settings.update(rescoring=option, rscin_windows=METHODS[preset]["rscin_windows"])
-        elif option.startswith("overlap"):
-            settings["tile_overlap"] = float(option[len("overlap"):])
-        elif option == "zmax":
-            settings["map_rule"] = "z-max"
-        elif option.startswith("blocks"):
-            settings["layers"] = tuple(int(b) for b in option[len("blocks"):].split("-"))
-        elif option.startswith("subsets"):
-            settings["subsets"] = int(option[len("subsets"):])
-        elif option.startswith("interval"):
-            settings["interval"] = float(option[len("interval"):])
-        else:
-            scale = option[len("tiles"):]
-            settings["tile_scale"] = scale if scale == "auto" else float(scale)
+    method, settings = variant_settings(variant)
     model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **settings))
     _ = model.backbone
     t0 = time.perf_counter()
@@ -178,6 +184,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_run(args.one[0], args.one[1], args.size)))
         return
+    for method in filter(None, args.methods.split(",")):
+        variant_settings(method)  # an unknown option stops here, before any run
     rows = existing_rows(args.size)
     for dataset in args.datasets.split(","):
         for method in filter(None, args.methods.split(",")):
