@@ -197,7 +197,7 @@ class MuSc:
         total, pairs, timings = self.score_views(n, h * w, layers, stage1, ref_z, scorer or mutual_scores, progress,
                                                  keep_pairs, device, "mutual scoring")
         grids = {k: v.view(n, h, w) for k, v in pairs.items()}
-        return total.view(len(self.views()), n, h, w), grids, timings
+        return total.view(-1, n, h, w), grids, timings
 
     def score_views(self, n: int, n_patches: int, layers: Sequence[int],
                     stage1: Callable[[int, torch.Tensor], Iterator[torch.Tensor]],

@@ -155,12 +155,12 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
 
     def stage1(li: int, index: torch.Tensor) -> Iterator[torch.Tensor]:
         per_tile = [model._aggregate(tokens[p][li][index], layers[li]) for p in range(n_pos)]
-        for views in zip(*per_tile):  # one view of every tile at a time
-            yield torch.cat(views, dim=1)  # (n, P*h*w, C)
+        for tiles in zip(*per_tile):  # one view of every tile at a time
+            yield torch.cat(tiles, dim=1)  # (n, P*h*w, C)
 
     total, _, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, False, device,
                                     "scoring all tiles")
-    return total.view(len(model.views()), n, n_pos, h, w).permute(2, 0, 1, 3, 4)
+    return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4)
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
