@@ -160,3 +160,17 @@ def test_roots_a_reader_cannot_use(tmp_path):
     (tmp_path / "plain" / "normal").mkdir()
     with pytest.raises(DatasetError, match="the only category is 'plain', not 'other'"):
         get_reader("folder").load(tmp_path / "plain", "other")
+
+
+def test_a_mask_with_an_orientation_tag_is_read_upright_like_its_image(tmp_path):
+    """Images are read as a viewer shows them (EXIF orientation applied), and so are masks: both stay aligned."""
+    from musc.datasets import Sample
+
+    stored = np.zeros((20, 40), dtype=np.uint8)
+    stored[:8, :8] = 255  # stored top-left; orientation 6 shows it top-right
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "mask.png", exif=exif)
+    mask = load_mask(Sample(tmp_path / "img.png", ANOMALOUS, "crack", (tmp_path / "mask.png",)), (20, 40))
+    assert mask.shape == (40, 20)
+    assert mask[:8, -8:].all() and mask.sum() == 64

@@ -129,3 +129,31 @@ def test_low_bit_depth_16_bit_images_are_named_once(tmp_path, caplog):
         to_rgb(Image.fromarray(np.full((4, 5), 60000, np.uint16)))
     assert not caplog.records
     warn_once.cache_clear()
+
+
+def _rotated_photo(path, orientation: int = 6) -> None:
+    """A 40 x 20 stored image, bright in its stored top-left corner, whose EXIF tag says how to turn it."""
+    arr = np.full((20, 40), 30, dtype=np.uint8)
+    arr[:8, :8] = 250
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+
+
+def test_photos_are_read_upright(tmp_path):
+    """Orientation 6 (turn 90 degrees clockwise to view): stored 40 x 20 is viewed 20 x 40, and the stored top-left
+    corner is the viewed top-right one. Sizes from headers (tiles, masks' size check) say the same."""
+    from musc.io import upright_size
+    from musc.tiling import image_sizes
+
+    _rotated_photo(tmp_path / "phone.jpg")
+    img = np.asarray(read_image(tmp_path / "phone.jpg"))[..., 0]
+    assert img.shape == (40, 20)
+    assert img[:8, -8:].mean() > 200 and img[-8:, :8].mean() < 60 and img[:8, :8].mean() < 60
+    assert image_sizes([tmp_path / "phone.jpg"]) == [(20, 40)]
+    with Image.open(tmp_path / "phone.jpg") as raw:
+        assert raw.size == (40, 20) and upright_size(raw) == (20, 40)
+        assert to_rgb(raw).size == (40, 20)  # to_rgb converts only; reading (or MuSc's inputs) turns
+    _rotated_photo(tmp_path / "mirrored.jpg", orientation=2)  # a mirror keeps the size
+    assert image_sizes([tmp_path / "mirrored.jpg"]) == [(40, 20)]
+    assert np.asarray(read_image(tmp_path / "mirrored.jpg"))[:8, -8:, 0].mean() > 200

@@ -247,3 +247,21 @@ def test_features_that_cannot_be_scored():
     smaller, _ = MuSc(TINY.replace(image_size=56)).extract([textured(5)], progress=False)
     with pytest.raises(InputError, match="reference features do not match the test features"):
         model.score_features(features, progress=False, references=smaller)
+
+
+def test_photos_with_an_orientation_tag_are_scored_upright(image_folder):
+    """A phone photo stored sideways with an EXIF orientation: scored, sized and mapped as it is viewed, whether given
+    as a path or as an opened PIL image."""
+    paths = sorted(image_folder.rglob("*.png"))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # turn 90 degrees counter-clockwise to view
+    Image.fromarray(textured(5, size=90)[:60, :]).save(paths[0].with_suffix(".jpg"), exif=exif)  # stored 90 x 60
+    paths[0].unlink()
+    paths[0] = paths[0].with_suffix(".jpg")
+    model = MuSc(TINY)
+    result = model.score(paths, progress=False)
+    assert result.original_sizes[0] == (60, 90)
+    assert result.map_at_original_size(0).shape == (90, 60)
+    with Image.open(paths[0]) as opened:
+        as_image = model.score([opened, *paths[1:]], progress=False)
+    np.testing.assert_allclose(as_image.scores, result.scores, rtol=1e-6)

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, InputError
 
@@ -34,6 +34,26 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 LOW_BIT_DEPTH = ("a 16-bit image uses at most 12 of its 16 bits (its brightest pixel is below 4096): scaled from 16 to "
                  "8 bits it keeps about 16 grey levels. If the camera writes 10- or 12-bit data into 16-bit files, "
                  "scale them to the full range before scoring (x16 for 12-bit, x64 for 10-bit)")
+
+
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag that says how a camera's stored pixels are turned for viewing (1 = as stored)."""
+QUARTER_TURNS = (5, 6, 7, 8)
+"""Orientations that turn the image by a quarter: width and height trade places."""
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as a photo viewer shows it: cameras and phones store pixels in the sensor's orientation and say in
+    an EXIF tag how to turn them. Without such a tag, the image itself (no copy)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of `upright(image)`, from the header alone (nothing decoded)."""
+    w, h = image.size
+    return (h, w) if image.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS else (w, h)
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,14 +85,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully and return it as 8-bit RGB; ImageReadError names the file otherwise."""
+    """Decode an image file fully and return it upright (`upright`) as 8-bit RGB; ImageReadError names the file
+    otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(upright(img))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 

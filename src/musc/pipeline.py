@@ -24,7 +24,7 @@ from .aggregation import get_aggregation
 from .backbones import Backbone
 from .config import MuScConfig
 from .errors import ConfigError, InputError
-from .io import read_image, to_rgb
+from .io import read_image, to_rgb, upright
 from .rescoring import get_image_score, rscin
 from .scoring import get_map_rule, mutual_scores, random_projection, reference_scores
 from .types import Features, Result, TiledFeatures
@@ -38,7 +38,7 @@ def _as_image(source: ImageSource) -> Image.Image:
     if isinstance(source, (str, Path)):
         return read_image(source)
     if isinstance(source, Image.Image):
-        return to_rgb(source)
+        return to_rgb(upright(source))
     if isinstance(source, np.ndarray):
         if source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4)):
             arr = source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source

@@ -169,13 +169,18 @@ features per position) -> (P, V, N, h, w) scores."""
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
-    """(width, height) of each image, read from file headers where the images are paths."""
+    """(width, height) of each image as it is read (upright), from file headers where the images are paths."""
     from .pipeline import _as_image
+
+    from .io import upright_size
 
     sizes = []
     for src in images:
-        with (Image.open(src) if isinstance(src, (str, Path)) else _as_image(src)) as im:
-            sizes.append(im.size)
+        if isinstance(src, (str, Path)):
+            with Image.open(src) as im:
+                sizes.append(upright_size(im))
+        else:
+            sizes.append(_as_image(src).size)
     return sizes
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError
-from ..io import IMAGE_EXTENSIONS
+from ..io import IMAGE_EXTENSIONS, upright
 
 NORMAL, ANOMALOUS = 0, 1
 
@@ -92,6 +92,7 @@ def load_mask(sample: Sample, image_size: tuple[int, int] | None = None) -> np.n
     for path in sample.mask_paths:
         try:
             with Image.open(path) as img:
+                img = upright(img)  # as its image is read
                 arr = np.asarray(img if img.mode in ("L", "I", "I;16") else img.convert("L"))
         except (OSError, ValueError) as exc:
             raise DatasetError(f"cannot read mask {path}: {exc}") from exc
