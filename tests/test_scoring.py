@@ -191,3 +191,17 @@ def test_cross_nearest_distances_are_both_directions_of_the_brute_force(block_by
     assert ab.shape == (3, 6, 4) and ba.shape == (4, 6, 3)
     assert torch.allclose(ab, brute.amin(dim=3), atol=1e-5)
     assert torch.allclose(ba, brute.amin(dim=1).permute(1, 2, 0), atol=1e-5)
+
+
+def test_a_sub_batch_scores_from_its_sub_table():
+    """MSM of a batch depends only on the distances between its own images: a sub-batch's scores are the interval
+    means over the pooled table's rows and columns of its images (what benchmarks/bench_draws.py relies on)."""
+    from musc.scoring import interval_mean_excluding_self
+
+    z = unit(12, 9, 16, seed=3)
+    index = torch.tensor([0, 2, 3, 7, 8, 11])
+    pooled = nearest_patch_distances(z)
+    sub = pooled[index][:, :, index]
+    assert torch.isinf(sub[torch.arange(6), :, torch.arange(6)]).all()
+    assert torch.allclose(interval_mean_excluding_self(sub, 0.3), mutual_scores(z[index], 0.3), atol=1e-6)
+    assert not torch.allclose(interval_mean_excluding_self(pooled, 0.3)[index], mutual_scores(z[index], 0.3), atol=1e-3)
