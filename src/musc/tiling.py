@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError
+from .io import upright_size
 from .rescoring import get_image_score
 from .scoring import get_map_rule, mutual_scores
 from .types import Features, TiledFeatures
@@ -171,8 +172,6 @@ features per position) -> (P, V, N, h, w) scores."""
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
     """(width, height) of each image as it is read (upright), from file headers where the images are paths."""
     from .pipeline import _as_image
-
-    from .io import upright_size
 
     sizes = []
     for src in images:
