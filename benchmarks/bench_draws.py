@@ -158,8 +158,9 @@ def main() -> None:
                 for key in others[method]:
                     others[method][key].append(100 * metrics[key])
         seconds = time.perf_counter() - t0
-        print(f"mtd-{category}: {len(chosen)} images pooled, tables {t_tables:.0f} s, {args.draws} draws in "
-              f"{seconds:.0f} s; largest score difference to a real run on the first draw {worst:.1g}", flush=True)
+        print(f"mtd-{category}: {len(chosen)} images pooled, {args.draws} batches; {seconds:.0f} s in all, of which "
+              f"{t_tables:.0f} s for the tables; largest score difference to a real run on the first batch {worst:.1g}",
+              flush=True)
         base = np.array(aurocs["musc"])
         for method in methods:
             a = np.array(aurocs[method])
