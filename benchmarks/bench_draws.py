@@ -83,7 +83,8 @@ def draw_batches(labels: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
 def panel_delta(category: str, method: str, size: int) -> list[str]:
     """The panel's own AUROC-cls differences to `musc` on its two draws of the category, in points: from its kept
     runs, else from its comparison table in BENCHMARKS.md (runs from before scores were kept), else n/a."""
-    table = {tuple(c.strip() for c in row.split("|")[1:4]) for row in existing_rows(size, "-versus-musc")}
+    table = {(name, m): delta for name, m, delta in
+             (tuple(c.strip() for c in row.split("|")[1:4]) for row in existing_rows(size, "-versus-musc"))}
     out = []
     for dataset in (f"mtd-{category}", f"mtd-{category}-b"):
         runs = [scores_path(size, dataset, m) for m in ("musc", method)]
@@ -93,7 +94,7 @@ def panel_delta(category: str, method: str, size: int) -> list[str]:
             delta = auroc(labels, np.array(run["scores"])) - auroc(labels, np.array(base["scores"]))
             out.append(f"{100 * delta:+.1f}")
         else:
-            out.append(next((d for name, m, d in table if name == dataset and m == method), "n/a"))
+            out.append(table.get((dataset, method), "n/a"))
     return out
 
 

@@ -42,18 +42,21 @@ QUARTER_TURNS = (5, 6, 7, 8)
 """Orientations that turn the image by a quarter: width and height trade places."""
 
 
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, read from the header (1, as stored, when it has none)."""
+    return image.getexif().get(EXIF_ORIENTATION, 1)
+
+
 def upright(image: Image.Image) -> Image.Image:
     """The image as a photo viewer shows it: cameras and phones store pixels in the sensor's orientation and say in
     an EXIF tag how to turn them. Without such a tag, the image itself (no copy)."""
-    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
-        return image
-    return ImageOps.exif_transpose(image)
+    return image if orientation(image) == 1 else ImageOps.exif_transpose(image)
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) of `upright(image)`, from the header alone (nothing decoded)."""
     w, h = image.size
-    return (h, w) if image.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS else (w, h)
+    return (h, w) if orientation(image) in QUARTER_TURNS else (w, h)
 
 
 @functools.lru_cache(maxsize=None)

@@ -178,6 +178,8 @@ def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
         if isinstance(src, (str, Path)):
             with Image.open(src) as im:
                 sizes.append(upright_size(im))
+        elif isinstance(src, Image.Image):  # its size without converting it
+            sizes.append(upright_size(src))
         else:
             sizes.append(_as_image(src).size)
     return sizes
