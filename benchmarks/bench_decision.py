@@ -88,21 +88,22 @@ def main() -> None:
     ap.add_argument("--method", default="musc", help="the --method preset whose maps are decided")
     ap.add_argument("--map-rule", default=None, help="the preset's map rule replaced (--map-rule)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "decision")
-    ap.add_argument("--methods", default="balanced,fdr,gmm,gmm/mebin,mad,mad/mebin,otsu",
-                    help="image method[/pixel method] pairs; the pixel method defaults to 'image'")
+    ap.add_argument("--methods", default="balanced,balanced/mebin,balanced/image,fdr,gmm,gmm/mebin,gmm/image,mad,"
+                                         "mad/image,otsu,otsu/image",
+                    help="image method[/pixel method] pairs; the pixel method defaults to 'half-peak'")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    from musc.decision import MAP_METHODS, decide
+    from musc.decision import PIXEL_METHODS, decide
 
-    methods = [tuple((m + "/image").split("/")[:2]) for m in args.methods.split(",")]
+    methods = [tuple((m + "/" + PIXEL_METHODS[0]).split("/")[:2]) for m in args.methods.split(",")]
     rule = f" --map-rule {args.map_rule}" if args.map_rule else ""
     suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule
     variant = args.method + rule
     lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({variant} maps)", "",
              f"`python benchmarks/bench_decision.py --size {args.size}{suffix}` — dinov2_vits14 at {args.size}; F1 in %, "
              "and as a share of F1-max (the oracle threshold that needs labels; no automatic method sees labels). "
-             "Pixel F1 is over all pixels of the batch at the model's input size, masks drawn by each method's "
-             "own pixel rule. `mtd-80pct` is held out: it was not used to choose the default. `mtd-tall` and "
+             "Pixel F1 is over all pixels of the batch at the model's input size, masks drawn in the flagged images by "
+             "the pixel rule after the slash (`half-peak`, the default, where none is named). `mtd-80pct` is held out: it was not used to choose the default. `mtd-tall` and "
              "`mtd-wide` (elongated MTD images; tiled by the `-tiles` presets) were added after `balanced` was "
              "chosen, and seen when the two-group limit of the undecided check was set. `mtd-mid-tall` and "
              "`mtd-mid-wide` (MTD images 1.5 to 1.8 times as long as wide; scored whole) are held out, run after all "
@@ -121,7 +122,7 @@ def main() -> None:
         img_oracle = f1_max(labels, data["scores"]) if labels.any() and not labels.all() else None
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
         for image_method, pixel_method in methods:
-            method = image_method if image_method in MAP_METHODS else f"{image_method}/{pixel_method}"
+            method = image_method if pixel_method == PIXEL_METHODS[0] else f"{image_method}/{pixel_method}"
             d = decide(data["scores"], data["maps"], image_method, pixel_method=pixel_method)
             fi, fp = f1(d.image.defective, labels), f1(d.masks, masks)
             rate = d.rate

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from musc.decision import decide_images, fit_gmm, mebin_threshold, pixel_masks, threshold_otsu
+from musc.decision import (PIXEL_METHODS, decide_images, fit_gmm, half_peak_masks, mebin_threshold, pixel_masks,
+                           threshold_otsu)
 from musc.errors import ConfigError
 
 
@@ -67,7 +68,26 @@ def test_mebin_finds_the_blob():
     assert mask[10:16, 10:16].mean() > 0.5 and mask.sum() <= 40
 
 
-@pytest.mark.parametrize("method", ["image", "mebin"])
+def test_half_peak_marks_the_region_above_half_its_height():
+    maps = np.full((3, 16, 16), 0.2)
+    maps[:, 0, 0] = 0.3  # a weaker peak elsewhere
+    maps[1, 4:10, 4:10] = 0.6  # a plateau ...
+    maps[1, 6:8, 6:8] = 0.85  # ... with a summit: half-way from the floor, 0.25, to 0.85 is 0.55
+    maps[2, 0, 0] = 0.2
+    maps[2, 2, 2] = 0.22  # flagged, but its peak is below the floor: its peak alone is marked
+    flagged = np.array([False, True, True])
+    masks, info = half_peak_masks(maps, flagged, floor=0.25)
+    assert not masks[0].any()
+    expected = np.zeros((16, 16), bool)
+    expected[4:10, 4:10] = True
+    assert np.array_equal(masks[1], expected)
+    assert np.array_equal(np.argwhere(masks[2]), [[2, 2]])
+    assert info["method"] == "half-peak" and info["fraction"] == 0.5 and info["floor"] == 0.25
+    assert info["thresholds"] == pytest.approx({1: 0.55, 2: 0.22})
+    assert half_peak_masks(maps, flagged, floor=0.25, fraction=0.9)[0][1].sum() == 4  # only the summit
+
+
+@pytest.mark.parametrize("method", PIXEL_METHODS)
 def test_pixel_masks_only_on_flagged_images(method):
     rng = np.random.default_rng(3)
     maps = rng.random((20, 16, 16)) * 0.3
@@ -84,7 +104,7 @@ def test_pixel_masks_only_on_flagged_images(method):
 
 # fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
 
-from musc.decision import (UPPER_MAJORITY, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
+from musc.decision import (MAP_METHODS, UPPER_MAJORITY, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
                            decide_from_maps, estimate_defect_rate, estimated_f1_cut, fit_null, shorth_location)
 from musc.metrics import f1_max  # noqa: E402
 
@@ -228,6 +248,21 @@ def test_nothing_flagged_says_how_far_the_strongest_image_was_from_the_test():
     assert f"the lowest tail probability is {d.p_values.min():.2g}" in d.detail
     assert f"among 60 images one image alone is flagged only below {0.05 / 60:.2g}" in d.detail
     assert d.p_values.min() > 0.05 / 60
+
+
+@pytest.mark.parametrize("pixel_method", PIXEL_METHODS)
+def test_map_methods_draw_masks_with_each_pixel_rule(pixel_method):
+    maps, labels, truth = synthetic_maps(90, 10, seed=1)
+    for method in MAP_METHODS:
+        d, masks, pixel = decide_from_maps(maps, method, pixel_method=pixel_method)
+        assert pixel["method"] == pixel_method and d.defective[labels].all()
+        assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)  # flagged <=> non-empty mask
+        assert masks[truth].mean() > 0.5 and (masks[labels] & ~truth[labels]).sum() <= masks[labels].sum() / 5
+        if pixel_method == "image":  # the image cut-off on the map maxima, applied to the pixels
+            assert pixel["threshold"] == d.threshold
+            assert np.array_equal(masks, (maps >= d.threshold) & d.defective[:, None, None])
+    with pytest.raises(ConfigError, match="pixel method must be one of half-peak, mebin, image, got 'otsu'"):
+        decide_from_maps(maps, "balanced", pixel_method="otsu")
 
 
 def test_balanced_masks_match_decisions_and_contain_the_fdr_discoveries():

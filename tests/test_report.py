@@ -45,7 +45,9 @@ def test_score_writes_decisions_masks_and_report(scored):
     decision = json.loads((scored / "decision.json").read_text())
     assert decision["image"]["method"] == "gmm" and decision["image"]["total"] == 7
     assert decision["image"]["defective"] == sum(r["decision"] == "defective" for r in rows)
-    assert decision["pixel"]["method"] == "image"
+    pixel = decision["pixel"]
+    assert pixel["method"] == "half-peak" and pixel["fraction"] == 0.5  # the default mask rule
+    assert len(pixel["thresholds"]) == decision["image"]["defective"]  # one per flagged image
     assert len(list((scored / "masks").glob("*.png"))) == 7
     page = (scored / "report.html").read_text()
     assert not re.search(r'(src|href)="https?:', page)
@@ -101,7 +103,8 @@ def test_decision_options(image_folder, tmp_path):
     assert "Defective: 2 of 7 (rate" in res.output
     res = run("score", image_folder, "--out", out, *TINY, "--threshold", "2.0", "--pixel-decision", "mebin")
     assert res.exit_code == 0
-    assert json.loads((out / "decision.json").read_text())["image"]["method"] == "fixed"
+    decision = json.loads((out / "decision.json").read_text())
+    assert decision["image"]["method"] == "fixed" and decision["pixel"]["method"] == "mebin"
     res = run("score", image_folder, "--out", out, *TINY, "--decision", "rate")
     assert res.exit_code != 0 and "--expected-defect-rate" in res.output
 

@@ -292,9 +292,10 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
 @click.option("--mad-k", type=float, default=3.0, show_default=True, help="mad: robust z-score above which an image is defective.")
 @click.option("--expected-defect-rate", type=float, default=None, help="Flag this top fraction of images (sets --decision rate).")
 @click.option("--threshold", type=float, default=None, help="Fixed image-score threshold (sets --decision fixed).")
-@click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default="image", show_default=True,
-              help="How each map becomes a binary defect mask (masks/NAME.png) for the methods other than balanced "
-                   "and fdr, which draw masks from their own cut-off.")
+@click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default=PIXEL_METHODS[0], show_default=True,
+              help="How each flagged image's map becomes a binary defect mask (masks/NAME.png): half-peak (the pixels "
+                   "at least half-way from the batch's median map maximum to the image's peak), mebin, or image (the "
+                   "pixels above the image cut-off).")
 @click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps.")
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")

@@ -19,21 +19,23 @@ reach it and the excess is the defects found. This balances missed defects again
 `fdr` only bounds the false alarms, and finds far more of the defects when defective and normal images
 overlap. `fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
 
-Masks: in each flagged image, the pixels above its MEBin threshold (the middle of the widest range of
-thresholds, between the median map maximum and the image's peak, over which the number of connected
-regions stays the same; after MEBin, AnomalyNCD, CVPR 2025), and always its peak, so an image is flagged
-exactly when its mask is non-empty. A per-image rule: it carries over between presets, whose maps differ
-in shape (BENCHMARKS.md, decision sections), where a margin over the image cut-off did not. The batch's
-defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
+Masks (`pixel_method`, for every image method): `half-peak` (default) marks, in each flagged image, the pixels
+at least half-way from the batch's median map maximum (a typical normal image's strongest region) up to the
+image's own peak: the half-maximum extent of its strongest regions (`half_peak_masks`). It keeps each image's
+peak, so an image is flagged exactly when its mask is non-empty. Options: `mebin` (the middle of the widest range
+of thresholds between that median and the image's peak over which the number of connected regions stays the
+same; after MEBin, AnomalyNCD, CVPR 2025) and `image` (the pixels above the image cut-off: the map-based methods'
+threshold on the map maxima, or the image method applied to the map maxima). Which rule finds most of the defect
+pixels on real batches, per preset: BENCHMARKS.md, decision sections.
+
+The batch's defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
 says otherwise (or a two-group fit puts a clear majority, `UPPER_MAJORITY`, in its upper group), or the batch is too
 small, the method says it cannot decide and flags nothing; when only the estimate's interval reaches one half, it
 decides, and warns if it flags any image.
 
 Kept as options (thresholds on the image scores): `gmm` (two-component Gaussian mixture), `mad`
 (median + k x scaled MAD), `otsu`, `rate` (the user's expected defect rate) and `fixed` (the user's
-threshold). Pixel masks for those: `image` (the same method applied to the map maxima, pixels above it
-in flagged images) or `mebin` (per flagged image, the middle of the widest threshold interval over which
-the number of connected regions stays constant; after MEBin, AnomalyNCD, CVPR 2025).
+threshold).
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ IMAGE_METHODS = (*LABEL_FREE_METHODS, "rate", "fixed")
 DEFAULT_FDR = 0.05
 MIN_LABEL_FREE_IMAGES = 10
 """Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
-PIXEL_METHODS = ("image", "mebin")
+PIXEL_METHODS = ("half-peak", "mebin", "image")
+"""How flagged images' maps become masks (`pixel_masks`); the first is the default."""
+HALF_PEAK = 0.5
+"""`half-peak` masks: the share of the way from the batch's median map maximum to an image's peak at which its mask
+starts (one half: the half-maximum extent of the region around the peak)."""
 MAD_SCALE = 1.4826
 UPPER_MAJORITY = 0.6
 """The map-based methods also declare a batch undecided when a two-Gaussian fit of its map maxima puts more than this
@@ -370,7 +376,8 @@ def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd
 
 
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
-                     min_images: int = MIN_LABEL_FREE_IMAGES) -> tuple[Decision, np.ndarray, dict]:
+                     min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0]
+                     ) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
@@ -378,11 +385,12 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     image with Benjamini-Hochberg at `fdr`. `fdr` flags exactly those images. `balanced` takes that test as
     evidence that the batch holds any defect at all (Simes' test of "every image is normal", at level `fdr`),
     and then flags the images that maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing,
-    nothing is flagged. Returns the image decision, the masks (N, H, W; `mebin_masks`: flagged images exactly
-    are those with a non-empty mask) and a description of the pixel rule. The decision's `threshold` is on
-    the map values: an image is flagged when its map maximum reaches it.
+    nothing is flagged. Returns the image decision, the masks (N, H, W; drawn by `pixel_method`, `pixel_masks`:
+    flagged images exactly are those with a non-empty mask) and a description of the pixel rule. The decision's
+    `threshold` is on the map values: an image is flagged when its map maximum reaches it.
     """
     check_fdr(fdr)
+    check_pixel_method(pixel_method)
     if method not in MAP_METHODS:
         raise ConfigError(f"map-based decision method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
     maps = np.asarray(maps)
@@ -428,7 +436,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
                         "normal, as this decision assumes, and normal images with unusual maps may be among the "
                         "flagged ones; look at their maps, or set --expected-defect-rate or --threshold")
     decision = Decision(flagged, threshold, method, detail, warnings, p_values=p, rate=rate, on="map_max")
-    masks, pixel = mebin_masks(maps, flagged, float(np.median(evidence)))
+    masks, pixel = pixel_masks(maps, evidence, decision, pixel_method)
     return decision, masks, pixel
 
 
@@ -453,15 +461,16 @@ class Decisions:
 
 def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
            k: float = 3.0, rate: float | None = None, threshold: float | None = None,
-           pixel_method: str = "image", pixel_threshold: float | None = None) -> Decisions:
+           pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
-    `balanced` and `fdr` use the maps alone (their maxima and pixels); the other methods threshold the scores and draw
-    masks with `pixel_method`. `pixel_threshold` overrides the pixel rule with a fixed map value.
+    `balanced` and `fdr` use the maps alone (their maxima and pixels); the other methods threshold the scores. Masks
+    are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides it with a
+    fixed map value.
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:
-        image, masks, pixel = decide_from_maps(maps, method, fdr)
+        image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
         raw = maps.reshape(maps.shape[0], -1).max(axis=1)
@@ -490,23 +499,57 @@ def mebin_threshold(amap: np.ndarray, steps: int = 64, lo: float | None = None) 
     return best_mid
 
 
-def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, method: str = "image",
-                image_method: str = "gmm", k: float = 3.0, threshold: float | None = None
-                ) -> tuple[np.ndarray, dict]:
-    """Binary defect masks (N, H, W) and a description of the pixel threshold(s)."""
+def check_pixel_method(method: str) -> None:
+    """ConfigError unless `method` names a pixel rule (PIXEL_METHODS)."""
     if method not in PIXEL_METHODS:
         raise ConfigError(f"pixel method must be one of {', '.join(PIXEL_METHODS)}, got {method!r}")
+
+
+def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, method: str = PIXEL_METHODS[0],
+                image_method: str = "gmm", k: float = 3.0, threshold: float | None = None
+                ) -> tuple[np.ndarray, dict]:
+    """Binary defect masks (N, H, W) in the flagged images and a description of the pixel threshold(s).
+
+    `raw_scores` are the maps' maxima. `half-peak` and `mebin` set a threshold per flagged image above the batch's
+    median map maximum (`half_peak_masks`, `mebin_masks`); `image` marks the pixels above the image cut-off (a
+    map-based decision's own threshold on the map maxima, or `image_method` applied to the map maxima).
+    """
+    check_pixel_method(method)
     if threshold is not None:
         return maps > threshold, {"method": "fixed", "threshold": float(threshold)}
-    if method == "image":
-        raw_method = image_method if image_method in ("mad", "gmm", "otsu") else "mad"
-        raw = decide_images(raw_scores, raw_method, k=k)
-        if not np.isfinite(raw.threshold):  # one group among the map maxima: fall back to the robust z-score
-            raw_method, raw = "mad", decide_images(raw_scores, "mad", k=k)
-        t = raw.threshold
-        masks = (maps > t) & decision.defective[:, None, None]
-        return masks, {"method": "image", "threshold": float(t), "detail": f"{raw_method} on map maxima: {raw.detail}"}
-    return mebin_masks(maps, decision.defective, float(np.median(raw_scores)))
+    floor = float(np.median(raw_scores))
+    if method == "half-peak":
+        return half_peak_masks(maps, decision.defective, floor)
+    if method == "mebin":
+        return mebin_masks(maps, decision.defective, floor)
+    if decision.on == "map_max":  # the decision's threshold is already on the map values
+        t = decision.threshold
+        return (maps >= t) & decision.defective[:, None, None], {"method": "image", "threshold": float(t),
+                                                                 "detail": "the image decision's map-maximum cut-off"}
+    raw_method = image_method if image_method in ("mad", "gmm", "otsu") else "mad"
+    raw = decide_images(raw_scores, raw_method, k=k)
+    if not np.isfinite(raw.threshold):  # one group among the map maxima: fall back to the robust z-score
+        raw_method, raw = "mad", decide_images(raw_scores, "mad", k=k)
+    t = raw.threshold
+    masks = (maps > t) & decision.defective[:, None, None]
+    return masks, {"method": "image", "threshold": float(t), "detail": f"{raw_method} on map maxima: {raw.detail}"}
+
+
+def half_peak_masks(maps: np.ndarray, flagged: np.ndarray, floor: float, fraction: float = HALF_PEAK
+                    ) -> tuple[np.ndarray, dict]:
+    """Per flagged image, the pixels at least `fraction` of the way from `floor` (the batch's median map maximum) to
+    its peak: the extent of its strongest regions at half their height above what normal images reach. The peak
+    is always kept (an image whose peak is below `floor` is marked at its peak), so a flagged image never has an
+    empty mask; unflagged images get none."""
+    masks = np.zeros(maps.shape, dtype=bool)
+    per_image = {}
+    for i in np.flatnonzero(flagged):
+        peak = float(maps[i].max())
+        base = min(floor, peak)
+        t = base + fraction * (peak - base)
+        masks[i] = maps[i] >= t
+        per_image[int(i)] = t
+    return masks, {"method": "half-peak", "thresholds": per_image, "floor": floor, "fraction": fraction}
 
 
 def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np.ndarray, dict]:
@@ -523,7 +566,7 @@ def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np
 
 
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
-           "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images",
-           "pixel_masks", "mebin_threshold", "fit_gmm", "fit_null", "shorth_location", "estimate_defect_rate",
-           "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad", "threshold_gmm",
-           "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR"]
+           "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
+           "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null", "shorth_location",
+           "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad",
+           "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR"]
