@@ -15,6 +15,8 @@ Batches (dinov2_vits14 at --size, default 224; MTD = Magnetic Tile Defect, KSDD 
   mtd-mid-tall   held out: every MTD image outside mtd-200 from 1.5 up to 1.8x as tall as wide (82 normal, 25
                  defective); the accuracy panel's held-out set of that name
   mtd-mid-wide   the same, landscape (91 normal, 25 defective)
+  mtd-TYPE       the accuracy panel's one-defect-type sets (80 normal + 20 of one type, 12 for fray; mtd-TYPE-b:
+                 a second draw of blowhole, break, crack and uneven), held out for the `half-peak` masks
 
 Scored batches are cached in --cache (scores, maps, labels, masks), so the decision methods can be compared
 without scoring again.
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_accuracy import ELONGATED, samples
+from bench_accuracy import DATASETS, ELONGATED, HELD_OUT, samples
 from common import KSDD_ROOT, MTD_ROOT, ROOT, mtd_subset, publish
 
 from musc import MuSc, MuScConfig
@@ -38,6 +40,9 @@ from musc.datasets import get_reader, load_mask, resize_mask
 from musc.metrics import f1_max
 
 DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
+PER_TYPE = (*(name for name in DATASETS if name.startswith("mtd-") and name != "mtd-200"), *HELD_OUT)
+"""The accuracy panel's one-defect-type batches (80 normal MTD images and 20 of one type, 12 for fray; the -b sets a
+second draw): added after `half-peak` masks were chosen, so they are held out for that rule."""
 
 
 def batches() -> dict[str, list]:
@@ -52,6 +57,7 @@ def batches() -> dict[str, list]:
         "mtd-80pct": by_type["Free"][600:620] + [s for t in ("Blowhole", "Break", "Uneven") for s in by_type[t][40:60]]
         + by_type["Crack"][30:50],
         **{name: samples(name) for name in ELONGATED},  # the accuracy panel's elongated and mid sets
+        **{name: samples(name) for name in PER_TYPE},  # and its one-defect-type sets
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -107,7 +113,9 @@ def main() -> None:
              "`mtd-wide` (elongated MTD images; tiled by the `-tiles` presets) were added after `balanced` was "
              "chosen, and seen when the two-group limit of the undecided check was set. `mtd-mid-tall` and "
              "`mtd-mid-wide` (MTD images 1.5 to 1.8 times as long as wide; scored whole) are held out, run after all "
-             "of that. "
+             "of that. `mtd-TYPE` / `mtd-TYPE-b` (the accuracy panel's one-defect-type sets: 80 normal images and 20 "
+             "of one type, 12 for fray) were added after the `half-peak` masks were chosen, so they are held out for "
+             "them. "
              "Rate: the estimated defect rate with its 90 % interval (map-based methods only). "
              "`true count` rows are references, not methods: the top k images (k = the true number of defective "
              "ones) by the final scores or by the map maxima, what a rule reaches that knows exactly how many images "
