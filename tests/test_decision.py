@@ -160,8 +160,9 @@ def test_fdr_all_normal_batch_flags_at_most_a_few():
 @pytest.mark.parametrize("method", ["balanced", "fdr"])
 def test_map_methods_say_when_they_cannot_decide(method):
     maps, _, _ = synthetic_maps(2, 1)
-    d, masks, _ = decide_from_maps(maps, method)
+    d, masks, pixel = decide_from_maps(maps, method)
     assert d.undecided and d.count == 0 and not masks.any() and "too few" in d.warnings[0]
+    assert pixel == {"method": "half-peak", "threshold": None}  # the pixel rule, which drew no mask
     assert d.labels() == ["undecided"] * 3
     maps, _, _ = synthetic_maps(20, 80, seed=2)  # most of the batch defective: the main peak is not normal
     d, masks, _ = decide_from_maps(maps, method)

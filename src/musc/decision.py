@@ -400,7 +400,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     def undecided(detail: str, warning: str, **known: Any) -> tuple[Decision, np.ndarray, dict]:
         decision = Decision(np.zeros(n, dtype=bool), float("inf"), method, detail, [warning], undecided=True,
                             on="map_max", **known)
-        return decision, np.zeros(maps.shape, dtype=bool), {"method": method, "threshold": None}
+        return decision, np.zeros(maps.shape, dtype=bool), {"method": pixel_method, "threshold": None}
 
     if n < min_images:
         return undecided(f"cannot decide with {n} images",
