@@ -266,11 +266,30 @@ def test_map_methods_draw_masks_with_each_pixel_rule(pixel_method):
         decide_from_maps(maps, "balanced", pixel_method="otsu")
 
 
+def test_balanced_counts_from_the_maps_and_flags_in_the_order_of_the_final_scores():
+    maps, labels, _ = synthetic_maps(170, 30, seed=4, planted=0.32)  # defects overlap the normal peaks
+    alone = decide_from_maps(maps)[0]  # without scores: the order of the map maxima
+    assert alone.on == "map_max" and 0 < alone.count < 200 and (alone.defective & ~labels).any()
+    scores = labels + np.random.default_rng(0).normal(0, 0.1, 200)  # a ranking with every defect on top
+    d, masks, _ = decide_from_maps(maps, scores=scores)
+    assert d.on == "score" and d.count == alone.count
+    assert np.array_equal(d.defective, scores >= np.sort(scores)[-d.count])  # the top of the ranking
+    assert d.threshold == scores[d.defective].min() and "highest final scores" in d.detail
+    assert not (d.defective & ~labels).any() and image_f1(d.defective, labels) > image_f1(alone.defective, labels)
+    assert np.array_equal(masks.reshape(200, -1).any(axis=1), d.defective)
+    assert np.array_equal(d.p_values, alone.p_values) and d.rate == alone.rate  # the maps' analysis is unchanged
+    fdr, _, _ = decide_from_maps(maps, "fdr", scores=scores)  # fdr keeps the maps' order: its error rate is theirs
+    assert fdr.on == "map_max" and np.array_equal(fdr.defective, decide_fdr(maps)[0].defective)
+    with pytest.raises(ConfigError, match=r"one value per map \(200\)"):
+        decide_from_maps(maps, scores=scores[:5])
+
+
 def test_balanced_masks_match_decisions_and_contain_the_fdr_discoveries():
     maps, labels, truth = synthetic_maps(170, 30, seed=3, planted=0.45)
-    decided = decide(np.zeros(len(maps)), maps)  # the default
+    decided = decide(np.zeros(len(maps)), maps)  # the default; equal scores: the map maxima order the images
     d, masks = decided.image, decided.masks
-    assert d.method == "balanced" and d.on == "map_max" and "estimated F1" in d.detail
+    assert d.method == "balanced" and d.on == "score" and "estimated F1" in d.detail
+    assert np.array_equal(d.defective, decide_from_maps(maps)[0].defective)
     assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)
     assert not (decide_fdr(maps)[0].defective & ~d.defective).any()
     assert masks[truth].mean() > 0.5 and (masks & ~truth).sum() <= masks.sum() / 5

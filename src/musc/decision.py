@@ -13,11 +13,13 @@ uncertainty is carried into it), and Benjamini-Hochberg tests the images at a fa
 (`fdr`, default 0.05).
 
 `balanced` (default): when that test finds any defect (Simes' test that every image is normal, so an
-all-normal batch is left alone with probability about 1 - fdr), the flagged images are those that
-maximise the F1 estimated from the null: above each cut-off, the null predicts how many normal images
-reach it and the excess is the defects found. This balances missed defects against false alarms where
-`fdr` only bounds the false alarms, and finds far more of the defects when defective and normal images
-overlap. `fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
+all-normal batch is left alone with probability about 1 - fdr), it flags as many images as maximise the F1
+estimated from the null: above each cut-off, the null predicts how many normal images reach it and the
+excess is the defects found. This balances missed defects against false alarms where `fdr` only bounds the
+false alarms, and finds far more of the defects when defective and normal images overlap. Given the batch's
+final image scores, the flagged images are that many at the top of their ranking (which ranks better than
+the map maxima: RsCIN, and the default preset's image score), so the flagged images are the ranking's first
+rows. `fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
 
 Masks (`pixel_method`, for every image method): `half-peak` (default) marks, in each flagged image, the pixels
 at least half-way from the batch's median map maximum (a typical normal image's strongest region) up to the
@@ -376,18 +378,21 @@ def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd
 
 
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
-                     min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0]
-                     ) -> tuple[Decision, np.ndarray, dict]:
+                     min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0],
+                     scores: Sequence[float] | None = None) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
     Both fit the null (normal) distribution of the map maxima from the batch (`estimate_null`) and test every
     image with Benjamini-Hochberg at `fdr`. `fdr` flags exactly those images. `balanced` takes that test as
     evidence that the batch holds any defect at all (Simes' test of "every image is normal", at level `fdr`),
-    and then flags the images that maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing,
-    nothing is flagged. Returns the image decision, the masks (N, H, W; drawn by `pixel_method`, `pixel_masks`:
-    flagged images exactly are those with a non-empty mask) and a description of the pixel rule. The decision's
-    `threshold` is on the map values: an image is flagged when its map maximum reaches it.
+    and then flags as many images as maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing,
+    nothing is flagged. With the batch's final image `scores`, `balanced` flags that many images in their order
+    (the ranking the user reads; ties broken by the map maxima), and its `threshold` is on the scores; otherwise,
+    and for `fdr` (whose error rate holds for the map maxima's tail probabilities), the `threshold` is on the
+    map values: an image is flagged when its map maximum reaches it. Returns the image decision, the masks
+    (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images exactly are those with a non-empty mask) and
+    a description of the pixel rule.
     """
     check_fdr(fdr)
     check_pixel_method(pixel_method)
@@ -429,13 +434,24 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     else:
         detail = (f"no image passes a test at FDR {fdr:g}: the lowest tail probability is {p.min():.2g}, and among {n} "
                   f"images one image alone is flagged only below {fdr / n:.2g}; {peak}")
-    threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
+    on = "map_max"
+    if method == "balanced" and scores is not None and flagged.any():
+        final = np.asarray(scores, dtype=np.float64)
+        if final.shape != (n,):
+            raise ConfigError(f"scores must have one value per map ({n}), got shape {final.shape}")
+        count = int(flagged.sum())
+        flagged = np.zeros(n, dtype=bool)
+        flagged[np.lexsort((-evidence, -final))[:count]] = True
+        detail += f"; the {count} images flagged are those with the highest final scores"
+        threshold, on = float(final[flagged].min()), "score"
+    else:
+        threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
     warnings = []
     if flagged.any() and rate.high >= 0.5:
         warnings.append(f"the estimated defect rate's interval reaches {rate.high:.0%}: the batch may not be mostly "
                         "normal, as this decision assumes, and normal images with unusual maps may be among the "
                         "flagged ones; look at their maps, or set --expected-defect-rate or --threshold")
-    decision = Decision(flagged, threshold, method, detail, warnings, p_values=p, rate=rate, on="map_max")
+    decision = Decision(flagged, threshold, method, detail, warnings, p_values=p, rate=rate, on=on)
     masks, pixel = pixel_masks(maps, evidence, decision, pixel_method)
     return decision, masks, pixel
 
@@ -470,7 +486,7 @@ def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", 
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:
-        image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method)
+        image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method, scores=scores)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
         raw = maps.reshape(maps.shape[0], -1).max(axis=1)
@@ -522,10 +538,11 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
         return half_peak_masks(maps, decision.defective, floor)
     if method == "mebin":
         return mebin_masks(maps, decision.defective, floor)
-    if decision.on == "map_max":  # the decision's threshold is already on the map values
-        t = decision.threshold
-        return (maps >= t) & decision.defective[:, None, None], {"method": "image", "threshold": float(t),
-                                                                 "detail": "the image decision's map-maximum cut-off"}
+    if decision.method in MAP_METHODS:  # the lowest map maximum among the flagged images (their cut-off on the maxima)
+        flagged = decision.defective
+        t = float(np.asarray(raw_scores)[flagged].min()) if flagged.any() else float("inf")
+        return (maps >= t) & flagged[:, None, None], {"method": "image", "threshold": t,
+                                                      "detail": "the lowest map maximum of the flagged images"}
     raw_method = image_method if image_method in ("mad", "gmm", "otsu") else "mad"
     raw = decide_images(raw_scores, raw_method, k=k)
     if not np.isfinite(raw.threshold):  # one group among the map maxima: fall back to the robust z-score
