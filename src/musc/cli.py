@@ -397,7 +397,7 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
         click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
     elif decision is not None:
         click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
-                   f"{' on the map maxima' if decision.on == 'map_max' else ''}: {decision.detail}); "
+                   f"{' on the map maxima' if decision.on == 'map_max' else ' on the scores'}: {decision.detail}); "
                    f"normal: {n - decision.count}")
     if decision is not None and decision.rate is not None:
         click.echo(f"Estimated defect rate: {decision.rate}")
