@@ -26,9 +26,9 @@ at least half-way from the batch's median map maximum (a typical normal image's 
 image's own peak: the half-maximum extent of its strongest regions (`half_peak_masks`). It keeps each image's
 peak, so an image is flagged exactly when its mask is non-empty. Options: `mebin` (the middle of the widest range
 of thresholds between that median and the image's peak over which the number of connected regions stays the
-same; after MEBin, AnomalyNCD, CVPR 2025) and `image` (the pixels above the image cut-off: the map-based methods'
-threshold on the map maxima, or the image method applied to the map maxima). Which rule finds most of the defect
-pixels on real batches, per preset: BENCHMARKS.md, decision sections.
+same; after MEBin, AnomalyNCD, CVPR 2025) and `image` (the pixels above the image cut-off on the map maxima: the
+lowest map maximum among a map-based decision's flagged images, or the image method applied to the map maxima).
+Which rule finds most of the defect pixels on real batches, per preset: BENCHMARKS.md, decision sections.
 
 The batch's defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
 says otherwise (or a two-group fit puts a clear majority, `UPPER_MAJORITY`, in its upper group), or the batch is too
@@ -401,6 +401,9 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     maps = np.asarray(maps)
     n = maps.shape[0]
     evidence = maps.reshape(n, -1).max(axis=1).astype(np.float64)
+    final = None if scores is None else np.asarray(scores, dtype=np.float64)
+    if final is not None and final.shape != (n,):
+        raise ConfigError(f"scores must have one value per map ({n}), got shape {final.shape}")
 
     def undecided(detail: str, warning: str, **known: Any) -> tuple[Decision, np.ndarray, dict]:
         decision = Decision(np.zeros(n, dtype=bool), float("inf"), method, detail, [warning], undecided=True,
@@ -435,10 +438,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         detail = (f"no image passes a test at FDR {fdr:g}: the lowest tail probability is {p.min():.2g}, and among {n} "
                   f"images one image alone is flagged only below {fdr / n:.2g}; {peak}")
     on = "map_max"
-    if method == "balanced" and scores is not None and flagged.any():
-        final = np.asarray(scores, dtype=np.float64)
-        if final.shape != (n,):
-            raise ConfigError(f"scores must have one value per map ({n}), got shape {final.shape}")
+    if method == "balanced" and final is not None and flagged.any():
         count = int(flagged.sum())
         flagged = np.zeros(n, dtype=bool)
         flagged[np.lexsort((-evidence, -final))[:count]] = True
@@ -527,8 +527,8 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
     """Binary defect masks (N, H, W) in the flagged images and a description of the pixel threshold(s).
 
     `raw_scores` are the maps' maxima. `half-peak` and `mebin` set a threshold per flagged image above the batch's
-    median map maximum (`half_peak_masks`, `mebin_masks`); `image` marks the pixels above the image cut-off (a
-    map-based decision's own threshold on the map maxima, or `image_method` applied to the map maxima).
+    median map maximum (`half_peak_masks`, `mebin_masks`); `image` marks the pixels above the image cut-off on the
+    map maxima (the lowest one among a map-based decision's flagged images, or `image_method` applied to them).
     """
     check_pixel_method(method)
     if threshold is not None:
