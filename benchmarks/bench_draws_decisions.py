@@ -1,0 +1,115 @@
+"""Random draws for the label-free decisions: the default decision's image and pixel F1 next to its variants.
+
+The same random batches as `bench_draws.py` (the accuracy panel's two draws of blowhole, break, crack and uneven
+pooled, --draws batches of 80 normal and 20 defective images, MSM read from the pooled nearest-patch tables), scored
+by the default preset. On each batch every rule decides from the same maps and scores:
+  balanced            the default: how many images from the map maxima's null, which ones from the final scores
+                      (the top of the ranking); `half-peak` masks
+  balanced/map-order  the same count taken in the order of the map maxima (the rule before)
+  balanced/mebin      the default's images with MEBin masks (the mask rule before)
+  gmm                 two-Gaussian threshold on the final scores, `half-peak` masks
+Image F1 as a share of F1-max (the oracle threshold on the final scores), pixel F1 as a share of F1-max-segm over all
+pixels of the batch at the model's input size, as in `bench_decision.py`.
+
+Usage: python benchmarks/bench_draws_decisions.py [--size 224] [--draws 30] [--categories blowhole,...] [--seed 0]
+       [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bench_accuracy import samples
+from bench_draws import BATCH, CATEGORIES, TableScorer, draw_batches, pooled_tables
+from common import publish
+
+from musc import MuSc, MuScConfig
+from musc.datasets import load_mask, resize_mask
+from musc.decision import decide, decide_from_maps
+from musc.metrics import f1_max
+from musc.tiling import image_sizes
+from musc.types import Features
+
+RULES = ("balanced", "balanced/map-order", "balanced/mebin", "gmm")
+
+
+def f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    return 2 * float((pred & truth).sum()) / max(int(pred.sum() + truth.sum()), 1)
+
+
+def decided(rule: str, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flagged images, masks) of one rule on one batch."""
+    if rule == "balanced/map-order":
+        d, masks, _ = decide_from_maps(maps, "balanced")
+        return d.defective, masks
+    method, _, pixel = rule.partition("/")
+    out = decide(scores, maps, method, pixel_method=pixel or "half-peak")
+    return out.image.defective, out.masks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--draws", type=int, default=30)
+    ap.add_argument("--categories", default=",".join(CATEGORIES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    model = MuSc(MuScConfig(backbone="dinov2_vits14", image_size=args.size, device="cpu"))
+    c = model.config
+    rows = []
+    for category in args.categories.split(","):
+        chosen = samples(f"mtd-{category}") + samples(f"mtd-{category}-b")
+        paths = [s.path for s in chosen]
+        labels = np.array([bool(s.label) for s in chosen])
+        t0 = time.perf_counter()
+        pooled, _ = model.extract(paths, progress=False)
+        tables = pooled_tables(pooled, c.aggregation, c.r_values)
+        size = (args.size, args.size)
+        truth = np.stack([resize_mask(load_mask(s, wh), size) for s, wh in zip(chosen, image_sizes(paths))])
+        shares: dict[str, dict[str, list[float]]] = {r: {"image": [], "pixel": []} for r in RULES}
+        for idx in draw_batches(labels, args.draws, args.seed):
+            index = torch.as_tensor(idx)
+            if model.config_for([paths[i] for i in idx])[0].tile_scale is not None:
+                raise SystemExit(f"the default preset would tile a batch of mtd-{category}: these draws score whole images")
+            features = Features([t[index] for t in pooled.tokens], pooled.embeddings[index])
+            result = model.score_features(features, progress=False, scorer=TableScorer(tables, index))
+            maps, scores, lab, gt = result.maps, result.scores, labels[idx], truth[idx]
+            image_oracle, pixel_oracle = f1_max(lab, scores), f1_max(gt.ravel(), maps.ravel())
+            for rule in RULES:
+                flagged, masks = decided(rule, scores, maps)
+                shares[rule]["image"].append(100 * f1(flagged, lab) / image_oracle)
+                shares[rule]["pixel"].append(100 * f1(masks, gt) / pixel_oracle)
+        print(f"mtd-{category}: {len(chosen)} images pooled, {args.draws} batches in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        base = {k: np.array(v) for k, v in shares["balanced"].items()}
+        for rule in RULES:
+            cells = []
+            for key in ("image", "pixel"):
+                v = np.array(shares[rule][key])
+                d = v - base[key]
+                cells.append(f"{v.mean():.1f} ± {v.std():.1f} | " + ("default" if rule == "balanced" else
+                             f"{d.mean():+.1f} ({(d > 0.5).sum()} / {(d < -0.5).sum()})"))
+            rows.append(f"| mtd-{category} | {rule} | {' | '.join(cells)} |")
+            print(rows[-1], flush=True)
+    publish("draws-decisions", [
+        f"## Random draws: label-free decisions over {args.draws} batches (default preset)", "",
+        f"`python benchmarks/bench_draws_decisions.py --size {args.size} --draws {args.draws}` — dinov2_vits14 at "
+        f"{args.size}, the default preset. The batches of `bench_draws.py` (seed {args.seed}): the accuracy panel's two "
+        f"draws of a defect type pooled, {args.draws} random batches of {BATCH[0]} normal and {BATCH[1]} defective "
+        "images. Image F1 at the automatic decision as a share of F1-max on the final scores, pixel F1 as a share of "
+        "F1-max-segm over all pixels of the batch (%; mean ± standard deviation over the batches). Δ: the rule's share "
+        "minus the default's on the same batch, its mean, and on how many batches it is more than half a point above "
+        "/ below. `balanced`: the default (count from the map maxima's null, images from the top of the final scores, "
+        "`half-peak` masks); `balanced/map-order`: the same count in the order of the map maxima; `balanced/mebin`: "
+        "MEBin masks; `gmm`: two Gaussians on the final scores.", "",
+        "| category | rule | image share | Δ image (better / worse) | pixel share | Δ pixel (better / worse) |",
+        "|---|---|---:|---|---:|---|", *rows], not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
