@@ -72,6 +72,14 @@ def pooled_tables(features: Features, aggregation: str, r_values: Sequence[int])
     return [[nearest_patch_distances(z) for z in run(tokens, r_values)] for tokens in features.tokens]
 
 
+def pooled_category(model: MuSc, category: str) -> tuple[list, list, np.ndarray, Features]:
+    """The panel's two draws of a defect type pooled: their samples, paths, labels and `model`'s features."""
+    chosen = samples(f"mtd-{category}") + samples(f"mtd-{category}-b")
+    paths = [s.path for s in chosen]
+    pooled, _ = model.extract(paths, progress=False)
+    return chosen, paths, np.array([bool(s.label) for s in chosen]), pooled
+
+
 def draw_batches(labels: np.ndarray, count: int, seed: int) -> list[np.ndarray]:
     """`count` random batches of BATCH[0] normal and BATCH[1] defective images (sorted indices into `labels`)."""
     rng = np.random.default_rng(seed)
@@ -121,11 +129,8 @@ def main() -> None:
     models = {m: MuSc(c, backbone=base_model.backbone if shared(c) else None) for m, c in configs.items()}
     rows = []
     for category in args.categories.split(","):
-        chosen = samples(f"mtd-{category}") + samples(f"mtd-{category}-b")
-        paths = [s.path for s in chosen]
-        labels = np.array([bool(s.label) for s in chosen])
         t0 = time.perf_counter()
-        pooled, _ = base_model.extract(paths, progress=False)
+        chosen, paths, labels, pooled = pooled_category(base_model, category)
         tables: dict[tuple, list[list[torch.Tensor]]] = {}
         for c in configs.values():
             key = (c.aggregation, tuple(c.r_values))

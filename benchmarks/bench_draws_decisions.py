@@ -23,8 +23,7 @@ import time
 import numpy as np
 import torch
 
-from bench_accuracy import samples
-from bench_draws import BATCH, CATEGORIES, TableScorer, draw_batches, pooled_tables
+from bench_draws import BATCH, CATEGORIES, TableScorer, draw_batches, pooled_category, pooled_tables
 from common import publish
 
 from musc import MuSc, MuScConfig
@@ -63,11 +62,8 @@ def main() -> None:
     c = model.config
     rows = []
     for category in args.categories.split(","):
-        chosen = samples(f"mtd-{category}") + samples(f"mtd-{category}-b")
-        paths = [s.path for s in chosen]
-        labels = np.array([bool(s.label) for s in chosen])
         t0 = time.perf_counter()
-        pooled, _ = model.extract(paths, progress=False)
+        chosen, paths, labels, pooled = pooled_category(model, category)
         tables = pooled_tables(pooled, c.aggregation, c.r_values)
         size = (args.size, args.size)
         truth = np.stack([resize_mask(load_mask(s, wh), size) for s, wh in zip(chosen, image_sizes(paths))])
