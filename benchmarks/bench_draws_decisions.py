@@ -23,12 +23,13 @@ import time
 import numpy as np
 import torch
 
+from bench_decision import f1
 from bench_draws import BATCH, CATEGORIES, TableScorer, draw_batches, pooled_category, pooled_tables
 from common import publish
 
 from musc import MuSc, MuScConfig
 from musc.datasets import load_mask, resize_mask
-from musc.decision import decide, decide_from_maps
+from musc.decision import decide, decide_from_maps, pixel_masks
 from musc.metrics import f1_max
 from musc.tiling import image_sizes
 from musc.types import Features
@@ -36,18 +37,16 @@ from musc.types import Features
 RULES = ("balanced", "balanced/map-order", "balanced/mebin", "gmm")
 
 
-def f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    return 2 * float((pred & truth).sum()) / max(int(pred.sum() + truth.sum()), 1)
-
-
-def decided(rule: str, scores: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flagged images, masks) of one rule on one batch."""
-    if rule == "balanced/map-order":
-        d, masks, _ = decide_from_maps(maps, "balanced")
-        return d.defective, masks
-    method, _, pixel = rule.partition("/")
-    out = decide(scores, maps, method, pixel_method=pixel or "half-peak")
-    return out.image.defective, out.masks
+def decided(scores: np.ndarray, maps: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(flagged images, masks) of each rule on one batch; the default's decision is made once and its MEBin masks
+    drawn from it."""
+    default = decide(scores, maps, "balanced")
+    map_order, map_order_masks, _ = decide_from_maps(maps, "balanced")
+    mebin, _ = pixel_masks(maps, maps.reshape(len(maps), -1).max(axis=1), default.image, "mebin")
+    gmm = decide(scores, maps, "gmm")
+    return {"balanced": (default.image.defective, default.masks),
+            "balanced/map-order": (map_order.defective, map_order_masks),
+            "balanced/mebin": (default.image.defective, mebin), "gmm": (gmm.image.defective, gmm.masks)}
 
 
 def main() -> None:
@@ -71,13 +70,13 @@ def main() -> None:
         for idx in draw_batches(labels, args.draws, args.seed):
             index = torch.as_tensor(idx)
             if model.config_for([paths[i] for i in idx])[0].tile_scale is not None:
-                raise SystemExit(f"the default preset would tile a batch of mtd-{category}: these draws score whole images")
+                raise SystemExit(f"the default preset would tile a batch of mtd-{category}: these draws score whole "
+                                 "images")
             features = Features([t[index] for t in pooled.tokens], pooled.embeddings[index])
             result = model.score_features(features, progress=False, scorer=TableScorer(tables, index))
             maps, scores, lab, gt = result.maps, result.scores, labels[idx], truth[idx]
             image_oracle, pixel_oracle = f1_max(lab, scores), f1_max(gt.ravel(), maps.ravel())
-            for rule in RULES:
-                flagged, masks = decided(rule, scores, maps)
+            for rule, (flagged, masks) in decided(scores, maps).items():
                 shares[rule]["image"].append(100 * f1(flagged, lab) / image_oracle)
                 shares[rule]["pixel"].append(100 * f1(masks, gt) / pixel_oracle)
         print(f"mtd-{category}: {len(chosen)} images pooled, {args.draws} batches in {time.perf_counter() - t0:.0f} s",

@@ -43,7 +43,7 @@ threshold).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -552,38 +552,43 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
     return masks, {"method": "image", "threshold": float(t), "detail": f"{raw_method} on map maxima: {raw.detail}"}
 
 
+def masks_per_image(maps: np.ndarray, flagged: np.ndarray, floor: float,
+                    threshold: Callable[[np.ndarray, float, float], float], strict: bool = False
+                    ) -> tuple[np.ndarray, dict[int, float]]:
+    """Masks (N, H, W) from a threshold per flagged image, `threshold(map, base, peak)` with base = min(`floor`,
+    peak), and those thresholds. Pixels reaching it are marked (above it when `strict`), and always the peak, so a
+    flagged image never has an empty mask; unflagged images get none."""
+    masks = np.zeros(maps.shape, dtype=bool)
+    per_image = {}
+    for i in np.flatnonzero(flagged):
+        peak = float(maps[i].max())
+        t = min(threshold(maps[i], min(floor, peak), peak), peak)
+        masks[i] = maps[i] > t if strict and t < peak else maps[i] >= t
+        per_image[int(i)] = t
+    return masks, per_image
+
+
 def half_peak_masks(maps: np.ndarray, flagged: np.ndarray, floor: float, fraction: float = HALF_PEAK
                     ) -> tuple[np.ndarray, dict]:
     """Per flagged image, the pixels at least `fraction` of the way from `floor` (the batch's median map maximum) to
     its peak: the extent of its strongest regions at half their height above what normal images reach. The peak
     is always kept (an image whose peak is below `floor` is marked at its peak), so a flagged image never has an
     empty mask; unflagged images get none."""
-    masks = np.zeros(maps.shape, dtype=bool)
-    per_image = {}
-    for i in np.flatnonzero(flagged):
-        peak = float(maps[i].max())
-        base = min(floor, peak)
-        t = base + fraction * (peak - base)
-        masks[i] = maps[i] >= t
-        per_image[int(i)] = t
+    masks, per_image = masks_per_image(maps, flagged, floor, lambda _, base, peak: base + fraction * (peak - base))
     return masks, {"method": "half-peak", "thresholds": per_image, "floor": floor, "fraction": fraction}
 
 
 def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np.ndarray, dict]:
     """Per flagged image, the pixels above its MEBin threshold (searched between `floor` and its peak), and
     always its peak, so a flagged image never has an empty mask; unflagged images get none."""
-    masks = np.zeros(maps.shape, dtype=bool)
-    per_image = {}
-    for i in np.flatnonzero(flagged):
-        peak = float(maps[i].max())
-        t = min(mebin_threshold(maps[i], lo=min(floor, peak)), peak)
-        masks[i] = maps[i] >= t if t >= peak else maps[i] > t
-        per_image[int(i)] = t
+    masks, per_image = masks_per_image(maps, flagged, floor, lambda amap, base, _: mebin_threshold(amap, lo=base),
+                                       strict=True)
     return masks, {"method": "mebin", "thresholds": per_image, "floor": floor}
 
 
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
-           "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null", "shorth_location",
-           "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "NullEstimate", "threshold_mad",
-           "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR"]
+           "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
+           "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null",
+           "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS",
+           "DEFAULT_FDR"]
