@@ -80,6 +80,8 @@ def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method)
     res = run("score", folder, "--out", out, "--report", "--decision", method, *TINY[:-1])
     assert res.exit_code == 0, res.output
     assert "Estimated defect rate:" in res.output
+    defective_line = next(line for line in res.output.splitlines() if line.startswith("Defective:"))
+    assert "defect rate" not in defective_line  # on its own line, not repeated in the decision's detail
     image = json.loads((out / "decision.json").read_text())["image"]
     assert image["method"] == method and not image["undecided"]
     assert 0 <= image["defect_rate"]["low"] <= image["defect_rate"]["estimate"] <= image["defect_rate"]["high"] <= 1

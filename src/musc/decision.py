@@ -426,7 +426,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
                          "the batch cannot tell normal from defective here, so no image is decided; set "
                          "--expected-defect-rate or --threshold", p_values=p, rate=rate)
     flagged = benjamini_hochberg(p, fdr)
-    peak = f"normal peak at {null.loc:.4g} (sd {null.scale:.3g}) of the map maxima; estimated defect rate {rate}"
+    peak = f"normal peak at {null.loc:.4g} (sd {null.scale:.3g}) of the map maxima"
     if method == "fdr":
         detail = f"FDR {fdr:g} (Benjamini-Hochberg) over images; {peak}"
     elif flagged.any():
