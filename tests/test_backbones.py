@@ -54,6 +54,19 @@ def test_any_multiple_of_patch_size(size):
     assert taps[0].shape[-2:] == (size // 14, size // 14)
 
 
+def test_random_weights_are_the_same_every_run_and_leave_the_callers_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = Backbone.load("test_tiny_dino", pretrained=False, device="cpu")
+    after = torch.rand(3)
+    b = Backbone.load("test_tiny_dino", pretrained=False, device="cpu")
+    assert torch.equal(after, expected)  # creating the model drew nothing from the global generator
+    pa, pb = a.model.state_dict(), b.model.state_dict()
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert a.weights_source == "random"
+
+
 def test_size_not_multiple_of_patch_rejected():
     with pytest.raises(ConfigError, match="multiple of the patch size 14"):
         Backbone.load("test_tiny_dino", image_size=50, pretrained=False, device="cpu")

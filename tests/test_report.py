@@ -66,7 +66,9 @@ def test_undecided_batch_is_reported_as_such(image_folder, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["balanced", "fdr"])
-def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method):
+def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method, caplog):
+    import logging
+
     from PIL import Image
 
     from conftest import planted, textured
@@ -77,8 +79,14 @@ def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method)
         Image.fromarray(textured(200 + i)).save(folder / f"n{i:02d}.png")
     Image.fromarray(planted(textured(300))).save(folder / "odd.png")
     out = tmp_path / "out"
-    res = run("score", folder, "--out", out, "--report", "--decision", method, *TINY[:-1])
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        res = run("score", folder, "--out", out, "--report", "--decision", method, *TINY[:-1])
     assert res.exit_code == 0, res.output
+    warnings = json.loads((out / "decision.json").read_text())["image"]["warnings"]
+    assert warnings  # this batch (random weights, the same every run) gets one: it is checked below
+    for warning in warnings:  # said once: in the summary, not also in the log
+        assert res.output.count(warning) == 1
+        assert not any(warning in r.getMessage() for r in caplog.records)
     assert "Estimated defect rate:" in res.output
     defective_line = next(line for line in res.output.splitlines() if line.startswith("Defective:"))
     assert "defect rate" not in defective_line  # on its own line, not repeated in the decision's detail
@@ -103,6 +111,11 @@ def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method)
         assert f"threshold {image['threshold']:.4f} on the map maxima:" in res.output
         assert flagged == {r["name"] for r in rows if float(r["map_max"]) >= round(image["threshold"], 6)}
     assert "estimated defect rate" in (out / "report.html").read_text()
+    caplog.clear()  # with --quiet there is no summary: the log says the warnings
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        res = run("score", folder, "--out", out, "--decision", method, "--quiet", *TINY[:-1])
+    assert res.exit_code == 0, res.output
+    assert [r.getMessage() for r in caplog.records if r.getMessage() in warnings] == warnings
 
 
 def test_decision_options(image_folder, tmp_path):

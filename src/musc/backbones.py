@@ -27,6 +27,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of `--random-weights` (smoke tests): two runs on the same images give the same results."""
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,9 @@ class Backbone:
                 ) from exc
             source = f"hub:{preset.timm_id}"
         else:
-            model = timm.create_model(base_id, pretrained=False, **kwargs)
+            with torch.random.fork_rng(devices=[]):  # the same random weights every run, the caller's RNG untouched
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = timm.create_model(base_id, pretrained=False, **kwargs)
             log.warning("backbone %s uses random weights: results are not meaningful", name)
             source = "random"
         depth = len(model.blocks)

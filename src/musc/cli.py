@@ -93,7 +93,7 @@ def score_options(func: Callable) -> Callable:
                      help="Local weights (timm-layout state dict, .safetensors or .pth), or 'hub' to skip "
                           "imported weights. Default: weights imported with `musc weights`, else the hub."),
         click.option("--random-weights", is_flag=True,
-                     help="Random backbone weights: for smoke tests only, results are meaningless."),
+                     help="Random backbone weights (the same every run): for smoke tests only, results are meaningless."),
         click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
                      help="Working-memory bound of the scoring stage in MiB. Default: half the available RAM, "
                           "at most 40% of it (CPU), or 60% of free GPU memory."),
@@ -382,9 +382,10 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             from .report import write_report
 
             write_report(folder, progress=progress, title=f"musc: {' '.join(str(i) for i in inputs)}")
-    for warning in decision.warnings if decision else []:
-        log.warning(warning)
-    if not quiet:
+    if quiet:  # the summary says them otherwise; once is enough
+        for warning in decision.warnings if decision else []:
+            log.warning(warning)
+    else:
         _print_summary(result, out / scores_path.name, decision, skipped)
 
 
