@@ -480,9 +480,10 @@ def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", 
            pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
-    `balanced` and `fdr` use the maps alone (their maxima and pixels); the other methods threshold the scores. Masks
-    are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides it with a
-    fixed map value.
+    `balanced` and `fdr` test the map maxima against their null; `fdr` flags the images that pass, `balanced` takes
+    how many to flag from that test and flags that many at the top of the scores. The other methods threshold the
+    scores. Masks are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides
+    it with a fixed map value.
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:
