@@ -18,6 +18,7 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
        +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
+       +skip0.03 = --interval-skip 0.03;
        --methods '' rewrites both tables from the kept runs)
 """
 
@@ -78,7 +79,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
-                 "interval": ("interval", float), "tiles": ("tile_scale", lambda v: v if v == "auto" else float(v))}
+                 "interval": ("interval", float), "skip": ("interval_skip", float), "tiles": ("tile_scale", lambda v: v if v == "auto" else float(v))}
 """Variant options with a value (prefix + value, e.g. 'blocks2-5-8') -> (config field, parser of the value)."""
 
 
@@ -160,13 +161,14 @@ def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
     return sorted(rows + kept, key=lambda r: r.split("|")[1:3])
 
 
-def existing_rows(size: int, table: str = "") -> list[str]:
-    """Rows already in BENCHMARKS.md's panel (or, with table '-versus-musc', its comparison) at this size: a run adds
-    or replaces rows, it keeps the others."""
+def existing_rows(size: int, table: str = "", section: str | None = None) -> list[str]:
+    """Rows already in BENCHMARKS.md's panel (or, with table '-versus-musc', its comparison) at this size, or in
+    another `section`: a run adds or replaces rows, it keeps the others."""
     from common import BENCHMARKS_MD
 
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
-    start, end = text.find(f"<!-- accuracy-{size}{table} -->"), text.find(f"<!-- /accuracy-{size}{table} -->")
+    name = section or f"accuracy-{size}{table}"
+    start, end = text.find(f"<!-- {name} -->"), text.find(f"<!-- /{name} -->")
     if start < 0 or end < 0:
         return []
     return [line for line in text[start:end].splitlines()
@@ -213,7 +215,9 @@ def main() -> None:
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
              "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`; `+subsetsS` = `--subsets S`; "
              "`+intervalF` = `--interval F` (MSM: the share of the N-1 nearest-patch distances averaged; 0.3 in "
-             "every preset, as in the paper). mtd-TYPE: 80 normal "
+             "every preset, as in the paper); `+skipF` = `--interval-skip F` (MSM: the share of them left out below "
+             "the interval; 0.03 in the default `musc-scales-tiles`, 0 in the others: `musc-scales-tiles+skip0` is "
+             "the default before it, and `musc-scales-tiles+skip0+...` rows were run on that). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
              "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "

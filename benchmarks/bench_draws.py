@@ -38,8 +38,8 @@ from musc.scoring import interval_mean_excluding_self, nearest_patch_distances
 from musc.types import Features
 
 CATEGORIES = ("blowhole", "break", "crack", "uneven")
-METHODS = ("musc", "musc-scales-tiles", "musc-scales-tiles+blocks2-5-8", "musc-scales-tiles+interval0.2",
-           "musc-scales-tiles+interval0.5", "muscv2")
+METHODS = ("musc", "musc-scales-tiles", "musc-scales-tiles+skip0", "musc-scales-tiles+skip0+blocks2-5-8",
+           "musc-scales-tiles+skip0+interval0.2", "musc-scales-tiles+skip0+interval0.5", "muscv2")
 BATCH = (80, 20)
 """Normal and defective images per drawn batch: the panel's category size."""
 
@@ -55,7 +55,8 @@ class TableScorer:
         self.calls = 0
 
     def __call__(self, z: torch.Tensor, fraction: float, budget: int | None = None,
-                 matmul_dtype: torch.dtype | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                 matmul_dtype: torch.dtype | None = None, progress: Callable[[int], None] | None = None,
+                 skip: float = 0.0) -> torch.Tensor:
         block, view = self.order[self.calls]
         self.calls += 1
         if z.shape[0] != len(self.index):
@@ -63,7 +64,7 @@ class TableScorer:
         sub = self.tables[block][view][self.index][:, :, self.index]  # the pooled table's +inf self entries stay
         if progress is not None:
             progress(len(z))
-        return interval_mean_excluding_self(sub, fraction)
+        return interval_mean_excluding_self(sub, fraction, skip)
 
 
 def pooled_tables(features: Features, aggregation: str, r_values: Sequence[int]) -> list[list[torch.Tensor]]:
@@ -179,6 +180,11 @@ def main() -> None:
                         f"{np.mean(others[method]['f1_max_cls']):.1f} | {np.mean(others[method]['ap_cls']):.1f} | "
                         f"{against} |")
             print(rows[-1], flush=True)
+    computed = {tuple(c.strip() for c in r.split("|")[1:3]) for r in rows}
+    kept = [r for r in existing_rows(0, table="", section="draws") if tuple(c.strip() for c in r.split("|")[1:3])
+            not in computed]  # methods not run this time keep their rows
+    rows = sorted(rows + kept, key=lambda r: (r.split("|")[1], 0 if r.split("|")[2].strip() == "musc" else 1,
+                                              r.split("|")[2]))
     publish("draws", [
         f"## Random draws: per-category AUROC-cls differences against `musc` over {args.draws} batches", "",
         f"`python benchmarks/bench_draws.py --size {args.size} --draws {args.draws}` — dinov2_vits14 at {args.size}. "

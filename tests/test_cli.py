@@ -50,10 +50,11 @@ def test_score_options_reach_the_config(image_folder, tmp_path):
     # --no-recursive: the images are in sub-folders, so none is found
     assert res.exit_code != 0 and "no images" in res.output
     res = run("score", image_folder, "--out", out, *TINY, "--r", "1,3", "--layers", "1,3", "--interval", "0.5",
-              "--no-rscin", "--subsets", "2", "--no-images", "--no-maps")
+              "--interval-skip", "0.1", "--no-rscin", "--subsets", "2", "--no-images", "--no-maps")
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert cfg["r_values"] == [1, 3] and cfg["layers"] == [1, 3] and cfg["interval"] == 0.5
+    assert cfg["interval_skip"] == 0.1
     assert cfg["rscin_windows"] == [] and cfg["subsets"] == 2
     assert not (out / "maps").exists() and not (out / "heatmaps").exists()
     res = run("score", image_folder, "--out", tmp_path / "paper", *TINY, "--image-score", "max", "--map-rule", "z-max",
@@ -123,6 +124,7 @@ def test_mismatched_weights(image_folder, tmp_path):
 
 @pytest.mark.parametrize("opt,val,msg", [
     ("--r", "1,2", "odd"), ("--r", "a,b", "comma-separated"), ("--interval", "1.5", "interval"),
+    ("--interval-skip", "0.5", "interval_skip"),
     ("--subsets", "0", "subsets"), ("--device", "tpu", "device"), ("--batch-size", "0", "batch_size"),
     ("--rscin-windows", "0", "RsCIN windows"), ("--subsets", "4", "subsets of at least 2"),
 ])
@@ -142,7 +144,8 @@ def test_previous_result_survives_a_failed_run(image_folder, tmp_path):
 
 def test_help_documents_every_option():
     res = run("score", "--help")
-    for opt in ["--out", "--backbone", "--image-size", "--layers", "--r", "--interval", "--rscin-windows", "--no-rscin",
+    for opt in ["--out", "--backbone", "--image-size", "--layers", "--r", "--interval", "--interval-skip",
+                "--rscin-windows", "--no-rscin",
                 "--subsets", "--seed", "--device", "--half", "--batch-size", "--weights", "--random-weights",
                 "--memory-budget", "--skip-unreadable", "--no-maps", "--no-images", "--quiet"]:
         assert opt in res.output, opt

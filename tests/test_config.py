@@ -14,6 +14,8 @@ from musc.errors import ConfigError
     ({"layers": (-1, 3)}, "layers"),
     ({"interval": 0.0}, "interval"),
     ({"interval": 1.5}, "interval"),
+    ({"interval_skip": -0.1}, "interval_skip"),
+    ({"interval_skip": 0.3}, "interval_skip"),
     ({"rscin_windows": (0, 2)}, "RsCIN windows"),
     ({"subsets": 0}, "subsets"),
     ({"device": "tpu"}, "device"),

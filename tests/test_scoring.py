@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from musc.scoring import (MAP_RULES, cross_nearest_distances, distances_to_references, get_map_rule, half_inputs,
-                          interval_count, interval_mean, mutual_scores, nearest_patch_distances, robust_z_max,
-                          view_mean)
+                          interval_bounds, interval_count, interval_mean, interval_mean_excluding_self, mutual_scores,
+                          nearest_patch_distances, robust_z_max, view_mean)
 
 
-def naive_scores(z: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The official formulation: for each image, cdist to every other image's patches, min, sort, interval mean."""
+def naive_scores(z: torch.Tensor, fraction: float, skip: float = 0.0) -> torch.Tensor:
+    """The official formulation: for each image, cdist to every other image's patches, min, sort, interval mean
+    (with `skip`, the sorted distances from floor(skip * (n - 1)) on)."""
     n, l, c = z.shape
     out = torch.empty(n, l, dtype=torch.float64)
     zd = z.double()
@@ -24,7 +25,8 @@ def naive_scores(z: torch.Tensor, fraction: float) -> torch.Tensor:
             per_image.append(d.min(dim=1).values)
         s = torch.stack(per_image, dim=1)  # (l, n-1)
         k = max(1, math.floor(fraction * (n - 1)))
-        out[i] = s.sort(dim=1).values[:, :k].mean(dim=1)
+        lo = min(math.floor(skip * (n - 1)), k - 1)
+        out[i] = s.sort(dim=1).values[:, lo:k].mean(dim=1)
     return out.float()
 
 
@@ -77,6 +79,57 @@ def test_interval_count_and_mean():
     assert interval_count(199, 0.3) == 59
     d = torch.tensor([[5.0, 1.0, 3.0, 2.0, 4.0, 9.0, 7.0, 8.0, 6.0, 0.5]])
     assert interval_mean(d, 0.3).item() == pytest.approx((0.5 + 1 + 2) / 3)
+
+
+def test_interval_skip_bounds():
+    assert interval_bounds(99, 0.3) == (0, 29)
+    assert interval_bounds(99, 0.3, 0.03) == (2, 29)
+    assert interval_bounds(199, 0.3, 0.03) == (5, 59)
+    assert interval_bounds(30, 0.3, 0.03) == (0, 9)  # small batches: nothing left out
+    assert interval_bounds(9, 0.3, 0.29) == (1, 2)  # one value always stays
+    d = torch.tensor([[5.0, 1.0, 3.0, 2.0, 4.0, 9.0, 7.0, 8.0, 6.0, 0.5]])
+    assert interval_mean(d, 0.5, 0.2).item() == pytest.approx((2 + 3 + 4) / 3)  # sorted: 0.5 1 | 2 3 4 | 5 ...
+    assert interval_mean(d, 0.5, 0.0).item() == interval_mean(d, 0.5).item()
+
+
+@pytest.mark.parametrize("budget", [None, 1, 4 * 9 * 11 * 3])
+@pytest.mark.parametrize("skip", [0.0, 0.1, 0.25])
+def test_interval_skip_matches_the_sorted_formulation_on_every_path(budget, skip):
+    """The exact table and the row-block fallback both leave out the smallest floor(skip * (N - 1)) distances."""
+    z = unit(11, 9, 8, seed=5)
+    assert (mutual_scores(z, 0.5, memory_budget=budget, skip=skip) - naive_scores(z, 0.5, skip)).abs().max() <= 1e-5
+
+
+def test_interval_skip_with_references_counts_them_among_the_scorers():
+    z, refs = unit(5, 6, 8, seed=6), unit(4, 6, 8, seed=7)
+    table = torch.cat([nearest_patch_distances(z), distances_to_references(z, refs)], dim=-1)  # (5, 6, 5 + 4)
+    finite = table.masked_fill(torch.isinf(table), float("nan")).sort(dim=-1).values[..., :8]  # the 8 others, sorted
+    lo, hi = interval_bounds(8, 0.5, 0.25)
+    expected = finite[..., lo:hi].mean(dim=-1)
+    assert (lo, hi) == (2, 4)
+    assert torch.allclose(interval_mean_excluding_self(table, 0.5, 0.25), expected)
+    assert torch.allclose(mutual_scores(z, 0.5, refs=refs, skip=0.25), expected)
+
+
+def test_interval_skip_keeps_a_recurring_defect_from_being_scored_down():
+    """A defect patch that recurs in 2 of 12 images finds its twin: with the paper's interval (the 3 smallest of 11
+    distances) the twin's near-zero distance pulls its score a third down; leaving out the smallest 2 gives it the
+    score it has when it occurs once."""
+    g = torch.Generator().manual_seed(1)
+    n, l, c = 12, 16, 12
+    prototypes = F.normalize(torch.randn(4, c, generator=g), dim=-1)
+    once = prototypes[torch.randint(0, 4, (n, l), generator=g)] + 0.02 * torch.randn(n, l, c, generator=g)
+    defect = -prototypes.sum(0)
+    once[3, 5] = defect
+    twice = once.clone()
+    twice[7, 9] = defect + 0.01 * torch.randn(c, generator=g)
+    once, twice = F.normalize(once, dim=-1), F.normalize(twice, dim=-1)
+    alone = mutual_scores(once, 0.3)[3, 5]
+    assert mutual_scores(twice, 0.3)[3, 5] < 0.75 * alone
+    assert mutual_scores(twice, 0.3, skip=0.2)[3, 5] > 0.95 * alone
+    normal = torch.ones(n, l, dtype=torch.bool)
+    normal[3, 5] = normal[7, 9] = False
+    assert mutual_scores(twice, 0.3, skip=0.2)[normal].max() < 1.2 * mutual_scores(twice, 0.3)[normal].max()
 
 
 def test_planted_patch_scores_highest():

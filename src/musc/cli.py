@@ -66,6 +66,10 @@ def score_options(func: Callable) -> Callable:
                      help="LNAMD aggregation degrees (odd)."),
         click.option("--interval", type=float, default=_DEFAULTS.interval, show_default=True,
                      help="MSM: fraction of the N-1 smallest nearest-patch distances averaged."),
+        click.option("--interval-skip", type=float, default=None,
+                     help="MSM: fraction of the N-1 nearest-patch distances left out below the interval (a defect "
+                          "that recurs in a few images is not scored down by them). Default: the method's "
+                          f"({METHODS[DEFAULT_METHOD].get('interval_skip', 0.0):g} for the default, 0 for the paper)."),
         click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,
                      help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); musc-scales = the "
                           "paper's stages, each image scored by its strongest scale; muscv2 = MuSc-V2's stages "
@@ -151,10 +155,12 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         ray_address: str | None = None, method: str = DEFAULT_METHOD, map_rule: str | None = None,
                         image_score: str | None = None,
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
-                        tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None) -> MuScConfig:
+                        tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None,
+                        interval_skip: float | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
-    The map rule, image score and tile settings left out (None) come from the method preset, then the defaults;
+    The map rule, image score, interval skip and tile settings left out (None) come from the method preset, then
+    the defaults;
     --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
     overrides: dict[str, Any] = {"tile_matching": tile_matching}  # preset fields the options replace
@@ -166,6 +172,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         overrides["tile_scale"] = None if tile_scale == "off" else tile_scale
     if tile_overlap is not None:
         overrides["tile_overlap"] = tile_overlap
+    if interval_skip is not None:
+        overrides["interval_skip"] = interval_skip
     if tile_subsets is not None:
         overrides["tile_subsets"] = tile_subsets
     config = MuScConfig.for_method(
@@ -194,7 +202,7 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
-             "tile_overlap", "tile_matching", "tile_subsets")
+             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

@@ -29,18 +29,21 @@ METHODS: dict[str, dict[str, Any]] = {
     "muscv2-tiles": {"aggregation": "snamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscon",
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
     "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
-                          "rscin_windows": (1, 2, 3), "tile_scale": "auto", "tile_overlap": 0.1, "tile_subsets": True},
+                          "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
+                          "tile_subsets": True},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
 stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
-(tile_scale 'auto', 10 % overlap); `musc-scales-tiles` adds the same tiles to `musc-scales`, each tile position
-scored in as many random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring
-work of whole images. They set stages and tiling only: backbone, size and blocks stay the user's."""
+(tile_scale 'auto', 10 % overlap); `musc-scales-tiles` is `musc-scales` with the nearest 3 % of the other images'
+distances left out of MSM's interval mean (interval_skip) and the same tiles, each tile position scored in as many
+random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
+images. They set stages and tiling only: backbone, size and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
-BENCHMARKS.md): `musc-scales` on near-square images, tiles along the long side of elongated ones."""
+BENCHMARKS.md): `musc-scales` with interval_skip 0.03 on near-square images, tiles along the long side of elongated
+ones."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class MuScConfig:
     r_values: tuple[int, ...] = (1, 3, 5)
     interval: float = 0.3
     """Fraction of the N-1 nearest-patch distances (the smallest ones) averaged into a patch score."""
+    interval_skip: float = 0.0
+    """Fraction of the N-1 nearest-patch distances left out below the interval (musc.scoring.interval_bounds): the
+    mean then runs over the distances from this share up to `interval`. 0 in the paper."""
     rscin_windows: tuple[int, ...] = (1, 2, 3)
     """RsCIN window sizes; an empty tuple turns RsCIN off."""
     subsets: int = 1
@@ -127,6 +133,8 @@ class MuScConfig:
                 raise ConfigError(f"layers must be 0-indexed block numbers >= 0, got {list(self.layers)}")
         if not 0.0 < self.interval <= 1.0:
             raise ConfigError(f"interval must be in (0, 1], got {self.interval}")
+        if not 0.0 <= self.interval_skip < self.interval:
+            raise ConfigError(f"interval_skip must be in [0, interval = {self.interval}), got {self.interval_skip}")
         if any(k < 1 for k in self.rscin_windows):
             raise ConfigError(f"RsCIN windows must be >= 1, got {list(self.rscin_windows)}")
         if self.subsets < 1:

@@ -165,12 +165,13 @@ class MuSc:
                     budget: int | None, matmul_dtype: torch.dtype | None, progress: Callable[[int], None]) -> torch.Tensor:
         """Patch scores of one (block, r) pair: zero-shot MSM, few-shot MSM with references, or MuSc+."""
         c = self.config
+        skip = {"skip": c.interval_skip} if c.interval_skip else {}  # a scorer without the option serves the paper's
         if refs is None:
-            return scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=progress)
+            return scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=progress, **skip)
         progress(len(z))
         if c.mode == "musc+":
             return reference_scores(z, refs, matmul_dtype=matmul_dtype)
-        return mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=refs)
+        return mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=refs, **skip)
 
     def patch_scores(self, features: Features, progress: bool = True, keep_pairs: bool = False,
                      scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None

@@ -2,8 +2,10 @@
 
 For a patch p of image i and another image j, s_j(p) is the distance from p to its nearest patch
 in j. Of the N-1 values s_j(p) the smallest `interval` fraction is averaged: a normal patch has
-close look-alikes in most other images, a defect has none. Distances come from matrix products of
-unit vectors (d^2 = 2 - 2 cos), never from materialising all pairwise distances.
+close look-alikes in most other images, a defect has none. With `interval_skip` (this project; 0 in the
+paper) the smallest few of them are left out first: a defect that recurs in a few images (one kind of crack)
+finds look-alikes there, and those few would otherwise pull its score down. Distances come from matrix products
+of unit vectors (d^2 = 2 - 2 cos), never from materialising all pairwise distances.
 
 The exact path computes each unordered image pair once: the L x L similarity block of (i, j) gives
 both i's nearest-patch similarities in j (row maxima) and j's in i (column maxima). When the
@@ -42,10 +44,24 @@ def interval_count(n_others: int, fraction: float) -> int:
     return max(1, int(math.floor(fraction * n_others + 1e-9)))
 
 
-def interval_mean(distances: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Mean of the smallest interval_count(M, fraction) values along the last axis (M = its length)."""
-    k = interval_count(distances.shape[-1], fraction)
-    return torch.topk(distances, k, dim=-1, largest=False, sorted=False).values.mean(dim=-1)
+def interval_bounds(n_others: int, fraction: float, skip: float = 0.0) -> tuple[int, int]:
+    """The interval (lo, hi) of the sorted n_others distances that is averaged: hi = interval_count(n_others,
+    fraction); lo = floor(skip * n_others) of the smallest are left out, at most hi - 1 (one value always stays)."""
+    hi = interval_count(n_others, fraction)
+    return min(int(math.floor(skip * n_others + 1e-9)), hi - 1), hi
+
+
+def _band_mean(values: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Mean of the (lo+1)-th to hi-th smallest values along the last axis."""
+    if lo == 0:
+        return torch.topk(values, hi, dim=-1, largest=False, sorted=False).values.mean(dim=-1)
+    return torch.topk(values, hi, dim=-1, largest=False, sorted=True).values[..., lo:].mean(dim=-1)
+
+
+def interval_mean(distances: torch.Tensor, fraction: float, skip: float = 0.0) -> torch.Tensor:
+    """Interval mean along the last axis (M = its length): the smallest interval_count(M, fraction) values, less the
+    floor(skip * M) smallest of them (`interval_bounds`)."""
+    return _band_mean(distances, *interval_bounds(distances.shape[-1], fraction, skip))
 
 
 def _similarity_to_distance_(sim: torch.Tensor) -> torch.Tensor:
@@ -197,7 +213,7 @@ def reference_scores(z: torch.Tensor, refs: torch.Tensor, matmul_dtype: torch.dt
 
 
 def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_dtype: torch.dtype | None,
-                          progress: Callable[[int], None] | None) -> torch.Tensor:
+                          progress: Callable[[int], None] | None, skip: float = 0.0) -> torch.Tensor:
     """Low-memory path: score blocks of images against all others; only (b, L, N) distances exist at once."""
     n, l, c = z.shape
     flat = half_inputs(z, matmul_dtype).reshape(n * l, c)
@@ -218,40 +234,43 @@ def _scores_by_row_blocks(z: torch.Tensor, fraction: float, budget: int, matmul_
         _similarity_to_distance_(rows)
         local = torch.arange(i1 - i0, device=z.device)
         rows[local, :, local + i0] = float("inf")
-        out[i0:i1] = interval_mean_excluding_self(rows, fraction)
+        out[i0:i1] = interval_mean_excluding_self(rows, fraction, skip)
         if progress is not None:
             progress(i1 - i0)
     return out
 
 
-def interval_mean_excluding_self(table: torch.Tensor, fraction: float, rows_per_chunk: int = 16) -> torch.Tensor:
-    """Interval mean over the N-1 finite entries of each (i, p) row; the +inf self entry is never among the k smallest.
+def interval_mean_excluding_self(table: torch.Tensor, fraction: float, skip: float = 0.0,
+                                 rows_per_chunk: int = 16) -> torch.Tensor:
+    """Interval mean over the N-1 finite entries of each (i, p) row (`interval_bounds`); the +inf self entry is never
+    among the smallest.
 
     Works on a few images at a time so that topk's values and indices stay small next to the table.
     """
-    k = interval_count(table.shape[-1] - 1, fraction)
+    lo, hi = interval_bounds(table.shape[-1] - 1, fraction, skip)
     out = torch.empty(table.shape[:-1], dtype=table.dtype, device=table.device)
     for i0 in range(0, table.shape[0], rows_per_chunk):
-        chunk = table[i0:i0 + rows_per_chunk]
-        out[i0:i0 + rows_per_chunk] = torch.topk(chunk, k, dim=-1, largest=False, sorted=False).values.mean(dim=-1)
+        out[i0:i0 + rows_per_chunk] = _band_mean(table[i0:i0 + rows_per_chunk], lo, hi)
     return out
 
 
 def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | None = None,
                   matmul_dtype: torch.dtype | None = None,
-                  progress: Callable[[int], None] | None = None, refs: torch.Tensor | None = None) -> torch.Tensor:
+                  progress: Callable[[int], None] | None = None, refs: torch.Tensor | None = None,
+                  skip: float = 0.0) -> torch.Tensor:
     """MSM for one (block, r) pair: (N, L, C) unit patch vectors -> (N, L) patch anomaly scores.
 
     memory_budget (bytes) bounds the working memory; None = default_memory_budget(z.device).
     refs (K, L, C): few-shot MuSc, known-normal images that join the pool of scorers (each test patch
     then has N-1+K distances to take the interval mean of); they are never scored themselves.
+    skip: the share of the smallest distances left out of the interval mean (`interval_bounds`; 0 in the paper).
     """
     n, l, _ = z.shape
     if refs is not None and refs.shape[0] > 0:
         return interval_mean_excluding_self(
             torch.cat([nearest_patch_distances(z, matmul_dtype=matmul_dtype, progress=progress)
                        if n > 1 else torch.full((n, l, n), float("inf"), device=z.device),
-                       distances_to_references(z, refs, matmul_dtype=matmul_dtype)], dim=-1), fraction)
+                       distances_to_references(z, refs, matmul_dtype=matmul_dtype)], dim=-1), fraction, skip)
     if n < 2:
         raise ValueError(f"mutual scoring needs at least 2 images, got {n}")
     budget = default_memory_budget(z.device) if memory_budget is None else int(memory_budget)
@@ -259,8 +278,8 @@ def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | N
     if table_bytes * 5 // 4 <= budget:
         block = min(default_block_bytes(z.device), budget - table_bytes * 5 // 4)
         table = nearest_patch_distances(z, block_bytes=block, matmul_dtype=matmul_dtype, progress=progress)
-        return interval_mean_excluding_self(table, fraction)
-    return _scores_by_row_blocks(z, fraction, budget, matmul_dtype, progress)
+        return interval_mean_excluding_self(table, fraction, skip)
+    return _scores_by_row_blocks(z, fraction, budget, matmul_dtype, progress, skip)
 
 
 def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
@@ -305,7 +324,7 @@ def get_map_rule(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         raise ValueError(f"unknown map rule {name!r}; known: {', '.join(MAP_RULES)}") from None
 
 
-__all__ = ["interval_count", "interval_mean", "nearest_patch_distances", "cross_nearest_distances", "mutual_scores",
+__all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_distances", "cross_nearest_distances", "mutual_scores",
            "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
            "robust_z_max", "MAP_RULES", "get_map_rule"]
