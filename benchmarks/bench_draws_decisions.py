@@ -28,6 +28,7 @@ from bench_draws import BATCH, CATEGORIES, TableScorer, draw_batches, pooled_cat
 from common import publish
 
 from musc import MuSc, MuScConfig
+from musc.config import DEFAULT_METHOD
 from musc.datasets import load_mask, resize_mask
 from musc.decision import decide, decide_from_maps, pixel_masks
 from musc.metrics import f1_max
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    model = MuSc(MuScConfig(backbone="dinov2_vits14", image_size=args.size, device="cpu"))
+    model = MuSc(MuScConfig.for_method(DEFAULT_METHOD, backbone="dinov2_vits14", image_size=args.size, device="cpu"))
     c = model.config
     rows = []
     for category in args.categories.split(","):
