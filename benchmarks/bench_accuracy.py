@@ -79,7 +79,8 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
-                 "interval": ("interval", float), "skip": ("interval_skip", float), "tiles": ("tile_scale", lambda v: v if v == "auto" else float(v))}
+                 "interval": ("interval", float), "skip": ("interval_skip", float),
+                 "tiles": ("tile_scale", lambda v: v if v == "auto" else float(v))}
 """Variant options with a value (prefix + value, e.g. 'blocks2-5-8') -> (config field, parser of the value)."""
 
 
@@ -161,13 +162,17 @@ def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
     return sorted(rows + kept, key=lambda r: r.split("|")[1:3])
 
 
-def existing_rows(size: int, table: str = "", section: str | None = None) -> list[str]:
-    """Rows already in BENCHMARKS.md's panel (or, with table '-versus-musc', its comparison) at this size, or in
-    another `section`: a run adds or replaces rows, it keeps the others."""
+def existing_rows(size: int, table: str = "") -> list[str]:
+    """Rows already in BENCHMARKS.md's panel (or, with table '-versus-musc', its comparison) at this size: a run adds
+    or replaces rows, it keeps the others."""
+    return section_rows(f"accuracy-{size}{table}")
+
+
+def section_rows(name: str) -> list[str]:
+    """The table rows of BENCHMARKS.md's section `name` (between its <!-- name --> markers), header excepted."""
     from common import BENCHMARKS_MD
 
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
-    name = section or f"accuracy-{size}{table}"
     start, end = text.find(f"<!-- {name} -->"), text.find(f"<!-- /{name} -->")
     if start < 0 or end < 0:
         return []

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from bench_accuracy import existing_rows, samples, scores_path, variant_settings
+from bench_accuracy import existing_rows, samples, scores_path, section_rows, variant_settings
 from common import ROOT, publish
 
 from musc import MuSc, MuScConfig
@@ -181,8 +181,8 @@ def main() -> None:
                         f"{against} |")
             print(rows[-1], flush=True)
     computed = {tuple(c.strip() for c in r.split("|")[1:3]) for r in rows}
-    kept = [r for r in existing_rows(0, table="", section="draws") if tuple(c.strip() for c in r.split("|")[1:3])
-            not in computed]  # methods not run this time keep their rows
+    kept = [r for r in section_rows("draws") if tuple(c.strip() for c in r.split("|")[1:3]) not in computed]
+    # methods not run this time keep their rows
     rows = sorted(rows + kept, key=lambda r: (r.split("|")[1], 0 if r.split("|")[2].strip() == "musc" else 1,
                                               r.split("|")[2]))
     publish("draws", [

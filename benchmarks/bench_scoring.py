@@ -34,9 +34,12 @@ from musc.scoring import interval_count, mutual_scores
 from musc.types import Result
 
 
-def naive_scores(z: torch.Tensor, fraction: float, budget=None, matmul_dtype=None, progress=None) -> torch.Tensor:
+def naive_scores(z: torch.Tensor, fraction: float, budget=None, matmul_dtype=None, progress=None,
+                 skip: float = 0.0) -> torch.Tensor:
     """The official formulation: per image, cdist against a copy of all other images' patches, min per image,
-    sort, interval mean."""
+    sort, interval mean (it has no interval skip)."""
+    if skip:
+        raise ValueError("the official formulation has no interval skip")
     n, l, c = z.shape
     k = interval_count(n - 1, fraction)
     out = torch.empty(n, l)
@@ -49,8 +52,8 @@ def naive_scores(z: torch.Tensor, fraction: float, budget=None, matmul_dtype=Non
     return out
 
 
-def exact_scores(z, fraction, budget=None, matmul_dtype=None, progress=None):
-    return mutual_scores(z, fraction, budget, matmul_dtype=matmul_dtype, progress=progress)
+def exact_scores(z, fraction, budget=None, matmul_dtype=None, progress=None, skip=0.0):
+    return mutual_scores(z, fraction, budget, matmul_dtype=matmul_dtype, progress=progress, skip=skip)
 
 
 def fmt(v) -> str:

@@ -65,7 +65,8 @@ def test_ray_equals_local_on_real_images(cluster):
     assert on_ray.config.engine == "ray"
 
 
-@pytest.mark.parametrize("changes", [dict(subsets=2), dict(projection_dim=8, r_values=(1, 3)), dict(interval=0.5, interval_skip=0.2),
+@pytest.mark.parametrize("changes", [dict(subsets=2), dict(projection_dim=8, r_values=(1, 3)),
+                                     dict(interval=0.5, interval_skip=0.2),
                                      dict(aggregation="snamd", rescoring="rscon", rscin_windows=(1, 7)),
                                      dict(image_score="scale-max", map_rule="z-max")])
 def test_ray_equals_local_with_options(cluster, changes):

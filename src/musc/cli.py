@@ -97,7 +97,8 @@ def score_options(func: Callable) -> Callable:
                      help="Local weights (timm-layout state dict, .safetensors or .pth), or 'hub' to skip "
                           "imported weights. Default: weights imported with `musc weights`, else the hub."),
         click.option("--random-weights", is_flag=True,
-                     help="Random backbone weights (the same every run): for smoke tests only, results are meaningless."),
+                     help="Random backbone weights (the same every run): for smoke tests only, results are "
+                          "meaningless."),
         click.option("--memory-budget", "memory_budget_mb", type=int, default=None,
                      help="Working-memory bound of the scoring stage in MiB. Default: half the available RAM, "
                           "at most 40% of it (CPU), or 60% of free GPU memory."),

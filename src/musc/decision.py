@@ -591,5 +591,5 @@ __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "deci
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null",
-           "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS", "PIXEL_METHODS",
-           "DEFAULT_FDR"]
+           "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS",
+           "PIXEL_METHODS", "DEFAULT_FDR"]

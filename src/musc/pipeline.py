@@ -165,13 +165,12 @@ class MuSc:
                     budget: int | None, matmul_dtype: torch.dtype | None, progress: Callable[[int], None]) -> torch.Tensor:
         """Patch scores of one (block, r) pair: zero-shot MSM, few-shot MSM with references, or MuSc+."""
         c = self.config
-        skip = {"skip": c.interval_skip} if c.interval_skip else {}  # a scorer without the option serves the paper's
         if refs is None:
-            return scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=progress, **skip)
+            return scorer(z, c.interval, budget, matmul_dtype=matmul_dtype, progress=progress, skip=c.interval_skip)
         progress(len(z))
         if c.mode == "musc+":
             return reference_scores(z, refs, matmul_dtype=matmul_dtype)
-        return mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=refs, **skip)
+        return mutual_scores(z, c.interval, budget, matmul_dtype=matmul_dtype, refs=refs, skip=c.interval_skip)
 
     def patch_scores(self, features: Features, progress: bool = True, keep_pairs: bool = False,
                      scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None
@@ -179,8 +178,8 @@ class MuSc:
         """MSM over every (block, view) pair and subset: (V, N, h, w) patch scores of each stage-1 view (LNAMD: each
         r), the mean over the tapped blocks (+ per-pair grids, timings). config.map_rule makes them one map.
 
-        `scorer(z, interval, budget, matmul_dtype=..., progress=...)` replaces `mutual_scores` (benchmarks use it
-        to compare formulations on the same features). With `references`, config.mode picks few-shot MuSc
+        `scorer(z, interval, budget, matmul_dtype=..., progress=..., skip=...)` replaces `mutual_scores` (benchmarks
+        use it to compare formulations on the same features). With `references`, config.mode picks few-shot MuSc
         (references join every subset's scorers) or MuSc+ (references alone score).
         """
         n = features.num_images

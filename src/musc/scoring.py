@@ -324,7 +324,7 @@ def get_map_rule(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         raise ValueError(f"unknown map rule {name!r}; known: {', '.join(MAP_RULES)}") from None
 
 
-__all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_distances", "cross_nearest_distances", "mutual_scores",
-           "default_memory_budget", "interval_mean_excluding_self",
+__all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_distances", "cross_nearest_distances",
+           "mutual_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
            "robust_z_max", "MAP_RULES", "get_map_rule"]
