@@ -18,7 +18,8 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
        +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
-       +skip0.03 = --interval-skip 0.03;
+       +skip0.03 = --interval-skip 0.03; +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
+       (tile_rescoring; none = no re-scoring);
        --methods '' rewrites both tables from the kept runs)
 """
 
@@ -75,7 +76,9 @@ def samples(name: str) -> list:
 
 FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "rscin": {"rescoring": "rscin", "rscin_windows": METHODS["musc"]["rscin_windows"]},
-                "rscon": {"rescoring": "rscon", "rscin_windows": METHODS["muscv2"]["rscin_windows"]}}
+                "rscon": {"rescoring": "rscon", "rscin_windows": METHODS["muscv2"]["rscin_windows"]},
+                "tilerscin": {"tile_rescoring": "rscin"}, "tilerscon": {"tile_rescoring": "rscon"},
+                "tilenone": {"tile_rescoring": "none"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
@@ -222,7 +225,10 @@ def main() -> None:
              "`+intervalF` = `--interval F` (MSM: the share of the N-1 nearest-patch distances averaged; 0.3 in "
              "every preset, as in the paper); `+skipF` = `--interval-skip F` (MSM: the share of them left out below "
              "the interval; 0.03 in the default `musc-scales-tiles`, 0 in the others: `musc-scales-tiles+skip0` is "
-             "the default before it, and `musc-scales-tiles+skip0+...` rows were run on that). mtd-TYPE: 80 normal "
+             "the default before it, and `musc-scales-tiles+skip0+...` rows were run on that); `+tilerscin` / `+tilerscon` "
+             "/ `+tilenone` = re-scoring of tiled batches (`tile_rescoring`): RsCIN, RsCon, or none as in the default "
+             "(only ksdd, mtd-tall and mtd-wide are tiled; their `musc-scales-tiles...+tilerscin` rows were run when "
+             "the default still re-scored tiles with RsCIN). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
              "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "

@@ -10,7 +10,11 @@ in the batch (what chance gives). Labels are used only for these numbers.
 
 Data sets: bench_accuracy.py's (../shared/datasets), dinov2_vits14 with the imported weights at --size.
 
-Usage: python benchmarks/bench_rescoring.py [--size 224] [--method musc-scales-tiles] [--datasets ...] [--no-write]
+With the default's `tile_rescoring` 'none' its tiled sets (ksdd, mtd-tall, mtd-wide) are not re-scored; --method
+musc-scales-tiles+tilerscin (a bench_accuracy.py variant) re-scores them with RsCIN as whole images are.
+
+Usage: python benchmarks/bench_rescoring.py [--size 224] [--method musc-scales-tiles+tilerscin] [--datasets ...]
+       [--no-write]
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import argparse
 
 import numpy as np
 
-from bench_accuracy import DATASETS, ELONGATED, HELD_OUT, samples
+from bench_accuracy import DATASETS, ELONGATED, HELD_OUT, samples, variant_settings
 from common import publish
 
 from musc import MuSc, MuScConfig
@@ -44,7 +48,9 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join((*DATASETS, *HELD_OUT, *ELONGATED)))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    model = MuSc(MuScConfig.for_method(args.method, backbone="dinov2_vits14", image_size=args.size, device="cpu"))
+    method, settings = variant_settings(args.method)  # a preset, optionally with bench_accuracy's variant options
+    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=args.size, device="cpu",
+                                       **settings))
     lines = [f"## Re-scoring: what RsCIN adds, and why ({args.method})", "",
              f"`python benchmarks/bench_rescoring.py --size {args.size} --method {args.method}` — dinov2_vits14 at "
              f"{args.size}. AUROC-cls of the image scores before re-scoring (`raw_score`) and after it (`score`), the "

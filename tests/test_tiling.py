@@ -225,6 +225,9 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert (preset["tile_scale"], preset["tile_overlap"], preset["aggregation"]) == ("auto", 0.1, "snamd")
     assert config_of("--tiles", "off")["tile_scale"] is None
     assert (lambda c: (c["tile_scale"], c["tile_overlap"]))(config_of("--tile-overlap", "0.3")) == ("auto", 0.3)
+    assert preset["tile_rescoring"] is None and config_of("--tile-rescoring", "none")["tile_rescoring"] == "none"
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-rescoring", "rsc")
+    assert res.exit_code != 0 and "--tile-rescoring" in res.output
 
 
 def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
@@ -376,3 +379,36 @@ def test_scale_max_on_tiles_takes_each_rs_blended_map():
     maxima = [run.maps.reshape(5, -1).max(axis=1) for run in per_r]
     expected = np.max([(m - m.min()) / (m.max() - m.min()) for m in maxima], axis=0)
     np.testing.assert_allclose(result.raw_scores, expected, atol=1e-5)
+
+
+def test_tile_rescoring_sets_stage_3_of_tiled_runs_only():
+    images = tall_images(90, 5)
+    rscin = MuSc(MuScConfig(**TINY, tile_scale=1.0))
+    on_tiles = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_rescoring="rscon"), backbone=rscin.backbone)
+    rscon = MuSc(MuScConfig(**TINY, tile_scale=1.0, rescoring="rscon"), backbone=rscin.backbone)
+    a, b, c = (model.score(images, progress=False) for model in (on_tiles, rscon, rscin))
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-6)  # RsCon's salient vectors
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    np.testing.assert_allclose(a.maps, c.maps, atol=1e-6)  # the maps and raw scores do not depend on stage 3
+    np.testing.assert_allclose(a.raw_scores, c.raw_scores, atol=1e-6)
+    assert a.embeddings.shape != c.embeddings.shape or not np.allclose(a.embeddings, c.embeddings)
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = MuSc(MuScConfig(**TINY, tile_scale="auto", tile_rescoring="rscon"), backbone=rscin.backbone)
+    plain = MuSc(MuScConfig(**TINY), backbone=rscin.backbone)
+    d, e = whole.score(square, progress=False), plain.score(square, progress=False)  # whole images: RsCIN
+    np.testing.assert_allclose(d.embeddings, e.embeddings, atol=1e-6)
+    np.testing.assert_allclose(d.scores, e.scores, atol=1e-6)
+    off = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_rescoring="none"), backbone=rscin.backbone)
+    f = off.score(images, progress=False)  # no re-scoring on tiles: the raw scores, min-max scaled
+    raw = c.raw_scores
+    np.testing.assert_allclose(f.scores, (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
+    np.testing.assert_allclose(f.maps, c.maps, atol=1e-6)
+    assert "not re-scored" in f.notes[0] and not any("not re-scored" in n for n in (*a.notes, *c.notes))
+    config = MuScConfig(**TINY, tile_rescoring="rscon")
+    assert (config.rescoring_for(tiled=False), config.rescoring_for(tiled=True)) == ("rscin", "rscon")
+    assert MuScConfig(**TINY, rescoring="rscon").rescoring_for(tiled=True) == "rscon"
+    default, paper = MuScConfig.for_method("musc-scales-tiles"), MuScConfig.for_method("musc")
+    assert (default.rescoring_for(tiled=False), default.rescoring_for(tiled=True)) == ("rscin", "none")
+    assert (paper.rescoring_for(tiled=False), paper.rescoring_for(tiled=True)) == ("rscin", "rscin")
+    with pytest.raises(ConfigError, match="tile_rescoring"):
+        MuScConfig(**TINY, tile_rescoring="rsc").validate()

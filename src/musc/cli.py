@@ -11,7 +11,8 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_MATCHINGS, MuScConfig
+from .config import (DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_MATCHINGS,
+                     TILE_RESCORINGS, MuScConfig)
 from .datasets.readers import READERS
 from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
@@ -126,6 +127,10 @@ def score_options(func: Callable) -> Callable:
                      help="With tiles: score a batch cut into P tile positions in P random subsets (each of at least "
                           f"{MIN_TILE_SUBSET} images), so tiles cost about the mutual scoring of whole images. "
                           "Default: the --method preset's (on for musc-scales-tiles)."),
+        click.option("--tile-rescoring", type=click.Choice(list(TILE_RESCORINGS)), default=None,
+                     help="With tiles: re-scoring of a tiled batch, rscin (class tokens, the mean over an image's "
+                          "tiles), rscon (each image's most anomalous patch) or none (the --image-score value). "
+                          "Default: the --method preset's (none for musc-scales-tiles; else its re-scoring)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -157,10 +162,11 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         image_score: str | None = None,
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
                         tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None,
-                        interval_skip: float | None = None) -> MuScConfig:
+                        interval_skip: float | None = None, tile_rescoring: str | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
-    The map rule, image score, interval skip and tile settings left out (None) come from the method preset, then
+    The map rule, image score, interval skip and tile settings (re-scoring of tiles included) left out (None) come
+    from the method preset, then
     the defaults;
     --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
@@ -177,6 +183,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         overrides["interval_skip"] = interval_skip
     if tile_subsets is not None:
         overrides["tile_subsets"] = tile_subsets
+    if tile_rescoring is not None:
+        overrides["tile_rescoring"] = tile_rescoring
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
@@ -203,7 +211,7 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
-             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip")
+             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

@@ -16,6 +16,7 @@ MODES = ("musc", "musc+")
 ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
+TILE_RESCORINGS = (*RESCORINGS, "none")
 IMAGE_SCORES = ("max", "scale-max")
 MAP_RULES = ("mean", "z-max")
 TILE_MATCHINGS = ("aligned", "all")
@@ -30,7 +31,7 @@ METHODS: dict[str, dict[str, Any]] = {
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
     "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
-                          "tile_subsets": True},
+                          "tile_subsets": True, "tile_rescoring": "none"},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
@@ -38,12 +39,13 @@ stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the 
 (tile_scale 'auto', 10 % overlap); `musc-scales-tiles` is `musc-scales` with the nearest 3 % of the other images'
 distances left out of MSM's interval mean (interval_skip) and the same tiles, each tile position scored in as many
 random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
-images. They set stages and tiling only: backbone, size and blocks stay the user's."""
+images, and no re-scoring of a tiled batch (tile_rescoring 'none'). They set stages and tiling only: backbone, size
+and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
 BENCHMARKS.md): `musc-scales` with interval_skip 0.03 on near-square images, tiles along the long side of elongated
-ones."""
+ones, scored without RsCIN."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ class MuScConfig:
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
+    tile_rescoring: str | None = None
+    """Stage 3 when the images are cut into tiles: 'rscin', 'rscon', or 'none' (the image scores before
+    re-scoring, min-max scaled); None = `rescoring`. A tiled image's RsCIN embedding is the mean of its tiles'
+    class tokens: it describes the whole product, not a defect a fraction of one tile wide."""
     tile_scale: float | str | None = None
     """Native-resolution tiles (musc.tiling): images are resized to the batch's median size times this factor and
     cut into overlapping image_size tiles; None = off (each image resized whole to image_size). 'auto': the
@@ -160,6 +166,9 @@ class MuScConfig:
             raise ConfigError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
+        if self.tile_rescoring is not None and self.tile_rescoring not in TILE_RESCORINGS:
+            raise ConfigError(f"tile_rescoring must be one of {', '.join(TILE_RESCORINGS)} or None, "
+                              f"got {self.tile_rescoring!r}")
         if isinstance(self.tile_scale, str):
             if self.tile_scale != "auto":
                 raise ConfigError(f"tile_scale must be a number in (0, 8] or 'auto', got {self.tile_scale!r}")
@@ -182,6 +191,11 @@ class MuScConfig:
         if method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         return cls(**{**METHODS[method], **values})
+
+    def rescoring_for(self, tiled: bool) -> str:
+        """Stage 3 of a run on whole images (`rescoring`) or on tiles (`tile_rescoring`, else the same); 'none' =
+        no re-scoring."""
+        return (self.tile_rescoring or self.rescoring) if tiled else self.rescoring
 
     def replace(self, **changes: Any) -> "MuScConfig":
         """A copy with some fields changed."""
@@ -213,4 +227,4 @@ class MuScConfig:
 
 
 __all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "DEFAULT_METHOD", "AGGREGATIONS", "RESCORINGS",
-           "IMAGE_SCORES", "MAP_RULES"]
+           "TILE_RESCORINGS", "IMAGE_SCORES", "MAP_RULES"]

@@ -411,7 +411,7 @@ class RayEngine:
             t0 = time.perf_counter()
             h = w = self.model.backbone.grid
             grids: list[torch.Tensor] = []
-            salient: list[torch.Tensor] | None = [] if c.rescoring == "rscon" else None
+            salient: list[torch.Tensor] | None = [] if c.rescoring_for(tiled=True) == "rscon" else None
             for p in range(n_pos):
                 at_p = [refs[p] for refs in token_refs]
                 grid, _ = self._mutual_scores(ray, spec, n, at_p, shards,

@@ -287,9 +287,9 @@ class MuSc:
 
     def finish_maps(self, maps: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                     pairs: dict[tuple[int, int], torch.Tensor] | None = None,
-                    view_maxima: torch.Tensor | None = None) -> Result:
+                    view_maxima: torch.Tensor | None = None, tiled: bool = False) -> Result:
         """Anomaly maps (N, H, W) and each view's per-image map maxima (V, N; None = the maps' own) -> raw scores
-        (config.image_score) and re-scored scores: a Result (tiles blend their own maps and join here)."""
+        (config.image_score) and re-scored scores: a Result (tiles blend their own maps and join here, `tiled`)."""
         c = self.config
         map_maxima = maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float64)
         views = map_maxima[None] if view_maxima is None else view_maxima.cpu().numpy().astype(np.float64)
@@ -297,12 +297,14 @@ class MuSc:
         emb = embeddings.cpu().numpy()
         raw_np = get_image_score(c.image_score).run(map_maxima, views)
         notes = []
-        if c.rscin_windows and len(raw_np) < 2:
-            stage = "RsCon" if c.rescoring == "rscon" else "RsCIN"
-            notes.append(f"{stage} skipped: it needs a batch of at least 2 images; the score is the map maximum")
+        stage = c.rescoring_for(tiled)
+        windows = () if stage == "none" else c.rscin_windows
+        if windows and len(raw_np) < 2:
+            notes.append(f"{'RsCon' if stage == 'rscon' else 'RsCIN'} skipped: it needs a batch of at least 2 images; "
+                         "the score is the map maximum")
             scores = raw_np
         else:
-            scores = rscin(raw_np, emb, c.rscin_windows) if c.rscin_windows else raw_np
+            scores = rscin(raw_np, emb, windows) if c.rscin_windows else raw_np
         timings["rescoring"] = time.perf_counter() - t0
         return Result(scores=scores, raw_scores=raw_np, maps=maps.cpu().numpy().astype(np.float32, copy=False),
                       embeddings=emb, config=c, timings=timings, notes=notes,

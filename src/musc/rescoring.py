@@ -15,6 +15,7 @@ Works for scores from any method: array in, array out. The variants (`MuScConfig
 - `rscin` (MuSc): the image embeddings (class token, or CLIP's projected embedding).
 - `rscon` (MuSc-V2): each image's most anomalous patch, the aggregated patch vector of the second-to-last
   tapped block at the arg-max of the image's patch scores (`salient_patch_vectors`).
+A tiled batch may use another variant, or none (`MuScConfig.tile_rescoring`; musc.tiling).
 """
 
 from __future__ import annotations

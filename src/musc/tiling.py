@@ -8,8 +8,9 @@ number of positions, not with its square); `all` scores every tile against all t
 (each image is the bag of all its tiles' patches: products that move; time x the number of positions).
 Stage 1 runs per tile either way (its neighbourhoods and normalisation stay inside a tile). The tile maps are blended back into one
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
-constant map. The image score is the maximum of the whole map; re-scoring uses the mean of the tiles' image
-embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon). Reference images
+constant map. The image score is the maximum of the whole map; re-scoring (`MuScConfig.rescoring_for`) uses the
+mean of the tiles' image embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon),
+or is left out ('none', the default preset's on tiles). Reference images
 (few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled
 bank (`TiledFeatures`) keeps the references' tiles and the plan they were cut on: new images are cut on that plan.
 """
@@ -288,7 +289,7 @@ class TiledScorer:
         t0 = time.perf_counter()
         grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, V, N, h, w)
         salient = None
-        if c.rescoring == "rscon":
+        if c.rescoring_for(tiled=True) == "rscon":
             salient = [self.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
                        for k, position in enumerate(test.positions)]
         embeddings = torch.stack([position.embeddings for position in test.positions])
@@ -319,9 +320,12 @@ class TiledScorer:
             emb = torch.stack([salient[int(best[i])][i] for i in range(maps.shape[0])])
         else:
             emb = embeddings.mean(dim=0)
-        result = self.model.finish_maps(maps, emb, timings, view_maxima=view_maxima)
+        result = self.model.finish_maps(maps, emb, timings, view_maxima=view_maxima, tiled=True)
         side = self.model.backbone.image_size
-        result.notes.insert(0, f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas")
+        plan_note = f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"
+        if self.config.rescoring_for(tiled=True) == "none" and self.config.rscin_windows:
+            plan_note += "; scores not re-scored (tile_rescoring 'none')"
+        result.notes.insert(0, plan_note)
         return result
 
 
