@@ -399,9 +399,10 @@ def test_tile_rescoring_sets_stage_3_of_tiled_runs_only():
     np.testing.assert_allclose(d.embeddings, e.embeddings, atol=1e-6)
     np.testing.assert_allclose(d.scores, e.scores, atol=1e-6)
     off = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_rescoring="none"), backbone=rscin.backbone)
-    f = off.score(images, progress=False)  # no re-scoring on tiles: the raw scores, min-max scaled
-    raw = c.raw_scores
-    np.testing.assert_allclose(f.scores, (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
+    f = off.score(images, progress=False)  # no re-scoring on tiles: the scores before it, as with no windows
+    np.testing.assert_allclose(f.scores, c.raw_scores, atol=1e-6)
+    one = off.score(images[:1], references=images[1:], progress=False)  # one image: its score, not a scaled 0
+    assert one.scores[0] == one.raw_scores[0] > 0
     np.testing.assert_allclose(f.maps, c.maps, atol=1e-6)
     assert "not re-scored" in f.notes[0] and not any("not re-scored" in n for n in (*a.notes, *c.notes))
     config = MuScConfig(**TINY, tile_rescoring="rscon")

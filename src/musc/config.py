@@ -103,7 +103,7 @@ class MuScConfig:
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None
     """Stage 3 when the images are cut into tiles: 'rscin', 'rscon', or 'none' (the image scores before
-    re-scoring, min-max scaled); None = `rescoring`. A tiled image's RsCIN embedding is the mean of its tiles'
+    re-scoring, as with no RsCIN windows); None = `rescoring`. A tiled image's RsCIN embedding is the mean of its tiles'
     class tokens: it describes the whole product, not a defect a fraction of one tile wide."""
     tile_scale: float | str | None = None
     """Native-resolution tiles (musc.tiling): images are resized to the batch's median size times this factor and

@@ -304,7 +304,7 @@ class MuSc:
                          "the score is the map maximum")
             scores = raw_np
         else:
-            scores = rscin(raw_np, emb, windows) if c.rscin_windows else raw_np
+            scores = rscin(raw_np, emb, windows) if windows else raw_np
         timings["rescoring"] = time.perf_counter() - t0
         return Result(scores=scores, raw_scores=raw_np, maps=maps.cpu().numpy().astype(np.float32, copy=False),
                       embeddings=emb, config=c, timings=timings, notes=notes,
