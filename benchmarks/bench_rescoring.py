@@ -61,14 +61,12 @@ def main() -> None:
     if args.draws:
         draws(model, args)
         return
-    lines = [f"## Re-scoring: what RsCIN adds, and why ({args.method})", "",
-             f"`python benchmarks/bench_rescoring.py --size {args.size} --method {args.method}` — dinov2_vits14 at "
-             f"{args.size}. AUROC-cls of the image scores before re-scoring (`raw_score`) and after it (`score`), the "
-             "difference with its 90 % paired bootstrap interval, and among each defective image's 3 most similar "
-             "other images (RsCIN's embedding) the share that is defective, next to the batch's share of defective "
-             "images (chance).", "",
-             "| data set | images | before | after | difference | defective neighbours | chance |",
-             "|---|---:|---:|---:|---|---:|---:|"]
+    lines = section_head(
+        f"Re-scoring: what RsCIN adds, and why ({args.method})", args, "",
+        "AUROC-cls of the image scores before re-scoring (`raw_score`) and after it (`score`), the difference with its "
+        "90 % paired bootstrap interval, and among each defective image's 3 most similar other images (RsCIN's "
+        "embedding) the share that is defective, next to the batch's share of defective images (chance).",
+        ["data set", "images", "before", "after", "difference:", "defective neighbours", "chance"])
     for name in args.datasets.split(","):
         chosen = samples(name)
         labels = np.array([s.label for s in chosen], dtype=bool)
@@ -82,18 +80,26 @@ def main() -> None:
     publish(f"rescoring-{args.method}", lines, not args.no_write)
 
 
+def section_head(title: str, args: argparse.Namespace, options: str, text: str, columns: list[str]) -> list[str]:
+    """A section's title, command line, description and table header; a column named 'x:' is left-aligned."""
+    align = ["---" if i == 0 or c.endswith(":") else "---:" for i, c in enumerate(columns)]
+    return [f"## {title}", "",
+            f"`python benchmarks/bench_rescoring.py --size {args.size} --method {args.method}{options}` — "
+            f"dinov2_vits14 at {args.size}. {text}", "",
+            "| " + " | ".join(c.removesuffix(":") for c in columns) + " |", "|" + "|".join(align) + "|"]
+
+
 def draws(model: MuSc, args: argparse.Namespace) -> None:
     """AUROC-cls before and after re-scoring on --draws random batches of each data set (a stratified --share)."""
     rng = np.random.default_rng(args.seed)
-    lines = [f"## Re-scoring on random batches ({args.method})", "",
-             f"`python benchmarks/bench_rescoring.py --size {args.size} --method {args.method} --draws {args.draws} "
-             f"--share {args.share:g} --seed {args.seed}` — dinov2_vits14 at {args.size}. Each draw scores "
-             f"{args.share:.0%} of a data set's normal images and the same share of its defective ones, drawn at "
-             "random; AUROC-cls of the image scores before re-scoring and after it, mean ± standard deviation over "
-             "the draws, the mean difference, and the draws where re-scoring moves AUROC-cls by more than a point "
-             "down / up.", "",
-             "| data set | draws | images per draw | before | after | mean difference | worse / better by > 1 |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = section_head(
+        f"Re-scoring on random batches ({args.method})", args,
+        f" --draws {args.draws} --share {args.share:g} --seed {args.seed}",
+        f"Each draw scores {args.share:.0%} of a data set's normal images and the same share of its defective ones, "
+        "drawn at random; AUROC-cls of the image scores before re-scoring and after it, mean ± standard deviation "
+        "over the draws, the mean difference, and the draws where re-scoring moves AUROC-cls by more than a point "
+        "down / up.",
+        ["data set", "draws", "images per draw", "before", "after", "mean difference", "worse / better by > 1:"])
     for name in args.datasets.split(","):
         chosen = samples(name)
         labels = np.array([s.label for s in chosen], dtype=bool)
