@@ -36,6 +36,18 @@ from musc.metrics import auroc, auroc_difference
 from musc.rescoring import cosine_similarity
 
 
+WHOLE_TEXT = ("AUROC-cls of the image scores before re-scoring (`raw_score`) and after it (`score`), the difference "
+              "with its 90 % paired bootstrap interval, and among each defective image's 3 most similar other images "
+              "(RsCIN's embedding) the share that is defective, next to the batch's share of defective images (chance).")
+WHOLE_COLUMNS = ["data set", "images", "before", "after", "difference:", "defective neighbours", "chance"]
+DRAWS_TEXT = ("Each draw scores {share:.0%} of a data set's normal images and the same share of its defective ones, "
+              "drawn at random; AUROC-cls of the image scores before re-scoring and after it, mean ± standard deviation "
+              "over the draws, the mean difference, and the draws where re-scoring moves AUROC-cls by more than a "
+              "point down / up.")
+DRAWS_COLUMNS = ["data set", "draws", "images per draw", "before", "after", "mean difference", "worse / better by > 1:"]
+"""The two tables' descriptions and columns (a column named 'x:' is left-aligned, `section_head`)."""
+
+
 def defective_neighbours(embeddings: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
     """Among each defective image's k most similar other images (cosine of the embeddings), the share that is
     defective, averaged over the defective images."""
@@ -61,15 +73,9 @@ def main() -> None:
     if args.draws:
         draws(model, args)
         return
-    lines = section_head(
-        f"Re-scoring: what RsCIN adds, and why ({args.method})", args, "",
-        "AUROC-cls of the image scores before re-scoring (`raw_score`) and after it (`score`), the difference with its "
-        "90 % paired bootstrap interval, and among each defective image's 3 most similar other images (RsCIN's "
-        "embedding) the share that is defective, next to the batch's share of defective images (chance).",
-        ["data set", "images", "before", "after", "difference:", "defective neighbours", "chance"])
+    lines = section_head(f"Re-scoring: what RsCIN adds, and why ({args.method})", args, "", WHOLE_TEXT, WHOLE_COLUMNS)
     for name in args.datasets.split(","):
-        chosen = samples(name)
-        labels = np.array([s.label for s in chosen], dtype=bool)
+        chosen, labels = labelled(name)
         result = model.score([s.path for s in chosen], progress=False)
         d = auroc_difference(labels, result.scores, result.raw_scores)
         before, after = auroc(labels, result.raw_scores), auroc(labels, result.scores)
@@ -78,6 +84,12 @@ def main() -> None:
                      f"{100 * defective_neighbours(result.embeddings, labels):.0f} % | {100 * labels.mean():.0f} % |")
         print(lines[-1], flush=True)
     publish(f"rescoring-{args.method}", lines, not args.no_write)
+
+
+def labelled(name: str) -> tuple[list, np.ndarray]:
+    """A data set's samples and their labels (True = defective)."""
+    chosen = samples(name)
+    return chosen, np.array([s.label for s in chosen], dtype=bool)
 
 
 def section_head(title: str, args: argparse.Namespace, options: str, text: str, columns: list[str]) -> list[str]:
@@ -92,17 +104,11 @@ def section_head(title: str, args: argparse.Namespace, options: str, text: str, 
 def draws(model: MuSc, args: argparse.Namespace) -> None:
     """AUROC-cls before and after re-scoring on --draws random batches of each data set (a stratified --share)."""
     rng = np.random.default_rng(args.seed)
-    lines = section_head(
-        f"Re-scoring on random batches ({args.method})", args,
-        f" --draws {args.draws} --share {args.share:g} --seed {args.seed}",
-        f"Each draw scores {args.share:.0%} of a data set's normal images and the same share of its defective ones, "
-        "drawn at random; AUROC-cls of the image scores before re-scoring and after it, mean ± standard deviation "
-        "over the draws, the mean difference, and the draws where re-scoring moves AUROC-cls by more than a point "
-        "down / up.",
-        ["data set", "draws", "images per draw", "before", "after", "mean difference", "worse / better by > 1:"])
+    options = f" --draws {args.draws} --share {args.share:g} --seed {args.seed}"
+    lines = section_head(f"Re-scoring on random batches ({args.method})", args, options,
+                         DRAWS_TEXT.format(share=args.share), DRAWS_COLUMNS)
     for name in args.datasets.split(","):
-        chosen = samples(name)
-        labels = np.array([s.label for s in chosen], dtype=bool)
+        chosen, labels = labelled(name)
         groups = [np.flatnonzero(~labels), np.flatnonzero(labels)]
         before, after = [], []
         for _ in range(args.draws):
