@@ -161,8 +161,14 @@ def versus_musc(size: int, datasets: Sequence[str]) -> list[str]:
                         f"| {verdict} |")
             computed.add((dataset, method))
     kept = [r for r in existing_rows(size, "-versus-musc")
-            if tuple(c.strip() for c in r.split("|")[1:3]) not in computed]
+            if row_key(r) not in computed]
     return sorted(rows + kept, key=lambda r: r.split("|")[1:3])
+
+
+def row_key(row: str) -> tuple[str, str]:
+    """A table row's first two cells (data set and method): what identifies it when runs add or replace rows."""
+    first, second = row.split("|")[1:3]
+    return first.strip(), second.strip()
 
 
 def existing_rows(size: int, table: str = "") -> list[str]:

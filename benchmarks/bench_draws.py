@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from bench_accuracy import existing_rows, samples, scores_path, section_rows, variant_settings
+from bench_accuracy import existing_rows, row_key, samples, scores_path, section_rows, variant_settings
 from common import ROOT, publish
 
 from musc import MuSc, MuScConfig
@@ -180,9 +180,8 @@ def main() -> None:
                         f"{np.mean(others[method]['f1_max_cls']):.1f} | {np.mean(others[method]['ap_cls']):.1f} | "
                         f"{against} |")
             print(rows[-1], flush=True)
-    computed = {tuple(c.strip() for c in r.split("|")[1:3]) for r in rows}
-    kept = [r for r in section_rows("draws") if tuple(c.strip() for c in r.split("|")[1:3]) not in computed]
-    # methods not run this time keep their rows
+    computed = {row_key(r) for r in rows}  # methods not run this time keep their rows
+    kept = [r for r in section_rows("draws") if row_key(r) not in computed]
     rows = sorted(rows + kept, key=lambda r: (r.split("|")[1], 0 if r.split("|")[2].strip() == "musc" else 1,
                                               r.split("|")[2]))
     publish("draws", [

@@ -166,9 +166,7 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
     """Build and check the configuration before any image is read or any model is built.
 
     The map rule, image score, interval skip and tile settings (re-scoring of tiles included) left out (None) come
-    from the method preset, then
-    the defaults;
-    --tiles off turns tiles off."""
+    from the method preset, then the defaults; --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
     overrides: dict[str, Any] = {"tile_matching": tile_matching}  # preset fields the options replace
     if map_rule is not None:
