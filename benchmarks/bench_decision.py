@@ -21,8 +21,8 @@ Batches (dinov2_vits14 at --size, default 224; MTD = Magnetic Tile Defect, KSDD 
 Scored batches are cached in --cache (scores, maps, labels, masks), so the decision methods can be compared
 without scoring again.
 
-Usage: python benchmarks/bench_decision.py [--size 224] [--method musc] [--map-rule z-max] [--cache bench-out/decision]
-       [--no-write]
+Usage: python benchmarks/bench_decision.py [--size 224] [--method musc] [--map-rule z-max] [--tile-map-rule finest]
+       [--batches ksdd,mtd-tall] [--cache bench-out/decision] [--no-write]
 """
 
 from __future__ import annotations
@@ -62,14 +62,16 @@ def batches() -> dict[str, list]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None
-           ) -> dict[str, np.ndarray]:
+def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None,
+           tile_map_rule: str | None = None) -> dict[str, np.ndarray]:
     """Scores, raw scores, maps (N, H, W), labels and masks of a batch; from the cache when present."""
-    variant = method + (f"-{map_rule}" if map_rule else "")
+    variant = method + (f"-{map_rule}" if map_rule else "") + (f"-tile-{tile_map_rule}" if tile_map_rule else "")
     path = cache / (f"{name}-{size}.npz" if variant == "musc" else f"{name}-{variant}-{size}.npz")
     if path.is_file():
         return dict(np.load(path))
     rule = {"map_rule": map_rule} if map_rule else {}
+    if tile_map_rule:
+        rule["tile_map_rule"] = tile_map_rule
     model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **rule))
     result = model.score([s.path for s in samples], progress=False)
     shape = tuple(result.maps.shape[-2:])
@@ -93,6 +95,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--method", default="musc", help="the --method preset whose maps are decided")
     ap.add_argument("--map-rule", default=None, help="the preset's map rule replaced (--map-rule)")
+    ap.add_argument("--tile-map-rule", default=None, help="the map rule of tiled batches (--tile-map-rule)")
+    ap.add_argument("--batches", default=None, help="only these batches (comma-separated names; default: all)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "decision")
     ap.add_argument("--methods", default="balanced,balanced/mebin,balanced/image,fdr,gmm,gmm/mebin,gmm/image,mad,"
                                          "mad/image,otsu,otsu/image",
@@ -102,8 +106,16 @@ def main() -> None:
     from musc.decision import PIXEL_METHODS, decide
 
     methods = [tuple((m + "/" + PIXEL_METHODS[0]).split("/")[:2]) for m in args.methods.split(",")]
-    rule = f" --map-rule {args.map_rule}" if args.map_rule else ""
-    suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule
+    rule = (f" --map-rule {args.map_rule}" if args.map_rule else "") + (
+        f" --tile-map-rule {args.tile_map_rule}" if args.tile_map_rule else "")
+    chosen = batches()
+    if args.batches:
+        unknown = sorted(set(args.batches.split(",")) - set(chosen))
+        if unknown:
+            raise SystemExit(f"unknown batch {', '.join(unknown)}; known: {', '.join(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if k in args.batches.split(",")}
+    suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule + (
+        f" --batches {args.batches}" if args.batches else "")
     variant = args.method + rule
     lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({variant} maps)", "",
              f"`python benchmarks/bench_decision.py --size {args.size}{suffix}` — dinov2_vits14 at {args.size}; F1 in %, "
@@ -125,8 +137,8 @@ def main() -> None:
              "est. rate | says |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
     share = lambda a, b: "n/a" if a is None or not b else f"{100 * a / b:.0f}%"
-    for name, samples in batches().items():
-        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule)
+    for name, samples in chosen.items():
+        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule, args.tile_map_rule)
         labels, masks = data["labels"], data["masks"]
         img_oracle = f1_max(labels, data["scores"]) if labels.any() and not labels.all() else None
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
@@ -154,7 +166,8 @@ def main() -> None:
                              f"{pct(fi)} | {pct(img_oracle)} | {share(fi, img_oracle)} | | | | | |")
                 print(lines[-1], flush=True)
     section = "decision" if args.method == "musc" else f"decision-{args.method}"
-    publish(section + (f"-{args.map_rule}" if args.map_rule else ""), lines, not args.no_write)
+    publish(section + (f"-{args.map_rule}" if args.map_rule else "") + (
+        f"-tile-{args.tile_map_rule}" if args.tile_map_rule else ""), lines, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,10 @@ def tall_images(tmp_path) -> list[str]:
     return paths
 
 
-@pytest.mark.parametrize("method", ["musc", "musc-scales", "muscv2", "musc-scales-tiles"])
-def test_ray_tiles_equal_local_tiles(cluster, tmp_path, method):
-    config = MuScConfig.for_method(method, **TINY, memory_budget_mb=1, tile_scale=1.0)
+@pytest.mark.parametrize("method, extra", [("musc", {}), ("musc-scales", {"tile_map_rule": "finest"}),
+                                           ("muscv2", {}), ("musc-scales-tiles", {})])
+def test_ray_tiles_equal_local_tiles(cluster, tmp_path, method, extra):
+    config = MuScConfig.for_method(method, **TINY, memory_budget_mb=1, tile_scale=1.0, **extra)
     local, on_ray = both(config, tall_images(tmp_path))
     assert_same(local, on_ray)
     assert on_ray.maps.shape == (5, 112, 84) and on_ray.notes[0] == local.notes[0] and "6 tiles" in on_ray.notes[0]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from musc.scoring import (MAP_RULES, cross_nearest_distances, distances_to_references, get_map_rule, half_inputs,
                           interval_bounds, interval_count, interval_mean, interval_mean_excluding_self, mutual_scores,
-                          nearest_patch_distances, robust_z_max, view_mean)
+                          nearest_patch_distances, robust_z_max, view_mean, finest_view, finest_view_index)
 
 
 def naive_scores(z: torch.Tensor, fraction: float, skip: float = 0.0) -> torch.Tensor:
@@ -231,9 +231,21 @@ def test_z_max_statistics_span_every_tile_position():
     joined = tiles.permute(1, 2, 0, 3, 4).reshape(2, 4, 15, 5)  # the positions side by side in one grid per image
     expected = robust_z_max(joined).view(4, 3, 5, 5).permute(1, 0, 2, 3)
     assert torch.allclose(robust_z_max(tiles), expected)
-    assert set(MAP_RULES) == {"mean", "z-max"} and get_map_rule("z-max") is robust_z_max
+    assert set(MAP_RULES) == {"mean", "z-max", "finest"} and get_map_rule("z-max") is robust_z_max
     with pytest.raises(ValueError, match="unknown map rule"):
         get_map_rule("median")
+
+
+def test_finest_keeps_the_smallest_r_whatever_the_order_of_the_views():
+    gen = torch.Generator().manual_seed(1)
+    grids = torch.rand((3, 4, 5, 5), generator=gen)  # (V, N, h, w)
+    assert torch.equal(finest_view(grids, (1, 3, 5)), grids[0])
+    assert torch.equal(finest_view(grids, (5, 3, 1)), grids[2])  # --r 5,3,1: the r = 1 view is the last
+    assert torch.equal(finest_view(grids[:1], ("snamd",)), grids[0])  # SNAMD's one view
+    assert finest_view_index((3, 5, "snamd")) == 0 and finest_view_index(("snamd",)) == 0
+    tiles = torch.rand((2, 3, 4, 5, 5), generator=gen)  # (P, V, N, h, w): every tile position keeps its r = 1 view
+    assert torch.equal(get_map_rule("finest")(tiles, (3, 1, 5)), tiles[:, 1])
+    assert torch.equal(view_mean(grids, (1, 3, 5)), view_mean(grids))  # the other rules ignore the labels
 
 
 @pytest.mark.parametrize("block_bytes", [None, 1])

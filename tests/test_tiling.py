@@ -228,6 +228,9 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert preset["tile_rescoring"] is None and config_of("--tile-rescoring", "none")["tile_rescoring"] == "none"
     res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-rescoring", "rsc")
     assert res.exit_code != 0 and "--tile-rescoring" in res.output
+    assert preset["tile_map_rule"] is None and config_of("--tile-map-rule", "finest")["tile_map_rule"] == "finest"
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-map-rule", "max")
+    assert res.exit_code != 0 and "--tile-map-rule" in res.output and not (tmp_path / "bad").exists()
 
 
 def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
@@ -413,3 +416,29 @@ def test_tile_rescoring_sets_stage_3_of_tiled_runs_only():
     assert (paper.rescoring_for(tiled=False), paper.rescoring_for(tiled=True)) == ("rscin", "rscin")
     with pytest.raises(ConfigError, match="tile_rescoring"):
         MuScConfig(**TINY, tile_rescoring="rsc").validate()
+
+
+def test_tile_map_rule_draws_the_maps_of_tiled_runs_only():
+    images = tall_images(90, 5)
+    mean = MuSc(MuScConfig(**TINY, tile_scale=1.0, image_score="scale-max"))
+    finest = MuSc(MuScConfig(**TINY, tile_scale=1.0, image_score="scale-max", tile_map_rule="finest"),
+                  backbone=mean.backbone)
+    r1 = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(1,)), backbone=mean.backbone)
+    a, b, c = (model.score(images, progress=False) for model in (finest, mean, r1))
+    np.testing.assert_allclose(a.maps, c.maps, atol=1e-6)  # the r = 1 view's blended map
+    assert not np.allclose(a.maps, b.maps, atol=1e-4)
+    np.testing.assert_allclose(a.raw_scores, b.raw_scores, atol=1e-6)  # scale-max reads every view either way
+    assert "tile_map_rule" in a.notes[0] and not any("tile_map_rule" in n for n in b.notes)
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = MuSc(MuScConfig(**TINY, tile_scale="auto", tile_map_rule="finest"), backbone=mean.backbone)
+    plain = MuSc(MuScConfig(**TINY), backbone=mean.backbone)
+    d, e = whole.score(square, progress=False), plain.score(square, progress=False)  # whole images: the map rule
+    np.testing.assert_allclose(d.maps, e.maps, atol=1e-6)
+    config = MuScConfig(**TINY, map_rule="z-max", tile_map_rule="finest")
+    assert (config.map_rule_for(tiled=False), config.map_rule_for(tiled=True)) == ("z-max", "finest")
+    assert MuScConfig(**TINY, map_rule="z-max").map_rule_for(tiled=True) == "z-max"
+    for method in ("musc-scales-tiles", "musc"):  # an option: no preset sets it
+        preset = MuScConfig.for_method(method)
+        assert (preset.map_rule_for(tiled=False), preset.map_rule_for(tiled=True)) == ("mean", "mean")
+    with pytest.raises(ConfigError, match="tile_map_rule"):
+        MuScConfig(**TINY, tile_map_rule="max").validate()

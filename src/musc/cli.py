@@ -77,8 +77,9 @@ def score_options(func: Callable) -> Callable:
                           "(SNAMD, RsCon with windows 1,7); musc-scales-tiles (default) and muscv2-tiles add tiles "
                           "along the long side of elongated images (--tiles auto). See README: How it works."),
         click.option("--map-rule", type=click.Choice(list(MAP_RULES)), default=None,
-                     help="How the per-r patch scores become one map: mean (the paper) or z-max (each r standardised "
-                          "by the batch's median and MAD, the largest per patch). Default: the method's."),
+                     help="How the per-r patch scores become one map: mean (the paper), z-max (each r standardised "
+                          "by the batch's median and MAD, the largest per patch) or finest (the smallest r alone). "
+                          "Default: the method's."),
         click.option("--image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
                      help="An image's score before re-scoring: max = its map's maximum (the paper), scale-max = "
                           "its strongest per-r map maximum, each r's scaled over the batch. Default: the method's."),
@@ -131,6 +132,10 @@ def score_options(func: Callable) -> Callable:
                      help="With tiles: re-scoring of a tiled batch, rscin (class tokens, the mean over an image's "
                           "tiles), rscon (each image's most anomalous patch) or none (the --image-score value). "
                           "Default: the --method preset's (none for musc-scales-tiles; else its re-scoring)."),
+        click.option("--tile-map-rule", type=click.Choice(list(MAP_RULES)), default=None,
+                     help="With tiles: the --map-rule of a tiled batch (finest = the smallest r alone, which does not "
+                          "smear thin defects). Default: the --method preset's (finest for musc-scales-tiles; else "
+                          "its --map-rule)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -162,11 +167,12 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         image_score: str | None = None,
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
                         tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None,
-                        interval_skip: float | None = None, tile_rescoring: str | None = None) -> MuScConfig:
+                        interval_skip: float | None = None, tile_rescoring: str | None = None,
+                        tile_map_rule: str | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
-    The map rule, image score, interval skip and tile settings (re-scoring of tiles included) left out (None) come
-    from the method preset, then the defaults; --tiles off turns tiles off."""
+    The map rule, image score, interval skip and tile settings (re-scoring and map rule of tiles included) left out
+    (None) come from the method preset, then the defaults; --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
     overrides: dict[str, Any] = {"tile_matching": tile_matching}  # preset fields the options replace
     if map_rule is not None:
@@ -183,6 +189,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         overrides["tile_subsets"] = tile_subsets
     if tile_rescoring is not None:
         overrides["tile_rescoring"] = tile_rescoring
+    if tile_map_rule is not None:
+        overrides["tile_map_rule"] = tile_map_rule
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
@@ -209,7 +217,7 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
-             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring")
+             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring", "tile_map_rule")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

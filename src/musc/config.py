@@ -18,7 +18,7 @@ AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
 TILE_RESCORINGS = (*RESCORINGS, "none")
 IMAGE_SCORES = ("max", "scale-max")
-MAP_RULES = ("mean", "z-max")
+MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
     "musc": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscin",
@@ -95,7 +95,12 @@ class MuScConfig:
     """Stage 1 variant (musc.aggregation.AGGREGATIONS): 'lnamd' (MuSc) or 'snamd' (MuSc-V2)."""
     map_rule: str = "mean"
     """How each view's patch scores become one map (musc.scoring.MAP_RULES): 'mean' (MuSc: the mean over views)
-    or 'z-max' (each view standardised by the batch's median and MAD, then the largest per patch)."""
+    or 'z-max' (each view standardised by the batch's median and MAD, then the largest per patch) or 'finest' (the
+    finest view alone: LNAMD's smallest r)."""
+    tile_map_rule: str | None = None
+    """The map rule when the images are cut into tiles; None = `map_rule`. Tiles exist for defects much smaller
+    than a patch of the whole image, which the wider neighbourhoods of r = 3 and 5 smear ('finest', an option:
+    README, How it works)."""
     image_score: str = "max"
     """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch)."""
@@ -162,6 +167,8 @@ class MuScConfig:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.map_rule not in MAP_RULES:
             raise ConfigError(f"map_rule must be one of {', '.join(MAP_RULES)}, got {self.map_rule!r}")
+        if self.tile_map_rule is not None and self.tile_map_rule not in MAP_RULES:
+            raise ConfigError(f"tile_map_rule must be one of {', '.join(MAP_RULES)} or None, got {self.tile_map_rule!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ConfigError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.rescoring not in RESCORINGS:
@@ -196,6 +203,10 @@ class MuScConfig:
         """Stage 3 of a run on whole images (`rescoring`) or on tiles (`tile_rescoring`, else the same); 'none' =
         no re-scoring."""
         return (self.tile_rescoring or self.rescoring) if tiled else self.rescoring
+
+    def map_rule_for(self, tiled: bool) -> str:
+        """The map rule of a run on whole images (`map_rule`) or on tiles (`tile_map_rule`, else the same)."""
+        return (self.tile_map_rule or self.map_rule) if tiled else self.map_rule
 
     def replace(self, **changes: Any) -> "MuScConfig":
         """A copy with some fields changed."""

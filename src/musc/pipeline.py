@@ -281,7 +281,7 @@ class MuSc:
         corners keeps each grid's maximum, so the per-view maxima are taken on the grids.
         """
         t0 = time.perf_counter()
-        maps = self.upsample(get_map_rule(self.config.map_rule)(view_grids))
+        maps = self.upsample(get_map_rule(self.config.map_rule)(view_grids, self.views()))
         timings["upsampling"] = time.perf_counter() - t0
         return self.finish_maps(maps, embeddings, timings, pairs, view_grids.flatten(2).amax(dim=2))
 

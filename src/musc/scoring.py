@@ -19,13 +19,17 @@ registry `MAP_RULES`), applied to each view's scores (the mean over the tapped b
 - `z-max` (this project): each view's scores standardised by the batch's median and median absolute deviation
   over all its patches, then the largest per patch. A defect that stands out at one r (a small one at r = 1, a
   wide one at r = 5) keeps its contrast instead of being averaged with the r where it does not.
+- `finest` (this project): the scores of the finest view alone (LNAMD: the smallest r; SNAMD's one view). A
+  thin defect (a crack one or two pixels wide in a native-resolution tile) is smeared by the wider
+  neighbourhoods; the default preset draws the maps of tiled batches this way (`MuScConfig.tile_map_rule`).
+Every rule takes the per-view scores (V in front of N, h, w) and the views' labels (`MuSc.views()`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -296,28 +300,43 @@ def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.normalize(z @ proj, dim=-1)
 
 
-def view_mean(view_grids: torch.Tensor) -> torch.Tensor:
+def view_mean(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     """`mean`: (..., V, N, h, w) per-view patch scores -> (..., N, h, w), the mean over views."""
     return view_grids.mean(dim=-4)
 
 
-def robust_z_max(view_grids: torch.Tensor) -> torch.Tensor:
+def robust_z_max(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     """`z-max`: (..., V, N, h, w) per-view patch scores -> (..., N, h, w). Each view is standardised by the median
     and median absolute deviation of all its scores (every image, and every tile position in front of V), then
     the maximum over views is kept. A view whose scores are all equal contributes 0."""
-    views = view_grids.movedim(-4, 0)
-    flat = views.reshape(views.shape[0], -1)
+    views_first = view_grids.movedim(-4, 0)
+    flat = views_first.reshape(views_first.shape[0], -1)
     median = flat.median(dim=1).values
     mad = (flat - median[:, None]).abs().median(dim=1).values
     mad = torch.where(mad > 0, mad, torch.ones_like(mad))
-    shape = (-1, *([1] * (views.dim() - 1)))
-    return ((views - median.view(shape)) / mad.view(shape)).amax(dim=0)
+    shape = (-1, *([1] * (views_first.dim() - 1)))
+    return ((views_first - median.view(shape)) / mad.view(shape)).amax(dim=0)
 
 
-MAP_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"mean": view_mean, "z-max": robust_z_max}
+def finest_view_index(views: Sequence) -> int:
+    """Position of the finest view among stage 1's labels: the smallest aggregation degree r (labels that are
+    not degrees, SNAMD's, count only when there is no r)."""
+    degrees = [(v, i) for i, v in enumerate(views) if isinstance(v, int)]
+    return min(degrees)[1] if degrees else 0
 
 
-def get_map_rule(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
+    """`finest`: (..., V, N, h, w) per-view patch scores -> (..., N, h, w), the finest view's scores alone
+    (`finest_view_index` of the labels `views`; the first view when none are given)."""
+    return view_grids.select(-4, finest_view_index(views) if views else 0)
+
+
+MAP_RULES: dict[str, Callable[[torch.Tensor, Sequence], torch.Tensor]] = {
+    "mean": view_mean, "z-max": robust_z_max, "finest": finest_view}
+
+
+def get_map_rule(name: str) -> Callable[[torch.Tensor, Sequence], torch.Tensor]:
+    """The map rule named `name` (MAP_RULES): called with the per-view scores and the views' labels."""
     try:
         return MAP_RULES[name]
     except KeyError:
@@ -327,4 +346,4 @@ def get_map_rule(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 __all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_distances", "cross_nearest_distances",
            "mutual_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
-           "robust_z_max", "MAP_RULES", "get_map_rule"]
+           "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule"]

@@ -8,10 +8,11 @@ number of positions, not with its square); `all` scores every tile against all t
 (each image is the bag of all its tiles' patches: products that move; time x the number of positions).
 Stage 1 runs per tile either way (its neighbourhoods and normalisation stay inside a tile). The tile maps are blended back into one
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
-constant map. The image score is the maximum of the whole map; re-scoring (`MuScConfig.rescoring_for`) uses the
-mean of the tiles' image embeddings (RsCIN) or the salient patch vector of the image's highest-scoring tile (RsCon),
-or is left out ('none', the default preset's on tiles). Reference images
-(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled
+constant map (drawn by `MuScConfig.map_rule_for(tiled=True)`; `tile_map_rule` 'finest' keeps the r = 1 scores
+alone, for thin defects). The image score is the maximum of the whole map, or the default's scale-max of each
+view's blended map; re-scoring (`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN)
+or the salient patch vector of the image's highest-scoring tile (RsCon), or is left out ('none', the default
+preset's on tiles). Reference images (few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled
 bank (`TiledFeatures`) keeps the references' tiles and the plan they were cut on: new images are cut on that plan.
 """
 
@@ -300,14 +301,14 @@ class TiledScorer:
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
                plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float
                ) -> "Result":
-        """Tile patch scores per view (P, V, N, h, w) -> one blended map per image (config.map_rule over all
-        positions at once), each view's blended map maxima, then the image scores (`MuSc.finish_maps`).
+        """Tile patch scores per view (P, V, N, h, w) -> one blended map per image (`map_rule_for(tiled=True)` over
+        all positions at once), each view's blended map maxima, then the image scores (`MuSc.finish_maps`).
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
         timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
-        fused = get_map_rule(self.config.map_rule)(grids)  # (P, N, h, w)
+        fused = get_map_rule(self.config.map_rule_for(tiled=True))(grids, self.model.views())  # (P, N, h, w)
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         view_maxima = None
@@ -325,6 +326,8 @@ class TiledScorer:
         plan_note = f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"
         if self.config.rescoring_for(tiled=True) == "none" and self.config.rscin_windows:
             plan_note += "; scores not re-scored (tile_rescoring 'none')"
+        if self.config.map_rule_for(tiled=True) != self.config.map_rule:
+            plan_note += f"; maps by the map rule {self.config.map_rule_for(tiled=True)!r} (tile_map_rule)"
         result.notes.insert(0, plan_note)
         return result
 
