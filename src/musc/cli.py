@@ -134,8 +134,7 @@ def score_options(func: Callable) -> Callable:
                           "Default: the --method preset's (none for musc-scales-tiles; else its re-scoring)."),
         click.option("--tile-map-rule", type=click.Choice(list(MAP_RULES)), default=None,
                      help="With tiles: the --map-rule of a tiled batch (finest = the smallest r alone, which does not "
-                          "smear thin defects). Default: the --method preset's (finest for musc-scales-tiles; else "
-                          "its --map-rule)."),
+                          "smear thin defects). Default: the --map-rule."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
