@@ -62,10 +62,15 @@ def batches() -> dict[str, list]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def variant_name(method: str, map_rule: str | None = None, tile_map_rule: str | None = None) -> str:
+    """The preset with its replaced map rules, as cache files and section names spell it ('musc-scales-z-max')."""
+    return method + (f"-{map_rule}" if map_rule else "") + (f"-tile-{tile_map_rule}" if tile_map_rule else "")
+
+
 def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None,
            tile_map_rule: str | None = None) -> dict[str, np.ndarray]:
     """Scores, raw scores, maps (N, H, W), labels and masks of a batch; from the cache when present."""
-    variant = method + (f"-{map_rule}" if map_rule else "") + (f"-tile-{tile_map_rule}" if tile_map_rule else "")
+    variant = variant_name(method, map_rule, tile_map_rule)
     path = cache / (f"{name}-{size}.npz" if variant == "musc" else f"{name}-{variant}-{size}.npz")
     if path.is_file():
         return dict(np.load(path))
@@ -110,14 +115,14 @@ def main() -> None:
         f" --tile-map-rule {args.tile_map_rule}" if args.tile_map_rule else "")
     chosen = batches()
     if args.batches:
-        unknown = sorted(set(args.batches.split(",")) - set(chosen))
+        wanted = args.batches.split(",")
+        unknown = sorted(set(wanted) - set(chosen))
         if unknown:
             raise SystemExit(f"unknown batch {', '.join(unknown)}; known: {', '.join(chosen)}")
-        chosen = {k: v for k, v in chosen.items() if k in args.batches.split(",")}
+        chosen = {k: v for k, v in chosen.items() if k in wanted}
     suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule + (
         f" --batches {args.batches}" if args.batches else "")
-    variant = args.method + rule
-    lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({variant} maps)", "",
+    lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({args.method + rule} maps)", "",
              f"`python benchmarks/bench_decision.py --size {args.size}{suffix}` — dinov2_vits14 at {args.size}; F1 in %, "
              "and as a share of F1-max (the oracle threshold that needs labels; no automatic method sees labels). "
              "Pixel F1 is over all pixels of the batch at the model's input size, masks drawn in the flagged images by "
@@ -166,8 +171,7 @@ def main() -> None:
                              f"{pct(fi)} | {pct(img_oracle)} | {share(fi, img_oracle)} | | | | | |")
                 print(lines[-1], flush=True)
     section = "decision" if args.method == "musc" else f"decision-{args.method}"
-    publish(section + (f"-{args.map_rule}" if args.map_rule else "") + (
-        f"-tile-{args.tile_map_rule}" if args.tile_map_rule else ""), lines, not args.no_write)
+    publish(section + variant_name("", args.map_rule, args.tile_map_rule), lines, not args.no_write)
 
 
 if __name__ == "__main__":

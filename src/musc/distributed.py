@@ -177,9 +177,10 @@ def _reduce_block(spec: dict, n_columns: int, *parts: torch.Tensor) -> torch.Ten
     order (the block's own part holds +inf for its own image), then the reference parts, if any."""
     from .scoring import interval_mean_excluding_self
 
-    if spec["mode"] == "musc+" and len(parts) > n_columns:
+    c = spec["config"]
+    if c.mode == "musc+" and len(parts) > n_columns:
         return torch.cat(parts[n_columns:], dim=-1).amin(dim=-1)
-    return interval_mean_excluding_self(torch.cat(parts, dim=-1), spec["interval"], spec["interval_skip"])
+    return interval_mean_excluding_self(torch.cat(parts, dim=-1), c.interval, c.interval_skip)
 
 
 def _evaluate_category(spec: dict, state: dict[str, torch.Tensor], category: Any, size: str) -> tuple[Any, Any]:
@@ -253,7 +254,7 @@ class RayEngine:
         return {"preset": bb.preset, "image_size": bb.image_size, "layers": bb.layers, "device": c.device,
                 "half": c.half, "source": bb.weights_source, "weights_id": _weights_id(bb.model),
                 "config": c.replace(engine="local", ray_address=None),
-                "interval": c.interval, "interval_skip": c.interval_skip, "mode": c.mode, "tile_bytes": None,
+                "tile_bytes": None,
                 "matmul_dtype": score_matmul_dtype(c.score_dtype, bb.device)}
 
     def _ship(self, ray: Any, spec: dict) -> tuple[dict, Any, int]:

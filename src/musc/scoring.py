@@ -21,7 +21,7 @@ registry `MAP_RULES`), applied to each view's scores (the mean over the tapped b
   wide one at r = 5) keeps its contrast instead of being averaged with the r where it does not.
 - `finest` (this project): the scores of the finest view alone (LNAMD: the smallest r; SNAMD's one view). A
   thin defect (a crack one or two pixels wide in a native-resolution tile) is smeared by the wider
-  neighbourhoods; the default preset draws the maps of tiled batches this way (`MuScConfig.tile_map_rule`).
+  neighbourhoods; an option, also for tiled batches alone (`MuScConfig.tile_map_rule`).
 Every rule takes the per-view scores (V in front of N, h, w) and the views' labels (`MuSc.views()`).
 """
 
@@ -328,7 +328,7 @@ def finest_view_index(views: Sequence) -> int:
 def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     """`finest`: (..., V, N, h, w) per-view patch scores -> (..., N, h, w), the finest view's scores alone
     (`finest_view_index` of the labels `views`; the first view when none are given)."""
-    return view_grids.select(-4, finest_view_index(views) if views else 0)
+    return view_grids.select(-4, finest_view_index(views))
 
 
 MAP_RULES: dict[str, Callable[[torch.Tensor, Sequence], torch.Tensor]] = {

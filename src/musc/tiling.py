@@ -12,8 +12,9 @@ constant map (drawn by `MuScConfig.map_rule_for(tiled=True)`; `tile_map_rule` 'f
 alone, for thin defects). The image score is the maximum of the whole map, or the default's scale-max of each
 view's blended map; re-scoring (`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN)
 or the salient patch vector of the image's highest-scoring tile (RsCon), or is left out ('none', the default
-preset's on tiles). Reference images (few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled
-bank (`TiledFeatures`) keeps the references' tiles and the plan they were cut on: new images are cut on that plan.
+preset's on tiles). Reference images (few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of
+their position (aligned tiles). A tiled bank (`TiledFeatures`) keeps the references' tiles and the plan they were
+cut on: new images are cut on that plan.
 """
 
 from __future__ import annotations
@@ -308,7 +309,8 @@ class TiledScorer:
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
         timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
-        fused = get_map_rule(self.config.map_rule_for(tiled=True))(grids, self.model.views())  # (P, N, h, w)
+        map_rule = self.config.map_rule_for(tiled=True)
+        fused = get_map_rule(map_rule)(grids, self.model.views())  # (P, N, h, w)
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
         view_maxima = None
@@ -326,8 +328,8 @@ class TiledScorer:
         plan_note = f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"
         if self.config.rescoring_for(tiled=True) == "none" and self.config.rscin_windows:
             plan_note += "; scores not re-scored (tile_rescoring 'none')"
-        if self.config.map_rule_for(tiled=True) != self.config.map_rule:
-            plan_note += f"; maps by the map rule {self.config.map_rule_for(tiled=True)!r} (tile_map_rule)"
+        if map_rule != self.config.map_rule:
+            plan_note += f"; maps by the map rule {map_rule!r} (tile_map_rule)"
         result.notes.insert(0, plan_note)
         return result
 
