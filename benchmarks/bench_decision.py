@@ -22,7 +22,7 @@ Scored batches are cached in --cache (scores, maps, labels, masks), so the decis
 without scoring again.
 
 Usage: python benchmarks/bench_decision.py [--size 224] [--method musc] [--map-rule z-max] [--tile-map-rule finest]
-       [--batches ksdd,mtd-tall] [--cache bench-out/decision] [--no-write]
+       [--layers 2,5,8] [--batches ksdd,mtd-tall] [--cache bench-out/decision] [--no-write]
 """
 
 from __future__ import annotations
@@ -62,21 +62,26 @@ def batches() -> dict[str, list]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def variant_name(method: str, map_rule: str | None = None, tile_map_rule: str | None = None) -> str:
-    """The preset with its replaced map rules, as cache files and section names spell it ('musc-scales-z-max')."""
-    return method + (f"-{map_rule}" if map_rule else "") + (f"-tile-{tile_map_rule}" if tile_map_rule else "")
+def variant_name(method: str, map_rule: str | None = None, tile_map_rule: str | None = None,
+                 layers: tuple[int, ...] | None = None) -> str:
+    """The preset with its replaced map rules and blocks, as cache files and section names spell it
+    ('musc-scales-z-max', 'musc-scales-tiles-blocks2-5-8')."""
+    return (method + (f"-{map_rule}" if map_rule else "") + (f"-tile-{tile_map_rule}" if tile_map_rule else "")
+            + (f"-blocks{'-'.join(map(str, layers))}" if layers else ""))
 
 
 def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None,
-           tile_map_rule: str | None = None) -> dict[str, np.ndarray]:
+           tile_map_rule: str | None = None, layers: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     """Scores, raw scores, maps (N, H, W), labels and masks of a batch; from the cache when present."""
-    variant = variant_name(method, map_rule, tile_map_rule)
+    variant = variant_name(method, map_rule, tile_map_rule, layers)
     path = cache / (f"{name}-{size}.npz" if variant == "musc" else f"{name}-{variant}-{size}.npz")
     if path.is_file():
         return dict(np.load(path))
     rule = {"map_rule": map_rule} if map_rule else {}
     if tile_map_rule:
         rule["tile_map_rule"] = tile_map_rule
+    if layers:
+        rule["layers"] = layers
     model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **rule))
     result = model.score([s.path for s in samples], progress=False)
     shape = tuple(result.maps.shape[-2:])
@@ -101,6 +106,7 @@ def main() -> None:
     ap.add_argument("--method", default="musc", help="the --method preset whose maps are decided")
     ap.add_argument("--map-rule", default=None, help="the preset's map rule replaced (--map-rule)")
     ap.add_argument("--tile-map-rule", default=None, help="the map rule of tiled batches (--tile-map-rule)")
+    ap.add_argument("--layers", default=None, help="the blocks tapped (--layers, comma-separated; default: the preset's)")
     ap.add_argument("--batches", default=None, help="only these batches (comma-separated names; default: all)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "decision")
     ap.add_argument("--methods", default="balanced,balanced/mebin,balanced/image,fdr,gmm,gmm/mebin,gmm/image,mad,"
@@ -111,8 +117,10 @@ def main() -> None:
     from musc.decision import PIXEL_METHODS, decide
 
     methods = [tuple((m + "/" + PIXEL_METHODS[0]).split("/")[:2]) for m in args.methods.split(",")]
+    layers = tuple(int(v) for v in args.layers.split(",")) if args.layers else None
     rule = (f" --map-rule {args.map_rule}" if args.map_rule else "") + (
-        f" --tile-map-rule {args.tile_map_rule}" if args.tile_map_rule else "")
+        f" --tile-map-rule {args.tile_map_rule}" if args.tile_map_rule else "") + (
+        f" --layers {args.layers}" if args.layers else "")
     chosen = batches()
     if args.batches:
         wanted = args.batches.split(",")
@@ -143,7 +151,7 @@ def main() -> None:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
     share = lambda a, b: "n/a" if a is None or not b else f"{100 * a / b:.0f}%"
     for name, samples in chosen.items():
-        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule, args.tile_map_rule)
+        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule, args.tile_map_rule, layers)
         labels, masks = data["labels"], data["masks"]
         img_oracle = f1_max(labels, data["scores"]) if labels.any() and not labels.all() else None
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
@@ -171,7 +179,7 @@ def main() -> None:
                              f"{pct(fi)} | {pct(img_oracle)} | {share(fi, img_oracle)} | | | | | |")
                 print(lines[-1], flush=True)
     section = "decision" if args.method == "musc" else f"decision-{args.method}"
-    publish(section + variant_name("", args.map_rule, args.tile_map_rule), lines, not args.no_write)
+    publish(section + variant_name("", args.map_rule, args.tile_map_rule, layers), lines, not args.no_write)
 
 
 if __name__ == "__main__":

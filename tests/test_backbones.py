@@ -83,6 +83,20 @@ def test_unknown_backbone_and_bad_layers():
         get_preset("nope")
     with pytest.raises(ConfigError, match="layers \\[7\\] do not exist"):
         Backbone.load("test_tiny_dino", layers=(1, 7), pretrained=False, device="cpu")
+    with pytest.raises(ConfigError, match="more than once"):
+        Backbone.load("test_tiny_dino", layers=(1, 1), pretrained=False, device="cpu")
+
+
+def test_layers_in_any_order_are_tapped_and_labelled_in_block_order():
+    """timm returns the tapped blocks in block order, so the labels follow it: tokens at position 0 are block 1's
+    whatever order --layers names them in (before, layers (3, 1) labelled block 1's tokens as block 3)."""
+    images = torch.randn(2, 3, 56, 56)
+    both = Backbone.load("test_tiny_dino", layers=(3, 1), pretrained=False, device="cpu")
+    assert both.layers == (1, 3)
+    taps, _ = both.extract(images)
+    for position, block in enumerate(both.layers):
+        alone, _ = Backbone.load("test_tiny_dino", layers=(block,), pretrained=False, device="cpu").extract(images)
+        assert torch.equal(taps[position], alone[0])
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

@@ -306,10 +306,12 @@ class Backbone:
             log.warning("backbone %s uses random weights: results are not meaningful", name)
             source = "random"
         depth = len(model.blocks)
-        taps = tuple(layers) if layers is not None else preset.layers
+        taps = tuple(sorted(layers)) if layers is not None else preset.layers  # timm returns them in block order
         bad = [i for i in taps if not 0 <= i < depth]
         if bad:
             raise ConfigError(f"layers {bad} do not exist in {name}, which has blocks 0..{depth - 1}")
+        if len(set(taps)) != len(taps):
+            raise ConfigError(f"layers name a block more than once: {list(layers or ())}")
         if size != preset.native_size:
             model.set_input_size(img_size=(size, size))
         dev = resolve_device(device)

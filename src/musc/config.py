@@ -61,7 +61,8 @@ class MuScConfig:
     image_size: int | None = None
     """Input side S (images are resized to S x S); None = the preset's default (518 for the /14 presets)."""
     layers: tuple[int, ...] | None = None
-    """0-indexed transformer blocks to tap; None = the preset's four blocks."""
+    """0-indexed transformer blocks to tap, in any order (they are tapped and labelled in block order); None = the
+    preset's four blocks."""
     r_values: tuple[int, ...] = (1, 3, 5)
     interval: float = 0.3
     """Fraction of the N-1 nearest-patch distances (the smallest ones) averaged into a patch score."""
@@ -137,11 +138,15 @@ class MuScConfig:
         for r in self.r_values:
             if r < 1 or r % 2 == 0:
                 raise ConfigError(f"aggregation degree r must be a positive odd integer, got {r}")
+        if len(set(self.r_values)) != len(self.r_values):
+            raise ConfigError(f"r_values name an aggregation degree more than once: {list(self.r_values)}")
         if self.layers is not None:
             if not self.layers:
                 raise ConfigError("layers must name at least one block")
             if any(i < 0 for i in self.layers):
                 raise ConfigError(f"layers must be 0-indexed block numbers >= 0, got {list(self.layers)}")
+            if len(set(self.layers)) != len(self.layers):
+                raise ConfigError(f"layers name a block more than once: {list(self.layers)}")
         if not 0.0 < self.interval <= 1.0:
             raise ConfigError(f"interval must be in (0, 1], got {self.interval}")
         if not 0.0 <= self.interval_skip < self.interval:

@@ -136,8 +136,8 @@ class MuSc:
             return self._backbone.layers
         from .backbones import get_preset
 
-        layers = self.config.layers or get_preset(self.config.backbone).layers
-        return tuple(layers) if len(layers) == count else tuple(range(count))
+        layers = tuple(sorted(self.config.layers or get_preset(self.config.backbone).layers))  # as Backbone.load
+        return layers if len(layers) == count else tuple(range(count))
 
     def views(self) -> tuple:
         """Labels of the sets of patch vectors stage 1 gives per tapped block (LNAMD: each r; SNAMD: one)."""
