@@ -329,3 +329,36 @@ def test_api_misuse_of_the_decision_methods_is_named():
     assert fixed.pixel == {"method": "fixed", "threshold": 8.5}
     assert fixed.masks.sum() == 1 and fixed.masks[41, 0, 0]
     assert isinstance(fixed.image, Decision)
+
+
+def test_ties_in_the_scores_rank_by_the_map_maxima_in_scores_csv_and_in_balanced(tmp_path):
+    """scale-max without re-scoring gives each view's strongest image 1.0, so several images can tie at the top:
+    scores.csv ranks them by their map maxima (then input order), the order `balanced` flags in, so the flagged
+    images are exactly its first rows."""
+    import csv
+
+    from musc.config import MuScConfig
+    from musc.decision import rank_order
+    from musc.export import write_result
+    from musc.types import Result
+
+    maps, labels, _ = synthetic_maps(170, 30, seed=4)
+    maps = maps.astype(np.float32)
+    map_max = maps.reshape(200, -1).max(axis=1)
+    scores = np.where(labels, 0.9, 0.1) + np.random.default_rng(1).normal(0, 0.01, 200)
+    tied = np.flatnonzero(labels)[:4]
+    scores[tied] = 1.0  # four images tie at the top, in input order not that of their map maxima
+    assert not np.array_equal(np.argsort(-map_max[tied], kind="stable"), np.arange(4))
+    order = rank_order(scores, map_max)
+    assert np.array_equal(order[:4], tied[np.argsort(-map_max[tied])])
+    assert np.array_equal(rank_order(np.zeros(3), np.zeros(3)), [0, 1, 2])  # full ties: input order
+    result = Result(scores, scores.copy(), maps, np.zeros((200, 2), np.float32), MuScConfig())
+    assert np.array_equal(result.ranking(), order)
+    d = decide(scores, maps, "balanced")
+    assert 4 <= d.image.count < 200
+    write_result(result, tmp_path, save_maps=False, save_images=False, progress=False, decision=d.image)
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["decision"] for row in rows[:d.image.count]] == ["defective"] * d.image.count
+    assert {row["decision"] for row in rows[d.image.count:]} == {"normal"}
+    assert [int(row["path"].split("_")[-1].split(".")[0]) for row in rows[:4]] == list(order[:4])

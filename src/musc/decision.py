@@ -233,6 +233,12 @@ def assumption_warnings(scores: np.ndarray, defective: np.ndarray) -> list[str]:
     return out
 
 
+def rank_order(scores: np.ndarray, map_max: np.ndarray) -> np.ndarray:
+    """Image indices from most to least anomalous: by final score, ties broken by the map maxima, then by input order.
+    The order of `scores.csv` and of the images `balanced` flags."""
+    return np.lexsort((-np.asarray(map_max, dtype=np.float64), -np.asarray(scores, dtype=np.float64)))
+
+
 def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
     """Which hypotheses are rejected at false discovery rate q (Benjamini-Hochberg step-up)."""
     p = np.asarray(p_values, dtype=np.float64)
@@ -441,7 +447,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     if method == "balanced" and final is not None and flagged.any():
         count = int(flagged.sum())
         flagged = np.zeros(n, dtype=bool)
-        flagged[np.lexsort((-evidence, -final))[:count]] = True
+        flagged[rank_order(final, evidence)[:count]] = True
         detail += f"; the {count} images flagged are those with the highest final scores"
         threshold, on = float(final[flagged].min()), "score"
     else:
@@ -590,6 +596,6 @@ def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
-           "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null",
+           "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS",
            "PIXEL_METHODS", "DEFAULT_FDR"]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import MuScConfig
+from .decision import rank_order
 
 
 @dataclass
@@ -77,8 +78,10 @@ class Result:
         return int(self.scores.shape[0])
 
     def ranking(self) -> np.ndarray:
-        """Image indices from most to least anomalous (stable for ties)."""
-        return np.argsort(-self.scores, kind="stable")
+        """Image indices from most to least anomalous: by score, ties broken by the map maxima (as `balanced` breaks
+        them: scale-max gives each view's strongest image 1.0, so without re-scoring several can tie), then by
+        input order."""
+        return rank_order(self.scores, self.maps.reshape(len(self), -1).max(axis=1))
 
     def map_at_original_size(self, index: int) -> np.ndarray:
         """The anomaly map of image `index` resized bilinearly to its original (height, width)."""
