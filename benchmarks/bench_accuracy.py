@@ -18,7 +18,7 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +overlap0.1 = --tile-overlap 0.1; +all = --tile-matching all; +agglnamd-snamd = stage 1 'lnamd+snamd';
        +rscin / +rscon = that stage 3 with its preset's windows; +blocks2-5-8 = --layers 2,5,8;
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
-       +skip0.03 = --interval-skip 0.03; +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
+       +skip0.03 = --interval-skip 0.03; +seed1 = --seed 1 (the random subsets' draw); +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
        (tile_rescoring; none = no re-scoring); +tilemean / +tilefinest = that map rule on tiled runs;
        --methods '' rewrites both tables from the kept runs)
 """
@@ -83,7 +83,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
-                 "interval": ("interval", float), "skip": ("interval_skip", float),
+                 "interval": ("interval", float), "skip": ("interval_skip", float), "seed": ("seed", int),
                  "tiles": ("tile_scale", lambda v: v if v == "auto" else float(v))}
 """Variant options with a value (prefix + value, e.g. 'blocks2-5-8') -> (config field, parser of the value)."""
 
@@ -229,6 +229,8 @@ def main() -> None:
              f"{args.size} px tiles); `+overlapF` = `--tile-overlap F`; `+all` = `--tile-matching all` (each tile "
              "against every tile of the others); `+agglnamd-snamd` = stage 1 `lnamd+snamd`; `+rscin` / `+rscon` = "
              "that stage 3; `+blocksA-B-C` = `--layers A,B,C`; `+zmax` = `--map-rule z-max`; `+subsetsS` = `--subsets S`; "
+             "`+seedK` = `--seed K` (another draw of the random subsets: tiled batches of the default are scored in "
+             "subsets, so their rows vary with it; the rows without it use seed 0); "
              "`+intervalF` = `--interval F` (MSM: the share of the N-1 nearest-patch distances averaged; 0.3 in "
              "every preset, as in the paper); `+skipF` = `--interval-skip F` (MSM: the share of them left out below "
              "the interval; 0.03 in the default `musc-scales-tiles`, 0 in the others: `musc-scales-tiles+skip0` is "
