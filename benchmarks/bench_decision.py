@@ -12,6 +12,8 @@ Batches (dinov2_vits14 at --size, default 224; MTD = Magnetic Tile Defect, KSDD 
   mtd-tall       elongated like ksdd: every MTD image outside mtd-200 at least 1.8x as tall as wide (93 normal,
                  47 defective); the accuracy panel's held-out set of that name
   mtd-wide       the same, landscape (56 normal, 42 defective)
+  mtd-tall-normal, mtd-wide-normal  held out: the normal images of mtd-tall (93) and mtd-wide (56) alone, all-normal
+                 elongated batches (tiled by the -tiles presets), added after the default was chosen
   mtd-mid-tall   held out: every MTD image outside mtd-200 from 1.5 up to 1.8x as tall as wide (82 normal, 25
                  defective); the accuracy panel's held-out set of that name
   mtd-mid-wide   the same, landscape (91 normal, 25 defective)
@@ -57,6 +59,7 @@ def batches() -> dict[str, list]:
         "mtd-80pct": by_type["Free"][600:620] + [s for t in ("Blowhole", "Break", "Uneven") for s in by_type[t][40:60]]
         + by_type["Crack"][30:50],
         **{name: samples(name) for name in ELONGATED},  # the accuracy panel's elongated and mid sets
+        **{f"{name}-normal": [s for s in samples(name) if not s.label] for name in ("mtd-tall", "mtd-wide")},
         **{name: samples(name) for name in PER_TYPE},  # and its one-defect-type sets
     }
     return {k: v for k, v in out.items() if v is not None}
@@ -139,7 +142,9 @@ def main() -> None:
              "`mtd-wide` (elongated MTD images; tiled by the `-tiles` presets) were added after `balanced` was "
              "chosen, and seen when the two-group limit of the undecided check was set. `mtd-mid-tall` and "
              "`mtd-mid-wide` (MTD images 1.5 to 1.8 times as long as wide; scored whole) are held out, run after all "
-             "of that. `mtd-TYPE` / `mtd-TYPE-b` (the accuracy panel's one-defect-type sets: 80 normal images and 20 "
+             "of that. `mtd-tall-normal` and `mtd-wide-normal` (the normal images of `mtd-tall` and `mtd-wide` alone: "
+             "all-normal elongated batches) are held out too, added after the default was chosen. "
+             "`mtd-TYPE` / `mtd-TYPE-b` (the accuracy panel's one-defect-type sets: 80 normal images and 20 "
              "of one type, 12 for fray) were added after the `half-peak` masks were chosen, so they are held out for "
              "them. "
              "Rate: the estimated defect rate with its 90 % interval (map-based methods only). "
