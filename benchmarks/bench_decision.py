@@ -75,7 +75,9 @@ def variant_name(method: str, map_rule: str | None = None, tile_map_rule: str | 
 
 def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None,
            tile_map_rule: str | None = None, layers: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
-    """Scores, raw scores, maps (N, H, W), labels and masks of a batch; from the cache when present."""
+    """Scores, raw scores, maps (N, H, W), labels, masks and (tiled batches) the decisions' evidence of a batch; from
+    the cache when present (files written before the evidence existed have none: their decisions test the map
+    maxima, as those runs did)."""
     variant = variant_name(method, map_rule, tile_map_rule, layers)
     path = cache / (f"{name}-{size}.npz" if variant == "musc" else f"{name}-{variant}-{size}.npz")
     if path.is_file():
@@ -91,6 +93,8 @@ def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc
     masks = np.stack([resize_mask(load_mask(s, result.original_sizes[i]), shape) for i, s in enumerate(samples)])
     data = {"scores": result.scores, "raw_scores": result.raw_scores, "maps": result.maps,
             "labels": np.array([s.label for s in samples], dtype=bool), "masks": masks}
+    if result.evidence is not None:  # tiled batches: what the map-based decisions test (Result.evidence)
+        data["evidence"] = result.evidence
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **data)
     return data
@@ -162,7 +166,8 @@ def main() -> None:
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
         for image_method, pixel_method in methods:
             method = image_method if pixel_method == PIXEL_METHODS[0] else f"{image_method}/{pixel_method}"
-            d = decide(data["scores"], data["maps"], image_method, pixel_method=pixel_method)
+            d = decide(data["scores"], data["maps"], image_method, pixel_method=pixel_method,
+                       evidence=data.get("evidence"))
             fi, fp = f1(d.image.defective, labels), f1(d.masks, masks)
             rate = d.rate
             says = "cannot decide" if d.image.undecided else ("warns" if d.image.warnings else "")

@@ -27,6 +27,7 @@ def test_score_writes_every_output(image_folder, tmp_path):
     assert [int(r["rank"]) for r in rows] == list(range(1, 8))
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
+    assert all(r["evidence"] == r["map_max"] for r in rows)  # whole images: the decisions test the map maxima
     names = {r["name"] for r in rows}
     assert "defect__odd" in names and "good__img_0" in names
     for name in names:

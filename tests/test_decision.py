@@ -362,3 +362,26 @@ def test_ties_in_the_scores_rank_by_the_map_maxima_in_scores_csv_and_in_balanced
     assert [row["decision"] for row in rows[:d.image.count]] == ["defective"] * d.image.count
     assert {row["decision"] for row in rows[d.image.count:]} == {"normal"}
     assert [int(row["path"].split("_")[-1].split(".")[0]) for row in rows[:4]] == list(order[:4])
+
+
+def test_evidence_replaces_the_map_maxima_in_the_test_and_the_masks_stay_on_the_maps():
+    """`evidence` (a tiled batch's finest view's map maxima) is what balanced and fdr test; the masks are still
+    drawn on the maps, and an image is flagged exactly when its mask is non-empty."""
+    maps, labels, truth = synthetic_maps(170, 30, seed=5)
+    rng = np.random.default_rng(2)
+    evidence = np.where(labels, 0.6, 0.3) + rng.normal(0, 0.01, 200)  # separates every defect
+    decoy = np.flatnonzero(~labels)[:3]
+    maps[decoy, 0, 0] = 0.9  # three normal images with one hot pixel: the map maxima would flag them
+    plain, _, _ = decide_from_maps(maps, "fdr")
+    assert plain.on == "map_max" and plain.defective[decoy].all()
+    d, masks, _ = decide_from_maps(maps, "fdr", evidence=evidence)
+    assert d.on == "evidence" and np.array_equal(d.defective, labels) and "evidence" in d.detail
+    assert d.threshold == evidence[labels].min()
+    assert np.array_equal(masks.reshape(200, -1).any(axis=1), labels)
+    assert (masks & truth).sum() / truth.sum() > 0.5  # drawn on the maps' defect regions
+    scores = evidence + rng.normal(0, 0.001, 200)
+    both = decide(scores, maps, "balanced", evidence=evidence)
+    assert both.image.on == "score" and np.array_equal(both.image.defective, labels)
+    assert np.array_equal(both.masks.reshape(200, -1).any(axis=1), labels)
+    with pytest.raises(ConfigError, match=r"evidence must have one value per map \(200\)"):
+        decide_from_maps(maps, evidence=evidence[:5])

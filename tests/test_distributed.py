@@ -55,6 +55,8 @@ def assert_same(a, b):
     assert np.abs(a.scores - b.scores).max() <= TOLERANCE
     assert np.array_equal(a.ranking(), b.ranking())
     assert a.original_sizes == b.original_sizes
+    assert (a.evidence is None) == (b.evidence is None)  # tiles: the finest view's map maxima on both engines
+    assert np.abs(a.decision_evidence() - b.decision_evidence()).max() <= TOLERANCE
 
 
 def test_ray_equals_local_on_real_images(cluster):

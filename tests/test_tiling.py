@@ -442,3 +442,22 @@ def test_tile_map_rule_draws_the_maps_of_tiled_runs_only():
         assert (preset.map_rule_for(tiled=False), preset.map_rule_for(tiled=True)) == ("mean", "mean")
     with pytest.raises(ConfigError, match="tile_map_rule"):
         MuScConfig(**TINY, tile_map_rule="max").validate()
+
+
+def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():
+    """On tiles the decisions test the maxima of the finest view's blended map (`Result.evidence`), whatever the map
+    rule and image score; whole images leave it unset (their map maxima)."""
+    images = tall_images(90, 5)
+    mean = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1, 5)))  # the finest view is not the first
+    r1 = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(1,)), backbone=mean.backbone)
+    scaled = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1, 5), image_score="scale-max"),
+                  backbone=mean.backbone)
+    a, b, c = (model.score(images, progress=False) for model in (mean, r1, scaled))
+    np.testing.assert_allclose(a.evidence, b.maps.reshape(5, -1).max(axis=1), atol=1e-6)
+    np.testing.assert_allclose(c.evidence, a.evidence, atol=1e-6)  # from scale-max's per-view maxima alike
+    assert not np.allclose(a.evidence, a.maps.reshape(5, -1).max(axis=1), atol=1e-4)
+    np.testing.assert_allclose(a.decision_evidence(), a.evidence)
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=mean.backbone).score(square, progress=False)
+    assert whole.evidence is None
+    np.testing.assert_allclose(whole.decision_evidence(), whole.maps.reshape(5, -1).max(axis=1))

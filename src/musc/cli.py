@@ -329,7 +329,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
 
     With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored.
 
-    Writes scores.csv (rank, path, score, raw_score, map_max, name, decision; rank 1 = most anomalous),
+    Writes scores.csv (rank, path, score, raw_score, map_max, evidence, name, decision; rank 1 = most anomalous),
     decision.json (thresholds and how they were chosen), maps/NAME.npy (float32 anomaly map at the
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
@@ -392,7 +392,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
         else:
             decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
-                             threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
+                             threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
+                             evidence=result.evidence)
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
@@ -411,6 +412,10 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         _print_summary(result, out / scores_path.name, decision, skipped)
 
 
+THRESHOLD_ON = {"map_max": " on the map maxima", "evidence": " on the evidence column"}
+"""How the summary names what a decision's threshold applies to (`Decision.on`; 'score' otherwise)."""
+
+
 def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[str]) -> None:
     n = len(result)
     click.echo(f"Scored {plural(n, 'image')} with {result.config.backbone}; results in {scores_path.parent}")
@@ -420,7 +425,7 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
         click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
     elif decision is not None:
         click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
-                   f"{' on the map maxima' if decision.on == 'map_max' else ' on the scores'}: {decision.detail}); "
+                   f"{THRESHOLD_ON.get(decision.on, ' on the scores')}: {decision.detail}); "
                    f"normal: {n - decision.count}")
     if decision is not None and decision.rate is not None:
         click.echo(f"Estimated defect rate: {decision.rate}")

@@ -3,13 +3,13 @@
 MuSc scores are relative: they rank images within a batch. To act on them without labels, musc models
 what normal looks like in the batch itself.
 
-Both map-based methods start alike. The evidence of an image is its strongest region, the maximum of its
-anomaly map. Normal images' evidence forms the batch's densest part; defects spread out to the right of
-it. The null (normal) distribution is estimated from that part alone: its location is the centre of the
-densest half of the values, its scale comes from the values below it (which defects rarely reach), and
-the values the fitted null explains estimate how many images are normal. Each image gets a tail
-probability under that null (averaged over bootstrap refits of the null, so that its estimation
-uncertainty is carried into it), and Benjamini-Hochberg tests the images at a false-discovery rate
+Both map-based methods start alike. The evidence of an image is its strongest region, the maximum of its anomaly map
+(or the `evidence` given: on tiled batches `Result.evidence`, the maximum of the finest view's map). Normal images'
+evidence forms the batch's densest part; defects spread out to the right of it. The null (normal) distribution is
+estimated from that part alone: its location is the centre of the densest half of the values, its scale comes from
+the values below it (which defects rarely reach), and the values the fitted null explains estimate how many images
+are normal. Each image gets a tail probability under that null (averaged over bootstrap refits of the null, so that
+its estimation uncertainty is carried into it), and Benjamini-Hochberg tests the images at a false-discovery rate
 (`fdr`, default 0.05).
 
 `balanced` (default): when that test finds any defect (Simes' test that every image is normal, so an
@@ -104,9 +104,9 @@ class Decision:
     p_values: np.ndarray | None = None
     rate: RateEstimate | None = None
     on: str = "score"
-    """What `threshold` applies to: 'score' (the final image scores) or 'map_max' (each image's map maximum; the
-    scores.csv column of that name). Results written before that column existed say 'raw_score', then the map
-    maxima."""
+    """What `threshold` applies to: 'score' (the final image scores), 'map_max' (each image's map maximum) or
+    'evidence' (what the map-based decisions tested: on tiled batches the finest view's map maxima); each the
+    scores.csv column of that name. Results written before map_max existed say 'raw_score', then the map maxima."""
 
     @property
     def count(self) -> int:
@@ -385,7 +385,8 @@ def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd
 
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
                      min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0],
-                     scores: Sequence[float] | None = None) -> tuple[Decision, np.ndarray, dict]:
+                     scores: Sequence[float] | None = None, evidence: Sequence[float] | None = None
+                     ) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
@@ -396,7 +397,9 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     nothing is flagged. With the batch's final image `scores`, `balanced` flags that many images in their order
     (the ranking the user reads; ties broken by the map maxima), and its `threshold` is on the scores; otherwise,
     and for `fdr` (whose error rate holds for the map maxima's tail probabilities), the `threshold` is on the
-    map values: an image is flagged when its map maximum reaches it. Returns the image decision, the masks
+    map values: an image is flagged when its map maximum reaches it. `evidence` (N,) replaces the map maxima as what
+    is tested (`Result.evidence`: a tiled batch's finest view; the threshold is then `on` 'evidence'); the masks
+    are drawn on the maps either way. Returns the image decision, the masks
     (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images exactly are those with a non-empty mask) and
     a description of the pixel rule.
     """
@@ -406,14 +409,18 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         raise ConfigError(f"map-based decision method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
     maps = np.asarray(maps)
     n = maps.shape[0]
-    evidence = maps.reshape(n, -1).max(axis=1).astype(np.float64)
+    map_max = maps.reshape(n, -1).max(axis=1).astype(np.float64)
     final = None if scores is None else np.asarray(scores, dtype=np.float64)
     if final is not None and final.shape != (n,):
         raise ConfigError(f"scores must have one value per map ({n}), got shape {final.shape}")
+    tested = "map_max" if evidence is None else "evidence"
+    evidence = map_max if evidence is None else np.asarray(evidence, dtype=np.float64)
+    if evidence.shape != (n,):
+        raise ConfigError(f"evidence must have one value per map ({n}), got shape {evidence.shape}")
 
     def undecided(detail: str, warning: str, **known: Any) -> tuple[Decision, np.ndarray, dict]:
         decision = Decision(np.zeros(n, dtype=bool), float("inf"), method, detail, [warning], undecided=True,
-                            on="map_max", **known)
+                            on=tested, **known)
         return decision, np.zeros(maps.shape, dtype=bool), {"method": pixel_method, "threshold": None}
 
     if n < min_images:
@@ -432,7 +439,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
                          "the batch cannot tell normal from defective here, so no image is decided; set "
                          "--expected-defect-rate or --threshold", p_values=p, rate=rate)
     flagged = benjamini_hochberg(p, fdr)
-    peak = f"normal peak at {null.loc:.4g} (sd {null.scale:.3g}) of the map maxima"
+    peak = (f"normal peak at {null.loc:.4g} (sd {null.scale:.3g}) of the "
+            + ("map maxima" if tested == "map_max" else "evidence (the finest view's map maxima on tiles)"))
     if method == "fdr":
         detail = f"FDR {fdr:g} (Benjamini-Hochberg) over images; {peak}"
     elif flagged.any():
@@ -443,11 +451,11 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     else:
         detail = (f"no image passes a test at FDR {fdr:g}: the lowest tail probability is {p.min():.2g}, and among {n} "
                   f"images one image alone is flagged only below {fdr / n:.2g}; {peak}")
-    on = "map_max"
+    on = tested
     if method == "balanced" and final is not None and flagged.any():
         count = int(flagged.sum())
         flagged = np.zeros(n, dtype=bool)
-        flagged[rank_order(final, evidence)[:count]] = True
+        flagged[rank_order(final, map_max)[:count]] = True
         detail += f"; the {count} images flagged are those with the highest final scores"
         threshold, on = float(final[flagged].min()), "score"
     else:
@@ -458,7 +466,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
                         "normal, as this decision assumes, and normal images with unusual maps may be among the "
                         "flagged ones; look at their maps, or set --expected-defect-rate or --threshold")
     decision = Decision(flagged, threshold, method, detail, warnings, p_values=p, rate=rate, on=on)
-    masks, pixel = pixel_masks(maps, evidence, decision, pixel_method)
+    masks, pixel = pixel_masks(maps, map_max, decision, pixel_method)
     return decision, masks, pixel
 
 
@@ -483,17 +491,20 @@ class Decisions:
 
 def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
            k: float = 3.0, rate: float | None = None, threshold: float | None = None,
-           pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None) -> Decisions:
+           pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None,
+           evidence: Sequence[float] | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
-    `balanced` and `fdr` test the map maxima against their null; `fdr` flags the images that pass, `balanced` takes
+    `balanced` and `fdr` test the map maxima (or `evidence`, `Result.evidence`: a tiled batch's finest view's map
+    maxima) against their null; `fdr` flags the images that pass, `balanced` takes
     how many to flag from that test and flags that many at the top of the scores. The other methods threshold the
     scores. Masks are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides
     it with a fixed map value.
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:
-        image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method, scores=scores)
+        image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method, scores=scores,
+                                               evidence=evidence)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
         raw = maps.reshape(maps.shape[0], -1).max(axis=1)

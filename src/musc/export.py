@@ -85,12 +85,14 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
         columns["decision"] = decision.labels()
         payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
-    map_max = result.maps.reshape(n, -1).max(axis=1)  # what the map-based decisions threshold
+    map_max = result.maps.reshape(n, -1).max(axis=1)
+    evidence = result.decision_evidence()  # what the map-based decisions test: map_max, or on tiles the finest view's
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", f"{map_max[i]:.6f}",
-             names[i], *(values[i] for values in columns.values()), *(f[i] for f in files.values()))
+             f"{evidence[i]:.6f}", names[i], *(values[i] for values in columns.values()), *(f[i] for f in files.values()))
             for rank, i in enumerate(order)]
     scores_path = out / SCORES_FILE
-    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "map_max", "name", *columns, *files), rows)
+    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "map_max", "evidence", "name", *columns,
+                                   *files), rows)
     return scores_path
 
 

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from .errors import InputError
 from .io import atomic_write_bytes, atomic_write_text, read_image
 
-MAP_MAXIMA_COLUMNS = ("map_max", "raw_score")
+MAP_MAXIMA_COLUMNS = ("map_max", "raw_score", "evidence")
 """scores.csv columns a decision's threshold_on may name that hold map maxima (raw_score in results written before
-map_max existed)."""
+map_max existed; evidence: what the map-based decisions test, on tiles the finest view's map maxima)."""
 
 THUMB = 192
 

@@ -73,6 +73,16 @@ class Result:
     """Optional (N, h, w) patch-score grids per (block, r) pair, for ablations."""
     notes: list[str] = field(default_factory=list)
     """Things the user should know about this result (e.g. RsCIN skipped for a single image)."""
+    evidence: np.ndarray | None = None
+    """(N,) what the map-based decisions (`balanced`, `fdr`) test per image; None = each map's maximum. A tiled
+    batch sets the maximum of its finest view's blended map (LNAMD's smallest r), which counts thin defects better
+    than the mean map's maximum (musc.tiling)."""
+
+    def decision_evidence(self) -> np.ndarray:
+        """(N,) `evidence`, or each map's maximum when the run set none: the scores.csv column `evidence`."""
+        if self.evidence is not None:
+            return np.asarray(self.evidence, dtype=np.float64)
+        return self.maps.reshape(len(self), -1).max(axis=1).astype(np.float64)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
