@@ -158,3 +158,33 @@ def test_report_renders_in_headless_browser(scored):
     shot = scored / "report.png"
     proc = browse(url, f"--screenshot={shot}")
     assert shot.is_file() and shot.stat().st_size > 5000
+
+
+def test_tiled_batch_decision_is_on_the_evidence_column(tmp_path):
+    """A tiled batch's map-based decision tests the evidence column (its finest view's map maxima): fdr's threshold
+    is in that column's units, the summary names it, and the report draws it."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import planted, textured
+
+    folder = tmp_path / "tall"
+    folder.mkdir()
+    for i in range(14):
+        Image.fromarray(np.vstack([textured(400 + i), textured(500 + i), textured(600 + i)])).save(folder / f"n{i:02d}.png")
+    Image.fromarray(np.vstack([textured(700), planted(textured(701)), textured(702)])).save(folder / "odd.png")
+    out = tmp_path / "out"
+    res = run("score", folder, "--out", out, "--report", "--decision", "fdr", *TINY[:-1])
+    assert res.exit_code == 0, res.output
+    assert "tiles of 56 px per image" in res.output
+    image = json.loads((out / "decision.json").read_text())["image"]
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert image["threshold_on"] == "evidence" and any(r["evidence"] != r["map_max"] for r in rows)
+    if not image["undecided"]:
+        assert f"threshold {image['threshold']:.4f} on the evidence column:" in res.output
+        flagged = {r["name"] for r in rows if r["decision"] == "defective"}
+        if flagged:  # with none flagged the threshold sits just above the highest evidence
+            assert flagged == {r["name"] for r in rows if float(r["evidence"]) >= round(image["threshold"], 6)}
+        else:
+            assert image["defective"] == 0 and image["threshold"] > max(float(r["evidence"]) for r in rows) - 1e-6
+    assert "flagged defective by <b>fdr</b>" in (out / "report.html").read_text()
