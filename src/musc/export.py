@@ -79,14 +79,14 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
                     atomic_save_png(out / files["overlay"][i], overlay(read_image(paths[i]), amap, lo, hi))
     facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
-    order = result.ranking()
+    map_max = result.map_maxima()  # computed once: the ranking's tie-break, a column, and the evidence of whole images
+    order = result.ranking(map_max)
     columns = dict(columns or {})
     if decision is not None:
         columns["decision"] = decision.labels()
         payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
-    map_max = result.maps.reshape(n, -1).max(axis=1)
-    evidence = result.decision_evidence()  # what the map-based decisions test: map_max, or on tiles the finest view's
+    evidence = result.decision_evidence(map_max)  # what balanced and fdr test: map_max, or on tiles the finest view's
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", f"{map_max[i]:.6f}",
              f"{evidence[i]:.6f}", names[i], *(values[i] for values in columns.values()), *(f[i] for f in files.values()))
             for rank, i in enumerate(order)]

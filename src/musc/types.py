@@ -78,20 +78,25 @@ class Result:
     batch sets the maximum of its finest view's blended map (LNAMD's smallest r), which counts thin defects better
     than the mean map's maximum (musc.tiling)."""
 
-    def decision_evidence(self) -> np.ndarray:
-        """(N,) `evidence`, or each map's maximum when the run set none: the scores.csv column `evidence`."""
+    def map_maxima(self) -> np.ndarray:
+        """(N,) each map's maximum: the scores.csv column `map_max`."""
+        return self.maps.reshape(len(self), -1).max(axis=1).astype(np.float64)
+
+    def decision_evidence(self, map_maxima: np.ndarray | None = None) -> np.ndarray:
+        """(N,) `evidence`, or each map's maximum (`map_maxima` when already at hand) when the run set none: the
+        scores.csv column `evidence`."""
         if self.evidence is not None:
             return np.asarray(self.evidence, dtype=np.float64)
-        return self.maps.reshape(len(self), -1).max(axis=1).astype(np.float64)
+        return self.map_maxima() if map_maxima is None else map_maxima
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def ranking(self) -> np.ndarray:
-        """Image indices from most to least anomalous: by score, ties broken by the map maxima (as `balanced` breaks
-        them: scale-max gives each view's strongest image 1.0, so without re-scoring several can tie), then by
-        input order."""
-        return rank_order(self.scores, self.maps.reshape(len(self), -1).max(axis=1))
+    def ranking(self, map_maxima: np.ndarray | None = None) -> np.ndarray:
+        """Image indices from most to least anomalous: by score, ties broken by the map maxima (`map_maxima` when
+        already at hand; as `balanced` breaks them: scale-max gives each view's strongest image 1.0, so without
+        re-scoring several can tie), then by input order."""
+        return rank_order(self.scores, self.map_maxima() if map_maxima is None else map_maxima)
 
     def map_at_original_size(self, index: int) -> np.ndarray:
         """The anomaly map of image `index` resized bilinearly to its original (height, width)."""
