@@ -20,6 +20,7 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
        +skip0.03 = --interval-skip 0.03; +seed1 = --seed 1 (the random subsets' draw); +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
        (tile_rescoring; none = no re-scoring); +tilemean / +tilefinest = that map rule on tiled runs;
+       +tilescalemax = the image score scale-max on tiled runs (tile_image_score; the default's is finest-max);
        --methods '' rewrites both tables from the kept runs)
 """
 
@@ -79,7 +80,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "rscon": {"rescoring": "rscon", "rscin_windows": METHODS["muscv2"]["rscin_windows"]},
                 "tilerscin": {"tile_rescoring": "rscin"}, "tilerscon": {"tile_rescoring": "rscon"},
                 "tilenone": {"tile_rescoring": "none"}, "tilemean": {"tile_map_rule": "mean"},
-                "tilefinest": {"tile_map_rule": "finest"}}
+                "tilefinest": {"tile_map_rule": "finest"}, "tilescalemax": {"tile_image_score": "scale-max"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
@@ -238,7 +239,10 @@ def main() -> None:
              "/ `+tilenone` = re-scoring of tiled batches (`tile_rescoring`): RsCIN, RsCon, or none as in the default "
              "(only ksdd, mtd-tall and mtd-wide are tiled; their `musc-scales-tiles...+tilerscin` rows were run when "
              "the default still re-scored tiles with RsCIN); `+tilefinest` / `+tilemean` = the map rule of tiled batches "
-             "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default. mtd-TYPE: 80 normal "
+             "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default; `+tilescalemax` = the "
+             "image score of tiled batches (`tile_image_score`) `scale-max` instead of the default's `finest-max` (the "
+             "r = 1 map's maximum): the default before it (the three tiled sets' `musc-scales-tiles...` rows without "
+             "it were run before it when their time is older than this note says: see the Summary). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
              "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "

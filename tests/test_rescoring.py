@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from musc.rescoring import IMAGE_SCORES, cosine_similarity, get_image_score, knn_smoothing, minmax, rscin, scale_max
+from musc.rescoring import (IMAGE_SCORES, cosine_similarity, finest_max, get_image_score, knn_smoothing, minmax, rscin,
+                            scale_max)
 
 
 def test_hand_worked_example():
@@ -62,10 +63,27 @@ def test_scale_max_takes_each_images_strongest_scaled_view():
 def test_scale_max_with_one_view_ranks_as_the_map_maximum_and_one_image_is_its_map_maximum():
     maxima = np.array([0.3, 0.9, 0.5])
     np.testing.assert_allclose(scale_max(maxima, maxima[None]), minmax(maxima))
-    np.testing.assert_allclose(get_image_score("max").run(maxima, maxima[None]), maxima)
+    np.testing.assert_allclose(get_image_score("max").run(maxima, maxima[None], 0), maxima)
     np.testing.assert_allclose(scale_max(np.array([0.7]), np.array([[0.7], [0.2]])), [0.7])  # nothing to scale
     with pytest.raises(ValueError, match="shape"):
         scale_max(maxima, np.zeros((2, 4)))
     with pytest.raises(ValueError, match="unknown image score"):
         get_image_score("mean")
     assert not IMAGE_SCORES["max"].uses_views and IMAGE_SCORES["scale-max"].uses_views
+
+
+def test_finest_max_is_the_finest_views_map_maximum_unscaled():
+    # Three views (rows) over four images; the finest is row 2 (the engines pass its index, not its position).
+    views = np.array([[0.5, 0.9, 0.4, 0.6],
+                      [0.7, 0.2, 0.3, 0.1],
+                      [0.35, 0.3, 0.8, 0.45]])
+    score = get_image_score("finest-max")
+    assert score.uses_views
+    np.testing.assert_allclose(score.run(views.mean(axis=0), views, 2), views[2])  # not min-max scaled
+    np.testing.assert_allclose(finest_max(views.mean(axis=0), views, 0), views[0])
+    np.testing.assert_allclose(score.run(np.array([0.7]), np.array([[0.7], [0.2]]), 1), [0.2])  # one image
+    np.testing.assert_allclose(get_image_score("scale-max").run(views.mean(axis=0), views, 2),
+                               scale_max(views.mean(axis=0), views))  # the other rules ignore the index
+    for bad_views, finest in ((np.zeros((3, 5)), 0), (views, 3), (views[0], 0)):
+        with pytest.raises(ValueError, match="view maxima"):
+            finest_max(views.mean(axis=0), bad_views, finest)

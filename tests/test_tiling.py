@@ -231,6 +231,10 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert preset["tile_map_rule"] is None and config_of("--tile-map-rule", "finest")["tile_map_rule"] == "finest"
     res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-map-rule", "max")
     assert res.exit_code != 0 and "--tile-map-rule" in res.output and not (tmp_path / "bad").exists()
+    assert preset["tile_image_score"] is None
+    assert config_of("--tile-image-score", "finest-max")["tile_image_score"] == "finest-max"
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-image-score", "mean")
+    assert res.exit_code != 0 and "--tile-image-score" in res.output and not (tmp_path / "bad").exists()
 
 
 def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
@@ -461,3 +465,42 @@ def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():
     whole = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=mean.backbone).score(square, progress=False)
     assert whole.evidence is None
     np.testing.assert_allclose(whole.decision_evidence(), whole.maps.reshape(5, -1).max(axis=1))
+
+
+def test_tile_image_score_scores_tiled_runs_only():
+    """`tile_image_score` replaces the image score of tiled runs; the default preset's, finest-max, is the finest view's
+    blended map maximum (the decisions' evidence), whatever the order of r and the map rule."""
+    images = tall_images(90, 5)
+    finest = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1, 5), image_score="scale-max",
+                             tile_image_score="finest-max", rscin_windows=()))
+    scaled = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1, 5), image_score="scale-max", rscin_windows=()),
+                  backbone=finest.backbone)
+    r1 = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(1,)), backbone=finest.backbone)
+    a, b, c = (model.score(images, progress=False) for model in (finest, scaled, r1))
+    np.testing.assert_allclose(a.raw_scores, c.maps.reshape(5, -1).max(axis=1), atol=1e-6)
+    np.testing.assert_allclose(a.raw_scores, a.evidence, atol=1e-12)
+    np.testing.assert_allclose(a.scores, a.raw_scores)  # no re-scoring windows
+    assert not np.allclose(a.raw_scores, b.raw_scores, atol=1e-3)
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)  # the maps keep the map rule
+    assert "tile_image_score" in a.notes[0] and not any("tile_image_score" in n for n in b.notes)
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = MuSc(MuScConfig(**TINY, tile_scale="auto", image_score="scale-max", tile_image_score="finest-max"),
+                 backbone=finest.backbone)
+    plain = MuSc(MuScConfig(**TINY, image_score="scale-max"), backbone=finest.backbone)
+    d, e = whole.score(square, progress=False), plain.score(square, progress=False)  # whole images: image_score
+    np.testing.assert_allclose(d.raw_scores, e.raw_scores, atol=1e-6)
+    default, paper = MuScConfig.for_method("musc-scales-tiles"), MuScConfig.for_method("musc")
+    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "finest-max")
+    assert (paper.image_score_for(tiled=False), paper.image_score_for(tiled=True)) == ("max", "max")
+    with pytest.raises(ConfigError, match="tile_image_score"):
+        MuScConfig(**TINY, tile_image_score="mean").validate()
+
+
+def test_finest_max_on_whole_images_is_the_r1_map_maximum():
+    images = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    both = MuSc(MuScConfig(**TINY, r_values=(5, 1), image_score="finest-max", rscin_windows=()))
+    r1 = MuSc(MuScConfig(**TINY, r_values=(1,), image_score="finest-max", rscin_windows=()), backbone=both.backbone)
+    a, b = both.score(images, progress=False), r1.score(images, progress=False)
+    np.testing.assert_allclose(a.raw_scores, b.raw_scores, atol=1e-6)  # the r = 1 view's maxima (on its grid)
+    np.testing.assert_allclose(b.raw_scores, b.maps.reshape(5, -1).max(axis=1), atol=1e-2)  # its map's, upsampled
+    assert not np.allclose(a.raw_scores, a.maps.reshape(5, -1).max(axis=1), atol=1e-3)  # not the mean map's

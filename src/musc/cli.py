@@ -82,7 +82,8 @@ def score_options(func: Callable) -> Callable:
                           "Default: the method's."),
         click.option("--image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
                      help="An image's score before re-scoring: max = its map's maximum (the paper), scale-max = "
-                          "its strongest per-r map maximum, each r's scaled over the batch. Default: the method's."),
+                          "its strongest per-r map maximum, each r's scaled over the batch, finest-max = the "
+                          "maximum of the smallest r's map. Default: the method's."),
         click.option("--rscin-windows", type=IntList(), default=None,
                      help="Re-scoring window sizes k. Default: the method's (musc 1,2,3; muscv2 1,7)."),
         click.option("--no-rscin", is_flag=True,
@@ -135,6 +136,9 @@ def score_options(func: Callable) -> Callable:
         click.option("--tile-map-rule", type=click.Choice(list(MAP_RULES)), default=None,
                      help="With tiles: the --map-rule of a tiled batch (finest = the smallest r alone, which does not "
                           "smear thin defects). Default: the --map-rule."),
+        click.option("--tile-image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
+                     help="With tiles: the --image-score of a tiled batch. Default: the --method preset's (finest-max "
+                          "for musc-scales-tiles: the smallest r's map maximum; else the --image-score)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -167,11 +171,11 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
                         tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None,
                         interval_skip: float | None = None, tile_rescoring: str | None = None,
-                        tile_map_rule: str | None = None) -> MuScConfig:
+                        tile_map_rule: str | None = None, tile_image_score: str | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
-    The map rule, image score, interval skip and tile settings (re-scoring and map rule of tiles included) left out
-    (None) come from the method preset, then the defaults; --tiles off turns tiles off."""
+    The map rule, image score, interval skip and tile settings (re-scoring, map rule and image score of tiles
+    included) left out (None) come from the method preset, then the defaults; --tiles off turns tiles off."""
     windows = () if no_rscin else (rscin_windows or METHODS[method]["rscin_windows"])
     overrides: dict[str, Any] = {"tile_matching": tile_matching}  # preset fields the options replace
     if map_rule is not None:
@@ -190,6 +194,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         overrides["tile_rescoring"] = tile_rescoring
     if tile_map_rule is not None:
         overrides["tile_map_rule"] = tile_map_rule
+    if tile_image_score is not None:
+        overrides["tile_image_score"] = tile_image_score
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
@@ -216,7 +222,8 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
     names = ("backbone", "image_size", "layers", "r_values", "interval", "rscin_windows", "no_rscin", "subsets",
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
-             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring", "tile_map_rule")
+             "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring", "tile_map_rule",
+             "tile_image_score")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

@@ -17,7 +17,7 @@ ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
 TILE_RESCORINGS = (*RESCORINGS, "none")
-IMAGE_SCORES = ("max", "scale-max")
+IMAGE_SCORES = ("max", "scale-max", "finest-max")
 MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
@@ -31,7 +31,7 @@ METHODS: dict[str, dict[str, Any]] = {
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
     "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
-                          "tile_subsets": True, "tile_rescoring": "none"},
+                          "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-max"},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
@@ -39,13 +39,13 @@ stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the 
 (tile_scale 'auto', 10 % overlap); `musc-scales-tiles` is `musc-scales` with the nearest 3 % of the other images'
 distances left out of MSM's interval mean (interval_skip) and the same tiles, each tile position scored in as many
 random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
-images, and no re-scoring of a tiled batch (tile_rescoring 'none'). They set stages and tiling only: backbone, size
-and blocks stay the user's."""
+images, each tiled image scored by its finest view's map maximum (tile_image_score 'finest-max') and no re-scoring of
+a tiled batch (tile_rescoring 'none'). They set stages and tiling only: backbone, size and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
 BENCHMARKS.md): `musc-scales` with interval_skip 0.03 on near-square images, tiles along the long side of elongated
-ones, scored without RsCIN."""
+ones, scored by the r = 1 map's maximum without RsCIN."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,11 @@ class MuScConfig:
     README, How it works)."""
     image_score: str = "max"
     """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
-    'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch)."""
+    'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch) or
+    'finest-max' (the maximum of its finest view's map: LNAMD's r = 1)."""
+    tile_image_score: str | None = None
+    """The image score when the images are cut into tiles; None = `image_score`. The default preset's is
+    'finest-max': a defect a fraction of one tile wide stands out most at r = 1 (README, How it works)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None
@@ -176,6 +180,9 @@ class MuScConfig:
             raise ConfigError(f"tile_map_rule must be one of {', '.join(MAP_RULES)} or None, got {self.tile_map_rule!r}")
         if self.image_score not in IMAGE_SCORES:
             raise ConfigError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
+        if self.tile_image_score is not None and self.tile_image_score not in IMAGE_SCORES:
+            raise ConfigError(f"tile_image_score must be one of {', '.join(IMAGE_SCORES)} or None, "
+                              f"got {self.tile_image_score!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
         if self.tile_rescoring is not None and self.tile_rescoring not in TILE_RESCORINGS:
@@ -208,6 +215,10 @@ class MuScConfig:
         """Stage 3 of a run on whole images (`rescoring`) or on tiles (`tile_rescoring`, else the same); 'none' =
         no re-scoring."""
         return (self.tile_rescoring or self.rescoring) if tiled else self.rescoring
+
+    def image_score_for(self, tiled: bool) -> str:
+        """The image score of a run on whole images (`image_score`) or on tiles (`tile_image_score`, else the same)."""
+        return (self.tile_image_score or self.image_score) if tiled else self.image_score
 
     def map_rule_for(self, tiled: bool) -> str:
         """The map rule of a run on whole images (`map_rule`) or on tiles (`tile_map_rule`, else the same)."""

@@ -26,7 +26,7 @@ from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb, upright
 from .rescoring import get_image_score, rscin
-from .scoring import get_map_rule, mutual_scores, random_projection, reference_scores
+from .scoring import finest_view_index, get_map_rule, mutual_scores, random_projection, reference_scores
 from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
@@ -289,13 +289,15 @@ class MuSc:
                     pairs: dict[tuple[int, int], torch.Tensor] | None = None,
                     view_maxima: torch.Tensor | None = None, tiled: bool = False) -> Result:
         """Anomaly maps (N, H, W) and each view's per-image map maxima (V, N; None = the maps' own) -> raw scores
-        (config.image_score) and re-scored scores: a Result (tiles blend their own maps and join here, `tiled`)."""
+        (`config.image_score_for(tiled)`) and re-scored scores: a Result (tiles blend their own maps and join here,
+        `tiled`)."""
         c = self.config
         map_maxima = maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float64)
         views = map_maxima[None] if view_maxima is None else view_maxima.cpu().numpy().astype(np.float64)
+        finest = 0 if view_maxima is None else finest_view_index(self.views())
         t0 = time.perf_counter()
         emb = embeddings.cpu().numpy()
-        raw_np = get_image_score(c.image_score).run(map_maxima, views)
+        raw_np = get_image_score(c.image_score_for(tiled)).run(map_maxima, views, finest)
         notes = []
         stage = c.rescoring_for(tiled)
         windows = () if stage == "none" else c.rscin_windows

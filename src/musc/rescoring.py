@@ -7,6 +7,9 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
   largest. A small defect stands out at r = 1 and a wide one at r = 5, and the mean over r dilutes either; the
   maps themselves are left to `MuScConfig.map_rule`. With one view, or fewer than 2 images, it ranks as `max` does
   on the mean map.
+- `finest-max` (this project): the maximum of its finest view's map (LNAMD's r = 1), whatever the map rule. The
+  default preset's score of tiled batches (`MuScConfig.tile_image_score`): at native resolution a thin defect
+  stands out most at r = 1.
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
@@ -81,19 +84,31 @@ def scale_max(map_maxima: np.ndarray, view_maxima: np.ndarray) -> np.ndarray:
     return np.max([minmax(row) for row in view_maxima], axis=0)
 
 
+def finest_max(map_maxima: np.ndarray, view_maxima: np.ndarray, finest: int) -> np.ndarray:
+    """`finest-max` image scores (N,): the finest view's map maxima, row `finest` of `view_maxima` (V, N)."""
+    view_maxima = np.asarray(view_maxima, dtype=np.float64)
+    if view_maxima.ndim != 2 or view_maxima.shape[1] != len(map_maxima) or not 0 <= finest < view_maxima.shape[0]:
+        raise ValueError(f"view maxima must have shape (V, {len(map_maxima)}) with a row {finest}, "
+                         f"got {view_maxima.shape}")
+    return view_maxima[finest].copy()
+
+
 @dataclass(frozen=True)
 class ImageScore:
-    """A rule for an image's score before re-scoring: `run(map_maxima (N,), view_maxima (V, N)) -> (N,)`;
-    `uses_views` False: it reads the map maxima only (engines then skip each view's own map)."""
+    """A rule for an image's score before re-scoring: `run(map_maxima (N,), view_maxima (V, N), finest) -> (N,)`,
+    `finest` the row of the finest view (`musc.scoring.finest_view_index`); `uses_views` False: it reads the map
+    maxima only (engines then skip each view's own map)."""
 
     name: str
-    run: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    run: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
     uses_views: bool
 
 
 IMAGE_SCORES: dict[str, ImageScore] = {
-    "max": ImageScore("max", lambda map_maxima, view_maxima: np.asarray(map_maxima, dtype=np.float64), False),
-    "scale-max": ImageScore("scale-max", scale_max, True),
+    "max": ImageScore("max", lambda map_maxima, view_maxima, finest: np.asarray(map_maxima, dtype=np.float64), False),
+    "scale-max": ImageScore("scale-max", lambda map_maxima, view_maxima, finest: scale_max(map_maxima, view_maxima),
+                            True),
+    "finest-max": ImageScore("finest-max", finest_max, True),
 }
 
 
@@ -111,5 +126,6 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
     return patch_vectors[np.arange(patch_vectors.shape[0]), patch_scores.argmax(axis=1)]
 
 
-__all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "ImageScore",
+__all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "finest_max",
+           "ImageScore",
            "IMAGE_SCORES", "get_image_score"]

@@ -9,8 +9,8 @@ number of positions, not with its square); `all` scores every tile against all t
 Stage 1 runs per tile either way (its neighbourhoods and normalisation stay inside a tile). The tile maps are blended back into one
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
 constant map (drawn by `MuScConfig.map_rule_for(tiled=True)`; `tile_map_rule` 'finest' keeps the r = 1 scores
-alone, for thin defects). The image score is the maximum of the whole map, or the default's scale-max of each
-view's blended map; re-scoring (`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN)
+alone, for thin defects). The image score (`MuScConfig.image_score_for(tiled=True)`) reads the blended maps: the
+maximum of the whole map, the scale-max of each view's, or the finest view's maximum (the default's); re-scoring (`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN)
 or the salient patch vector of the image's highest-scoring tile (RsCon), or is left out ('none', the default
 preset's on tiles). Reference images (few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of
 their position (aligned tiles). A tiled bank (`TiledFeatures`) keeps the references' tiles and the plan they were
@@ -322,7 +322,7 @@ class TiledScorer:
 
         finest = finest_view_index(self.model.views())
         view_maxima = None
-        if get_image_score(self.config.image_score).uses_views:
+        if get_image_score(self.config.image_score_for(tiled=True)).uses_views:
             view_maxima = torch.stack([view_max(v) for v in range(grids.shape[1])])
         evidence = view_maxima[finest] if view_maxima is not None else view_max(finest)
         timings = {**timings, "scoring": time.perf_counter() - scoring_started}
@@ -339,6 +339,9 @@ class TiledScorer:
             plan_note += "; scores not re-scored (tile_rescoring 'none')"
         if map_rule != self.config.map_rule:
             plan_note += f"; maps by the map rule {map_rule!r} (tile_map_rule)"
+        image_score = self.config.image_score_for(tiled=True)
+        if image_score != self.config.image_score:
+            plan_note += f"; images scored by {image_score!r} (tile_image_score)"
         result.notes.insert(0, plan_note)
         return result
 
