@@ -20,7 +20,7 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
        +skip0.03 = --interval-skip 0.03; +seed1 = --seed 1 (the random subsets' draw); +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
        (tile_rescoring; none = no re-scoring); +tilemean / +tilefinest = that map rule on tiled runs;
-       +tilescalemax = the image score scale-max on tiled runs (tile_image_score; the default's is finest-max);
+       +tilefinestmax = the image score finest-max on tiled runs (tile_image_score; the default's is scale-max);
        --methods '' rewrites both tables from the kept runs)
 """
 
@@ -80,7 +80,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "rscon": {"rescoring": "rscon", "rscin_windows": METHODS["muscv2"]["rscin_windows"]},
                 "tilerscin": {"tile_rescoring": "rscin"}, "tilerscon": {"tile_rescoring": "rscon"},
                 "tilenone": {"tile_rescoring": "none"}, "tilemean": {"tile_map_rule": "mean"},
-                "tilefinest": {"tile_map_rule": "finest"}, "tilescalemax": {"tile_image_score": "scale-max"}}
+                "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "blocks": ("layers", lambda v: tuple(int(b) for b in v.split("-"))), "subsets": ("subsets", int),
@@ -239,12 +239,9 @@ def main() -> None:
              "/ `+tilenone` = re-scoring of tiled batches (`tile_rescoring`): RsCIN, RsCon, or none as in the default "
              "(only ksdd, mtd-tall and mtd-wide are tiled; their `musc-scales-tiles...+tilerscin` rows were run when "
              "the default still re-scored tiles with RsCIN); `+tilefinest` / `+tilemean` = the map rule of tiled batches "
-             "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default; `+tilescalemax` = the "
-             "image score of tiled batches (`tile_image_score`) `scale-max` instead of the default's `finest-max` (the "
-             "r = 1 map's maximum), the default before it: on ksdd, mtd-tall and mtd-wide every other "
-             "`musc-scales-tiles...` row but `musc-scales-tiles`, `+seed1`, `+seed2`, `+tilefinest` and "
-             "`+tilefinest+blocks2-5-8` was run before that change, "
-             "with `scale-max` on tiles (their maps and pixel metrics hold either way). mtd-TYPE: 80 normal "
+             "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default; `+tilefinestmax` = the "
+             "image score of tiled batches (`tile_image_score`) `finest-max`, the r = 1 map's maximum, instead of the "
+             "default's `scale-max` (maps and pixel metrics unchanged). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "
              "draw (80 other normal images, 20 other defective ones, 17 for crack), run after the default was "
              "chosen. mtd-tall / mtd-wide: held out too, every MTD image outside mtd-200 at least 1.8 times as long "

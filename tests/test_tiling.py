@@ -468,8 +468,8 @@ def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():
 
 
 def test_tile_image_score_scores_tiled_runs_only():
-    """`tile_image_score` replaces the image score of tiled runs; the default preset's, finest-max, is the finest view's
-    blended map maximum (the decisions' evidence), whatever the order of r and the map rule."""
+    """`tile_image_score` replaces the image score of tiled runs; finest-max (an option) is the finest view's blended map
+    maximum (the decisions' evidence), whatever the order of r and the map rule."""
     images = tall_images(90, 5)
     finest = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1, 5), image_score="scale-max",
                              tile_image_score="finest-max", rscin_windows=()))
@@ -490,7 +490,7 @@ def test_tile_image_score_scores_tiled_runs_only():
     d, e = whole.score(square, progress=False), plain.score(square, progress=False)  # whole images: image_score
     np.testing.assert_allclose(d.raw_scores, e.raw_scores, atol=1e-6)
     default, paper = MuScConfig.for_method("musc-scales-tiles"), MuScConfig.for_method("musc")
-    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "finest-max")
+    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "scale-max")
     assert (paper.image_score_for(tiled=False), paper.image_score_for(tiled=True)) == ("max", "max")
     with pytest.raises(ConfigError, match="tile_image_score"):
         MuScConfig(**TINY, tile_image_score="mean").validate()

@@ -31,7 +31,7 @@ METHODS: dict[str, dict[str, Any]] = {
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
     "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
-                          "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-max"},
+                          "tile_subsets": True, "tile_rescoring": "none"},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
@@ -39,13 +39,13 @@ stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the 
 (tile_scale 'auto', 10 % overlap); `musc-scales-tiles` is `musc-scales` with the nearest 3 % of the other images'
 distances left out of MSM's interval mean (interval_skip) and the same tiles, each tile position scored in as many
 random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
-images, each tiled image scored by its finest view's map maximum (tile_image_score 'finest-max') and no re-scoring of
-a tiled batch (tile_rescoring 'none'). They set stages and tiling only: backbone, size and blocks stay the user's."""
+images, and no re-scoring of a tiled batch (tile_rescoring 'none'). They set stages and tiling only: backbone, size
+and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
 BENCHMARKS.md): `musc-scales` with interval_skip 0.03 on near-square images, tiles along the long side of elongated
-ones, scored by the r = 1 map's maximum without RsCIN."""
+ones, scored without RsCIN."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ class MuScConfig:
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch) or
     'finest-max' (the maximum of its finest view's map: LNAMD's r = 1)."""
     tile_image_score: str | None = None
-    """The image score when the images are cut into tiles; None = `image_score`. The default preset's is
-    'finest-max': a defect a fraction of one tile wide stands out most at r = 1 (README, How it works)."""
+    """The image score when the images are cut into tiles; None = `image_score`. 'finest-max' (an option) ranks thin
+    defects a fraction of one tile wide better, and wide ones worse (README, How it works)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None

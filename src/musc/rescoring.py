@@ -7,9 +7,9 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
   largest. A small defect stands out at r = 1 and a wide one at r = 5, and the mean over r dilutes either; the
   maps themselves are left to `MuScConfig.map_rule`. With one view, or fewer than 2 images, it ranks as `max` does
   on the mean map.
-- `finest-max` (this project): the maximum of its finest view's map (LNAMD's r = 1), whatever the map rule. The
-  default preset's score of tiled batches (`MuScConfig.tile_image_score`): at native resolution a thin defect
-  stands out most at r = 1.
+- `finest-max` (this project): the maximum of its finest view's map (LNAMD's r = 1), whatever the map rule. An
+  option, mainly for tiled batches (`MuScConfig.tile_image_score`): at native resolution a thin defect stands out
+  most at r = 1, and a wide one less.
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.

@@ -10,10 +10,10 @@ Stage 1 runs per tile either way (its neighbourhoods and normalisation stay insi
 map per image with a smooth window, a weighted mean, so overlaps leave no seams and a constant image gives a
 constant map (drawn by `MuScConfig.map_rule_for(tiled=True)`; `tile_map_rule` 'finest' keeps the r = 1 scores
 alone, for thin defects). The image score (`MuScConfig.image_score_for(tiled=True)`) reads the blended maps: the
-maximum of the whole map, the scale-max of each view's, or the finest view's maximum (the default's); re-scoring (`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN)
-or the salient patch vector of the image's highest-scoring tile (RsCon), or is left out ('none', the default
-preset's on tiles). Reference images (few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of
-their position (aligned tiles). A tiled bank (`TiledFeatures`) keeps the references' tiles and the plan they were
+maximum of the whole map, the scale-max of each view's (the default's), or the finest view's maximum; re-scoring
+(`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN) or the salient patch vector of
+the image's highest-scoring tile (RsCon), or is left out ('none', the default preset's on tiles). Reference images
+(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled bank (`TiledFeatures`) keeps the references' tiles and the plan they were
 cut on: new images are cut on that plan.
 """
 
