@@ -468,8 +468,8 @@ def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():
 
 
 def test_tile_image_score_scores_tiled_runs_only():
-    """`tile_image_score` replaces the image score of tiled runs; finest-max (an option) is the finest view's blended map
-    maximum (the decisions' evidence), whatever the order of r and the map rule."""
+    """`tile_image_score` replaces the image score of tiled runs; finest-max (an option) is the finest view's blended
+    map maximum (the decisions' evidence), whatever the order of r and the map rule."""
     images = tall_images(90, 5)
     finest = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1, 5), image_score="scale-max",
                              tile_image_score="finest-max", rscin_windows=()))

@@ -88,7 +88,8 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
     evidence = result.decision_evidence(map_max)  # what balanced and fdr test: map_max, or on tiles the finest view's
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", f"{map_max[i]:.6f}",
-             f"{evidence[i]:.6f}", names[i], *(values[i] for values in columns.values()), *(f[i] for f in files.values()))
+             f"{evidence[i]:.6f}", names[i], *(values[i] for values in columns.values()),
+             *(f[i] for f in files.values()))
             for rank, i in enumerate(order)]
     scores_path = out / SCORES_FILE
     atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "map_max", "evidence", "name", *columns,

@@ -13,8 +13,8 @@ alone, for thin defects). The image score (`MuScConfig.image_score_for(tiled=Tru
 maximum of the whole map, the scale-max of each view's (the default's), or the finest view's maximum; re-scoring
 (`MuScConfig.rescoring_for`) uses the mean of the tiles' image embeddings (RsCIN) or the salient patch vector of
 the image's highest-scoring tile (RsCon), or is left out ('none', the default preset's on tiles). Reference images
-(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled bank (`TiledFeatures`) keeps the references' tiles and the plan they were
-cut on: new images are cut on that plan.
+(few-shot MuSc, MuSc+) are cut into the same tiles and join the scoring of their position (aligned tiles). A tiled
+bank (`TiledFeatures`) keeps the references' tiles and the plan they were cut on: new images are cut on that plan.
 """
 
 from __future__ import annotations
@@ -318,7 +318,8 @@ class TiledScorer:
         maps = blend(stacked, starts, canvas)
 
         def view_max(v: int) -> torch.Tensor:  # one view's blended map at a time: only its maxima are kept
-            return blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts, canvas).flatten(1).amax(dim=1)
+            view = blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts, canvas)
+            return view.flatten(1).amax(dim=1)
 
         finest = finest_view_index(self.model.views())
         view_maxima = None
