@@ -213,6 +213,7 @@ def test_scale_max_scores_each_image_by_its_strongest_scaled_r_and_z_max_fuses_t
     assert not np.allclose(result.maps, paper.maps)
     # the image score: each r's per-image maxima scaled to [0, 1]; the largest per image
     per_r = per_r.reshape(len(config.r_values), 8, -1)
+    np.testing.assert_allclose(result.view_maxima, per_r.max(axis=2), atol=1e-6)  # (V, N), kept on the result
     scaled = [(m - m.min()) / (m.max() - m.min()) for m in per_r.max(axis=2)]
     np.testing.assert_allclose(result.raw_scores, np.max(scaled, axis=0), atol=1e-6)
     np.testing.assert_allclose(result.scores, rscin(np.max(scaled, axis=0), result.embeddings, (1, 2, 3)), atol=1e-6)

@@ -386,6 +386,7 @@ def test_scale_max_on_tiles_takes_each_rs_blended_map():
     maxima = [run.maps.reshape(5, -1).max(axis=1) for run in per_r]
     expected = np.max([(m - m.min()) / (m.max() - m.min()) for m in maxima], axis=0)
     np.testing.assert_allclose(result.raw_scores, expected, atol=1e-5)
+    np.testing.assert_allclose(result.view_maxima, np.stack(maxima), atol=1e-5)  # each r's blended map maxima
 
 
 def test_tile_rescoring_sets_stage_3_of_tiled_runs_only():
@@ -459,11 +460,13 @@ def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():
     a, b, c = (model.score(images, progress=False) for model in (mean, r1, scaled))
     np.testing.assert_allclose(a.evidence, b.maps.reshape(5, -1).max(axis=1), atol=1e-6)
     np.testing.assert_allclose(c.evidence, a.evidence, atol=1e-6)  # from scale-max's per-view maxima alike
+    np.testing.assert_allclose(c.view_maxima[1], c.evidence)  # r = 1 is the second of (3, 1, 5)
+    assert c.view_maxima.shape == (3, 5) and a.view_maxima is None  # `max` reads no view's maxima on tiles
     assert not np.allclose(a.evidence, a.maps.reshape(5, -1).max(axis=1), atol=1e-4)
     np.testing.assert_allclose(a.decision_evidence(), a.evidence)
     square = [Image.fromarray(textured(i, 56)) for i in range(5)]
     whole = MuSc(MuScConfig(**TINY, tile_scale="auto"), backbone=mean.backbone).score(square, progress=False)
-    assert whole.evidence is None
+    assert whole.evidence is None and whole.view_maxima.shape == (3, 5)
     np.testing.assert_allclose(whole.decision_evidence(), whole.maps.reshape(5, -1).max(axis=1))
 
 

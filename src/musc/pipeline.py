@@ -310,7 +310,8 @@ class MuSc:
         timings["rescoring"] = time.perf_counter() - t0
         return Result(scores=scores, raw_scores=raw_np, maps=maps.cpu().numpy().astype(np.float32, copy=False),
                       embeddings=emb, config=c, timings=timings, notes=notes,
-                      pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if pairs is not None else None)
+                      pair_maps={k: v.cpu().numpy() for k, v in pairs.items()} if pairs is not None else None,
+                      view_maxima=None if view_maxima is None else views)
 
     def score(self, images: Sequence[ImageSource], progress: bool = True, keep_pairs: bool = False,
               references: Sequence[ImageSource] | Features | TiledFeatures | None = None) -> Result:

@@ -77,6 +77,10 @@ class Result:
     """(N,) what the map-based decisions (`balanced`, `fdr`) test per image; None = each map's maximum. A tiled
     batch sets the maximum of its finest view's blended map (LNAMD's smallest r), which counts thin defects better
     than the mean map's maximum (musc.tiling)."""
+    view_maxima: np.ndarray | None = None
+    """(V, N) each stage-1 view's per-image map maximum, one row per label of `MuSc.views()` (LNAMD: each r, in the
+    order given; SNAMD: one row): what the per-view image scores read (`scale-max`, `finest-max`). None when the run
+    did not compute them: a tiled batch whose image score reads only its maps' maxima (`max`)."""
 
     def map_maxima(self) -> np.ndarray:
         """(N,) each map's maximum: the scores.csv column `map_max`."""
