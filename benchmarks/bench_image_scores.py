@@ -42,12 +42,13 @@ def single_view(index: int) -> Rule:
     return lambda map_maxima, view_maxima, finest: view_maxima[index]
 
 
-def rules(views: int) -> dict[str, Rule]:
-    """The registry's image scores, then the candidates (views beyond the first labelled by LNAMD's r)."""
+def rules(views: list[str], finest: int) -> dict[str, Rule]:
+    """The registry's image scores, then the candidates: each view but the finest alone (`finest-max` is that one;
+    `views` are the run's labels, `MuSc.views()`), and the norms over views."""
     out: dict[str, Rule] = {name: score.run for name, score in IMAGE_SCORES.items()}
-    for index, r in enumerate((1, 3, 5)[:views]):
-        if index:
-            out[f"r = {r} only"] = single_view(index)
+    for index, label in enumerate(views):
+        if index != finest:
+            out[f"r = {label} only"] = single_view(index)
     out.update({"scaled mean": scaled_norm(1), "scaled L2": scaled_norm(2), "scaled L4": scaled_norm(4)})
     return out
 
@@ -70,7 +71,8 @@ def run(name: str, method: str, size: int, cache: Path) -> dict[str, np.ndarray]
     windows = () if config.rescoring_for(tiled) == "none" else config.rscin_windows
     data = {"labels": np.array([s.label for s in chosen], dtype=bool), "scores": result.scores,
             "map_maxima": result.map_maxima(), "view_maxima": result.view_maxima, "embeddings": result.embeddings,
-            "finest": np.array(finest_view_index(model.views())), "windows": np.array(windows, dtype=int),
+            "finest": np.array(finest_view_index(model.views())), "views": np.array([str(v) for v in model.views()]),
+            "windows": np.array(windows, dtype=int),
             "image_score": np.array(config.image_score_for(tiled))}
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **data)
@@ -98,7 +100,7 @@ def main() -> None:
     for name in names:
         data = run(name, args.method, args.size, args.cache)
         labels = data["labels"]
-        candidates = rules(len(data["view_maxima"]))
+        candidates = rules([str(v) for v in data["views"]], int(data["finest"]))
         used = str(data["image_score"])
         np.testing.assert_allclose(final_scores(candidates[used], data), data["scores"], atol=1e-6,
                                    err_msg=f"the offline {used} does not reproduce the run's scores on {name}")
