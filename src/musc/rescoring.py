@@ -127,5 +127,4 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
 
 
 __all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "finest_max",
-           "ImageScore",
-           "IMAGE_SCORES", "get_image_score"]
+           "ImageScore", "IMAGE_SCORES", "get_image_score"]

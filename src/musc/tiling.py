@@ -312,7 +312,7 @@ class TiledScorer:
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
         timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
-        map_rule = self.config.map_rule_for(tiled=True)
+        map_rule, image_score = self.config.map_rule_for(tiled=True), self.config.image_score_for(tiled=True)
         fused = get_map_rule(map_rule)(grids, self.model.views())  # (P, N, h, w)
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
@@ -323,7 +323,7 @@ class TiledScorer:
 
         finest = finest_view_index(self.model.views())
         view_maxima = None
-        if get_image_score(self.config.image_score_for(tiled=True)).uses_views:
+        if get_image_score(image_score).uses_views:
             view_maxima = torch.stack([view_max(v) for v in range(grids.shape[1])])
         evidence = view_maxima[finest] if view_maxima is not None else view_max(finest)
         timings = {**timings, "scoring": time.perf_counter() - scoring_started}
@@ -340,7 +340,6 @@ class TiledScorer:
             plan_note += "; scores not re-scored (tile_rescoring 'none')"
         if map_rule != self.config.map_rule:
             plan_note += f"; maps by the map rule {map_rule!r} (tile_map_rule)"
-        image_score = self.config.image_score_for(tiled=True)
         if image_score != self.config.image_score:
             plan_note += f"; images scored by {image_score!r} (tile_image_score)"
         result.notes.insert(0, plan_note)
