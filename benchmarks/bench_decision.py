@@ -24,7 +24,8 @@ Scored batches are cached in --cache (scores, maps, labels, masks), so the decis
 without scoring again.
 
 Usage: python benchmarks/bench_decision.py [--size 224] [--method musc] [--map-rule z-max] [--tile-map-rule finest]
-       [--layers 2,5,8] [--batches ksdd,mtd-tall] [--cache bench-out/decision] [--no-write]
+       [--layers 2,5,8] [--map-baseline 0.9] [--tile-image-score finest-max] [--batches ksdd,mtd-tall]
+       [--cache bench-out/decision] [--no-write]
 """
 
 from __future__ import annotations
@@ -66,19 +67,23 @@ def batches() -> dict[str, list]:
 
 
 def variant_name(method: str, map_rule: str | None = None, tile_map_rule: str | None = None,
-                 layers: tuple[int, ...] | None = None) -> str:
-    """The preset with its replaced map rules and blocks, as cache files and section names spell it
-    ('musc-scales-z-max', 'musc-scales-tiles-blocks2-5-8')."""
+                 layers: tuple[int, ...] | None = None, map_baseline: float | None = None,
+                 tile_image_score: str | None = None) -> str:
+    """The preset with its replaced map rules, blocks, baseline and tiled image score, as cache files and section
+    names spell it ('musc-scales-z-max', 'musc-scales-tiles-blocks2-5-8', 'musc-scales-tiles-baseline0.9')."""
     return (method + (f"-{map_rule}" if map_rule else "") + (f"-tile-{tile_map_rule}" if tile_map_rule else "")
-            + (f"-blocks{'-'.join(map(str, layers))}" if layers else ""))
+            + (f"-blocks{'-'.join(map(str, layers))}" if layers else "")
+            + (f"-baseline{map_baseline:g}" if map_baseline is not None else "")
+            + (f"-tile-{tile_image_score}" if tile_image_score else ""))
 
 
 def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc", map_rule: str | None = None,
-           tile_map_rule: str | None = None, layers: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+           tile_map_rule: str | None = None, layers: tuple[int, ...] | None = None,
+           map_baseline: float | None = None, tile_image_score: str | None = None) -> dict[str, np.ndarray]:
     """Scores, raw scores, maps (N, H, W), labels, masks and (tiled batches) the decisions' evidence of a batch; from
     the cache when present (files written before the evidence existed have none: their decisions test the map
     maxima, as those runs did)."""
-    variant = variant_name(method, map_rule, tile_map_rule, layers)
+    variant = variant_name(method, map_rule, tile_map_rule, layers, map_baseline, tile_image_score)
     path = cache / (f"{name}-{size}.npz" if variant == "musc" else f"{name}-{variant}-{size}.npz")
     if path.is_file():
         return dict(np.load(path))
@@ -87,6 +92,10 @@ def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc
         rule["tile_map_rule"] = tile_map_rule
     if layers:
         rule["layers"] = layers
+    if map_baseline is not None:
+        rule["map_baseline"] = map_baseline
+    if tile_image_score:
+        rule["tile_image_score"] = tile_image_score
     model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **rule))
     result = model.score([s.path for s in samples], progress=False)
     shape = tuple(result.maps.shape[-2:])
@@ -113,6 +122,8 @@ def main() -> None:
     ap.add_argument("--method", default="musc", help="the --method preset whose maps are decided")
     ap.add_argument("--map-rule", default=None, help="the preset's map rule replaced (--map-rule)")
     ap.add_argument("--tile-map-rule", default=None, help="the map rule of tiled batches (--tile-map-rule)")
+    ap.add_argument("--map-baseline", type=float, default=None, help="each image's own level off (--map-baseline)")
+    ap.add_argument("--tile-image-score", default=None, help="the image score of tiled batches (--tile-image-score)")
     ap.add_argument("--layers", default=None, help="the blocks tapped (--layers, comma-separated; default: the preset's)")
     ap.add_argument("--batches", default=None, help="only these batches (comma-separated names; default: all)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "decision")
@@ -127,7 +138,9 @@ def main() -> None:
     layers = tuple(int(v) for v in args.layers.split(",")) if args.layers else None
     rule = (f" --map-rule {args.map_rule}" if args.map_rule else "") + (
         f" --tile-map-rule {args.tile_map_rule}" if args.tile_map_rule else "") + (
-        f" --layers {args.layers}" if args.layers else "")
+        f" --layers {args.layers}" if args.layers else "") + (
+        f" --map-baseline {args.map_baseline:g}" if args.map_baseline is not None else "") + (
+        f" --tile-image-score {args.tile_image_score}" if args.tile_image_score else "")
     chosen = batches()
     if args.batches:
         wanted = args.batches.split(",")
@@ -160,7 +173,8 @@ def main() -> None:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
     share = lambda a, b: "n/a" if a is None or not b else f"{100 * a / b:.0f}%"
     for name, samples in chosen.items():
-        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule, args.tile_map_rule, layers)
+        data = scored(name, samples, args.size, args.cache, args.method, args.map_rule, args.tile_map_rule, layers,
+                      args.map_baseline, args.tile_image_score)
         labels, masks = data["labels"], data["masks"]
         img_oracle = f1_max(labels, data["scores"]) if labels.any() and not labels.all() else None
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
@@ -189,7 +203,8 @@ def main() -> None:
                              f"{pct(fi)} | {pct(img_oracle)} | {share(fi, img_oracle)} | | | | | |")
                 print(lines[-1], flush=True)
     section = "decision" if args.method == "musc" else f"decision-{args.method}"
-    publish(section + variant_name("", args.map_rule, args.tile_map_rule, layers), lines, not args.no_write)
+    publish(section + variant_name("", args.map_rule, args.tile_map_rule, layers, args.map_baseline,
+                                   args.tile_image_score), lines, not args.no_write)
 
 
 if __name__ == "__main__":

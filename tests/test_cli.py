@@ -60,10 +60,13 @@ def test_score_options_reach_the_config(image_folder, tmp_path):
     assert cfg["rscin_windows"] == [] and cfg["subsets"] == 2
     assert not (out / "maps").exists() and not (out / "heatmaps").exists()
     res = run("score", image_folder, "--out", tmp_path / "paper", *TINY, "--image-score", "max", "--map-rule", "z-max",
-              "--no-images")
+              "--map-baseline", "0.9", "--no-images")
     assert res.exit_code == 0, res.output
     chosen = json.loads((tmp_path / "paper" / "config.json").read_text())["config"]
-    assert (chosen["image_score"], chosen["map_rule"]) == ("max", "z-max")
+    assert (chosen["image_score"], chosen["map_rule"], chosen["map_baseline"]) == ("max", "z-max", 0.9)
+    assert cfg["map_baseline"] is None  # off unless asked for
+    res = run("score", image_folder, "--out", tmp_path / "bad", *TINY, "--map-baseline", "1")
+    assert res.exit_code != 0 and "--map-baseline" in res.output and not (tmp_path / "bad").exists()
     res = run("score", image_folder, "--out", tmp_path / "bad", *TINY, "--image-score", "mean")
     assert res.exit_code != 0 and "--image-score" in res.output and not (tmp_path / "bad").exists()
     rows = list(csv.DictReader(open(out / "scores.csv")))

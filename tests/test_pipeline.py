@@ -220,6 +220,26 @@ def test_scale_max_scores_each_image_by_its_strongest_scaled_r_and_z_max_fuses_t
     assert result.ranking()[0] == 0
 
 
+def test_map_baseline_takes_each_images_own_level_off_before_the_map_rule():
+    config = TINY.replace(map_baseline=0.75, image_score="scale-max")
+    model = MuSc(config)
+    features, _ = model.extract(_images(), progress=False)
+    result = model.score_features(features, progress=False, keep_pairs=True)
+    per_r = np.stack([np.mean([result.pair_maps[(b, r)] for b in model.backbone.layers], axis=0)
+                      for r in config.r_values])  # (V, N, h, w): the pairs are kept before the baseline
+    flat = per_r.reshape(*per_r.shape[:2], -1)
+    k = int(np.ceil(0.75 * flat.shape[-1]))
+    level = np.sort(flat, axis=-1)[..., k - 1]  # each view's and image's own 0.75 quantile
+    based = per_r - level[..., None, None]
+    np.testing.assert_allclose(result.maps, model.upsample(torch.from_numpy(based.mean(axis=0))).numpy(), atol=1e-5)
+    np.testing.assert_allclose(result.view_maxima, based.reshape(*based.shape[:2], -1).max(axis=2), atol=1e-5)
+    plain = MuSc(config.replace(map_baseline=None), backbone=model.backbone).score_features(features, progress=False)
+    assert not np.allclose(result.raw_scores, plain.raw_scores)
+    with pytest.raises(ConfigError, match="map_baseline"):
+        TINY.replace(map_baseline=1.0).validate()
+    assert all(MuScConfig.for_method(m).map_baseline is None for m in METHODS)  # an option: no preset sets it
+
+
 def test_scale_max_on_a_single_image_against_references_is_its_map_maximum():
     config = MuScConfig.for_method("musc-scales", **{**TINY.to_dict(), "image_score": "scale-max", "mode": "musc+"})
     result = MuSc(config).score(_images(1), references=_images(6)[1:], progress=False)

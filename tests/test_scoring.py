@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from musc.scoring import (MAP_RULES, cross_nearest_distances, distances_to_references, get_map_rule, half_inputs,
                           interval_bounds, interval_count, interval_mean, interval_mean_excluding_self, mutual_scores,
-                          nearest_patch_distances, robust_z_max, view_mean, finest_view, finest_view_index)
+                          nearest_patch_distances, robust_z_max, view_mean, finest_view, finest_view_index,
+                          subtract_image_baseline)
 
 
 def naive_scores(z: torch.Tensor, fraction: float, skip: float = 0.0) -> torch.Tensor:
@@ -270,3 +271,25 @@ def test_a_sub_batch_scores_from_its_sub_table():
     assert torch.isinf(sub[torch.arange(6), :, torch.arange(6)]).all()
     assert torch.allclose(interval_mean_excluding_self(sub, 0.3), mutual_scores(z[index], 0.3), atol=1e-6)
     assert not torch.allclose(interval_mean_excluding_self(pooled, 0.3)[index], mutual_scores(z[index], 0.3), atol=1e-3)
+
+
+def test_image_baseline_takes_each_views_own_quantile_off_each_image():
+    # view 0, image 0: scores 4, 1, 3, 2 -> 0.5 quantile = the 2nd smallest (2); image 1: 10, 30, 20, 40 -> 20
+    grids = torch.tensor([[[4.0, 1.0, 3.0, 2.0], [10.0, 30.0, 20.0, 40.0]],
+                          [[0.0, 0.0, 0.0, 8.0], [5.0, 6.0, 7.0, 8.0]]]).view(2, 2, 2, 2)  # (V, N, h, w)
+    out = subtract_image_baseline(grids, 0.5)
+    level = torch.tensor([[2.0, 20.0], [0.0, 6.0]]).view(2, 2, 1, 1)
+    assert torch.equal(out, grids - level)
+    assert torch.equal(subtract_image_baseline(grids, 0.9)[0, 0], grids[0, 0] - 4.0)  # ceil(0.9 x 4) = 4th: the max
+    gen = torch.Generator().manual_seed(2)
+    grids = torch.rand((3, 4, 5, 5), generator=gen)
+    shifted = grids + torch.rand((3, 4, 1, 1), generator=gen) * 5  # a level per view and image
+    assert torch.allclose(subtract_image_baseline(shifted, 0.75), subtract_image_baseline(grids, 0.75), atol=1e-6)
+
+
+def test_image_baseline_pools_every_tile_position_of_an_image():
+    gen = torch.Generator().manual_seed(3)
+    tiles = torch.rand((3, 2, 4, 5, 5), generator=gen)  # (P, V, N, h, w)
+    joined = tiles.permute(1, 2, 0, 3, 4).reshape(2, 4, 15, 5)  # the positions side by side in one grid per image
+    expected = subtract_image_baseline(joined, 0.6).view(2, 4, 3, 5, 5).permute(2, 0, 1, 3, 4)
+    assert torch.allclose(subtract_image_baseline(tiles, 0.6), expected)

@@ -449,6 +449,30 @@ def test_tile_map_rule_draws_the_maps_of_tiled_runs_only():
         MuScConfig(**TINY, tile_map_rule="max").validate()
 
 
+def test_map_baseline_on_tiles_ignores_an_images_level_over_all_its_tiles():
+    """A normal image brighter as a whole (every tile and view of it scored higher by one amount) gets the same map
+    and scores with `map_baseline` as before; without it, its map rises by that amount."""
+    model = MuSc(MuScConfig(**TINY, tile_scale=1.0, image_score="scale-max", map_baseline=0.5))
+    scorer = TiledScorer(model)
+    canvas, starts = scorer.plan([(56, 150)] * 4)
+    gen = torch.Generator().manual_seed(4)
+    side = model.backbone.grid
+    grids = torch.rand((len(starts), 3, 4, side, side), generator=gen)  # (P, V, N, h, w)
+    lifted = grids.clone()
+    lifted[:, :, 2] += 0.8
+    emb = torch.rand((len(starts), 4, 8), generator=gen)
+    a, b = (scorer.finish(g, emb, None, (canvas, starts), {}, 0.0) for g in (grids, lifted))
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-5)
+    np.testing.assert_allclose(a.raw_scores, b.raw_scores, atol=1e-6)
+    np.testing.assert_allclose(a.evidence, b.evidence, atol=1e-5)
+    plain = TiledScorer(MuSc(model.config.replace(map_baseline=None), backbone=model.backbone))
+    c, d = (plain.finish(g, emb, None, (canvas, starts), {}, 0.0) for g in (grids, lifted))
+    np.testing.assert_allclose(d.maps[2] - c.maps[2], 0.8, atol=1e-5)
+    assert a.maps.shape == (4, canvas[1], canvas[0])
+    run = model.score(tall_images(90, 5), progress=False)  # end to end: the run keeps the option
+    assert run.maps.shape[0] == 5 and run.config.map_baseline == 0.5
+
+
 def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():
     """On tiles the decisions test the maxima of the finest view's blended map (`Result.evidence`), whatever the map
     rule and image score; whole images leave it unset (their map maxima)."""

@@ -80,6 +80,11 @@ def score_options(func: Callable) -> Callable:
                      help="How the per-r patch scores become one map: mean (the paper), z-max (each r standardised "
                           "by the batch's median and MAD, the largest per patch) or finest (the smallest r alone). "
                           "Default: the method's."),
+        click.option("--map-baseline", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+                     metavar="Q",
+                     help="Take each image's own level off its scores before the map rule: this quantile of its "
+                          "patch scores (e.g. 0.9), for aligned products whose normal images vary as a whole; "
+                          "scores down defects that change a whole image. Default: off."),
         click.option("--image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
                      help="An image's score before re-scoring: max = its map's maximum (the paper), scale-max = "
                           "its strongest per-r map maximum, each r's scaled over the batch, finest-max = the "
@@ -171,7 +176,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         tile_scale: float | str | None = None, tile_overlap: float | None = None,
                         tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None,
                         interval_skip: float | None = None, tile_rescoring: str | None = None,
-                        tile_map_rule: str | None = None, tile_image_score: str | None = None) -> MuScConfig:
+                        tile_map_rule: str | None = None, tile_image_score: str | None = None,
+                        map_baseline: float | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
     The map rule, image score, interval skip and tile settings (re-scoring, map rule and image score of tiles
@@ -200,7 +206,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
         weights=weights, pretrained=not random_weights, memory_budget_mb=memory_budget_mb, score_dtype=score_dtype,
-        projection_dim=projection_dim, engine=engine, ray_address=ray_address, **overrides)
+        projection_dim=projection_dim, engine=engine, ray_address=ray_address, map_baseline=map_baseline,
+        **overrides)
     config.validate()
     preset = get_preset(backbone)
     size = image_size or preset.default_size
@@ -223,7 +230,7 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
              "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring", "tile_map_rule",
-             "tile_image_score")
+             "tile_image_score", "map_baseline")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

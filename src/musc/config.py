@@ -102,6 +102,11 @@ class MuScConfig:
     """The map rule when the images are cut into tiles; None = `map_rule`. Tiles exist for defects much smaller
     than a patch of the whole image, which the wider neighbourhoods of r = 3 and 5 smear ('finest', an option:
     README, How it works)."""
+    map_baseline: float | None = None
+    """Each image's own level taken off its patch scores before the map rule: this quantile of each view's scores
+    in that image (over all its tiles) is subtracted (musc.scoring.subtract_image_baseline); None = off (the
+    paper). For aligned products whose normal images vary as a whole (lighting, surface); it scores down defects
+    that change a whole image (an option: README, How it works)."""
     image_score: str = "max"
     """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch) or
@@ -178,6 +183,8 @@ class MuScConfig:
             raise ConfigError(f"map_rule must be one of {', '.join(MAP_RULES)}, got {self.map_rule!r}")
         if self.tile_map_rule is not None and self.tile_map_rule not in MAP_RULES:
             raise ConfigError(f"tile_map_rule must be one of {', '.join(MAP_RULES)} or None, got {self.tile_map_rule!r}")
+        if self.map_baseline is not None and not 0 < self.map_baseline < 1:
+            raise ConfigError(f"map_baseline must be a quantile in (0, 1) or None, got {self.map_baseline}")
         if self.image_score not in IMAGE_SCORES:
             raise ConfigError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.tile_image_score is not None and self.tile_image_score not in IMAGE_SCORES:

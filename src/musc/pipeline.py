@@ -26,7 +26,8 @@ from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb, upright
 from .rescoring import get_image_score, rscin
-from .scoring import finest_view_index, get_map_rule, mutual_scores, random_projection, reference_scores
+from .scoring import (finest_view_index, get_map_rule, mutual_scores, random_projection, reference_scores,
+                      subtract_image_baseline)
 from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
@@ -274,13 +275,15 @@ class MuSc:
 
     def finish(self, view_grids: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                pairs: dict[tuple[int, int], torch.Tensor] | None = None) -> Result:
-        """Per-view patch-score grids (V, N, h, w) -> maps (config.map_rule, upsampled), raw and re-scored image
-        scores: a Result.
+        """Per-view patch-score grids (V, N, h, w) -> maps (less each image's baseline with config.map_baseline,
+        then config.map_rule, upsampled), raw and re-scored image scores: a Result.
 
         The last stage of every engine: the local one and the Ray one share it. Bilinear upsampling with aligned
         corners keeps each grid's maximum, so the per-view maxima are taken on the grids.
         """
         t0 = time.perf_counter()
+        if self.config.map_baseline is not None:
+            view_grids = subtract_image_baseline(view_grids, self.config.map_baseline)
         maps = self.upsample(get_map_rule(self.config.map_rule)(view_grids, self.views()))
         timings["upsampling"] = time.perf_counter() - t0
         return self.finish_maps(maps, embeddings, timings, pairs, view_grids.flatten(2).amax(dim=2))

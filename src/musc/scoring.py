@@ -23,6 +23,10 @@ registry `MAP_RULES`), applied to each view's scores (the mean over the tapped b
   thin defect (a crack one or two pixels wide in a native-resolution tile) is smeared by the wider
   neighbourhoods; an option, also for tiled batches alone (`MuScConfig.tile_map_rule`).
 Every rule takes the per-view scores (V in front of N, h, w) and the views' labels (`MuSc.views()`).
+
+Before the rule, an option (`MuScConfig.map_baseline`, this project) takes each image's own level off its scores
+(`subtract_image_baseline`): a normal image unlike the rest of the batch (other lighting, another look of the
+part) scores high everywhere, a small defect only where it is.
 """
 
 from __future__ import annotations
@@ -331,6 +335,18 @@ def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     return view_grids.select(-4, finest_view_index(views))
 
 
+def subtract_image_baseline(view_grids: torch.Tensor, quantile: float) -> torch.Tensor:
+    """(..., V, N, h, w) per-view patch scores -> the same, each (view, image) less its own `quantile` of its
+    scores (the k-th smallest, k = ceil(quantile x count)), pooled over h, w and any tile positions in front of V.
+    Adding a constant to one image's scores in one view leaves the result unchanged."""
+    lead = view_grids.dim() - 4
+    order = [lead, lead + 1, *range(lead), lead + 2, lead + 3]  # (V, N, ..., h, w)
+    flat = view_grids.permute(order).reshape(view_grids.shape[lead], view_grids.shape[lead + 1], -1)
+    k = max(1, math.ceil(quantile * flat.shape[-1]))
+    level = flat.kthvalue(k, dim=-1).values  # (V, N)
+    return view_grids - level.view(*level.shape, 1, 1)
+
+
 MAP_RULES: dict[str, Callable[[torch.Tensor, Sequence], torch.Tensor]] = {
     "mean": view_mean, "z-max": robust_z_max, "finest": finest_view}
 
@@ -346,4 +362,5 @@ def get_map_rule(name: str) -> Callable[[torch.Tensor, Sequence], torch.Tensor]:
 __all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_distances", "cross_nearest_distances",
            "mutual_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
-           "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule"]
+           "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule",
+           "subtract_image_baseline"]

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score
-from .scoring import finest_view_index, get_map_rule, mutual_scores
+from .scoring import finest_view_index, get_map_rule, mutual_scores, subtract_image_baseline
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
@@ -302,7 +302,8 @@ class TiledScorer:
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
                plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float
                ) -> "Result":
-        """Tile patch scores per view (P, V, N, h, w) -> one blended map per image (`map_rule_for(tiled=True)` over
+        """Tile patch scores per view (P, V, N, h, w) -> (less each image's baseline over all its tiles with
+        `map_baseline`) one blended map per image (`map_rule_for(tiled=True)` over
         all positions at once), each view's blended map maxima, then the image scores (`MuSc.finish_maps`). The
         decisions' evidence (`Result.evidence`) is the finest view's blended map maxima: on tiles a thin defect stands
         out most at r = 1, and counting defects from it flagged images closer to the labelled oracle on every tiled
@@ -313,6 +314,8 @@ class TiledScorer:
         timings. Shared by the local and the Ray engine."""
         canvas, starts = plan
         map_rule, image_score = self.config.map_rule_for(tiled=True), self.config.image_score_for(tiled=True)
+        if self.config.map_baseline is not None:  # each image's level over all its tiles
+            grids = subtract_image_baseline(grids, self.config.map_baseline)
         fused = get_map_rule(map_rule)(grids, self.model.views())  # (P, N, h, w)
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
