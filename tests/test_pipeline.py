@@ -235,6 +235,7 @@ def test_map_baseline_takes_each_images_own_level_off_before_the_map_rule():
     np.testing.assert_allclose(result.view_maxima, based.reshape(*based.shape[:2], -1).max(axis=2), atol=1e-5)
     plain = MuSc(config.replace(map_baseline=None), backbone=model.backbone).score_features(features, progress=False)
     assert not np.allclose(result.raw_scores, plain.raw_scores)
+    assert any("0.75 quantile" in n for n in result.notes) and not any("map_baseline" in n for n in plain.notes)
     with pytest.raises(ConfigError, match="map_baseline"):
         TINY.replace(map_baseline=1.0).validate()
     assert all(MuScConfig.for_method(m).map_baseline is None for m in METHODS)  # an option: no preset sets it

@@ -471,6 +471,7 @@ def test_map_baseline_on_tiles_ignores_an_images_level_over_all_its_tiles():
     assert a.maps.shape == (4, canvas[1], canvas[0])
     run = model.score(tall_images(90, 5), progress=False)  # end to end: the run keeps the option
     assert run.maps.shape[0] == 5 and run.config.map_baseline == 0.5
+    assert any("0.5 quantile" in n for n in run.notes)
 
 
 def test_tiled_runs_give_the_decisions_the_finest_views_map_maxima():

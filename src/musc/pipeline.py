@@ -302,6 +302,8 @@ class MuSc:
         emb = embeddings.cpu().numpy()
         raw_np = get_image_score(c.image_score_for(tiled)).run(map_maxima, views, finest)
         notes = []
+        if c.map_baseline is not None:
+            notes.append(f"each image's own {c.map_baseline:g} quantile of its patch scores taken off (map_baseline)")
         stage = c.rescoring_for(tiled)
         windows = () if stage == "none" else c.rscin_windows
         if windows and len(raw_np) < 2:
