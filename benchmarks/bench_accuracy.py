@@ -109,8 +109,9 @@ def variant_settings(variant: str) -> tuple[str, dict]:
     return method, settings
 
 
-def one_run(variant: str, dataset: str, size: int) -> dict:
-    """Score one data set with one variant (in this process): its metrics, time and peak memory.
+def one_run(variant: str, dataset: str, size: int, chosen: list | None = None) -> dict:
+    """Score one data set (or `chosen`, some of its samples) with one variant (in this process): its metrics, time
+    and peak memory.
 
     A variant is a method preset, optionally with options: 'muscv2', 'muscv2+tiles0.5' (--tiles 0.5),
     'muscv2+tiles0.45+overlap0.1' (--tile-overlap 0.1), 'muscv2+tiles1.0+all' (--tile-matching all),
@@ -119,7 +120,7 @@ def one_run(variant: str, dataset: str, size: int) -> dict:
     from musc.datasets import Category
     from musc.evaluation import metrics_for
 
-    chosen = samples(dataset)
+    chosen = samples(dataset) if chosen is None else chosen
     method, settings = variant_settings(variant)
     model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **settings))
     _ = model.backbone

@@ -16,7 +16,8 @@ import argparse
 
 import numpy as np
 
-from bench_accuracy import samples, variant_settings
+from bench_accuracy import one_run, variant_settings
+from bench_rescoring import labelled
 from common import publish
 
 COLUMNS = ("auroc_cls", "f1_max_segm", "pro_segm")
@@ -32,19 +33,6 @@ def half(labels: np.ndarray, draw: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([defective[:take], normal[:len(normal) // 2]]))
 
 
-def score_half(variant: str, chosen: list, name: str, size: int) -> dict[str, float]:
-    """The three metrics of one variant on one half, in %."""
-    from musc import MuSc, MuScConfig
-    from musc.datasets import Category
-    from musc.evaluation import metrics_for
-
-    method, settings = variant_settings(variant)
-    model = MuSc(MuScConfig.for_method(method, backbone="dinov2_vits14", image_size=size, device="cpu", **settings))
-    result = model.score([s.path for s in chosen], progress=False)
-    metrics = metrics_for(Category(name, chosen), result, "model")
-    return {k: 100 * metrics[k] for k in COLUMNS}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ksdd")
@@ -58,15 +46,15 @@ def main() -> None:
     variants = args.variants.split(",")
     for variant in variants:
         variant_settings(variant)  # a misspelt option stops the run before any scoring
-    everything = samples(args.dataset)
-    labels = np.array([bool(s.label) for s in everything])
+    everything, labels = labelled(args.dataset)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     rows = []
     for draw in range(args.draws):
         chosen = [everything[i] for i in half(labels, draw, args.seed)]
         count = sum(bool(s.label) for s in chosen)
         for variant in variants:
-            m = score_half(variant, chosen, args.dataset, args.size)
+            m = {k: 100 * v for k, v in one_run(variant, args.dataset, args.size, chosen)["metrics"].items()
+                 if k in COLUMNS}
             results[variant].append(m)
             rows.append(f"| {draw} | {count}/{len(chosen)} | {variant} | "
                         + " | ".join(f"{m[k]:.1f}" for k in COLUMNS) + " |")
