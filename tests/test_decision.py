@@ -314,6 +314,30 @@ def test_benjamini_hochberg_matches_its_definition():
         assert np.array_equal(benjamini_hochberg(p, q), p <= cut)
 
 
+def test_q_values_are_the_smallest_false_discovery_rate_that_flags_each_image():
+    from musc.decision import bh_adjusted
+
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        p = np.r_[rng.uniform(size=30), rng.uniform(0, 0.01, 5), [0.5, 0.5]]  # ties too
+        q = bh_adjusted(p)
+        assert np.all(q >= p * (1 - 1e-12)) and np.all(q <= 1.0)
+        assert np.all(np.diff(q[np.argsort(p, kind="stable")]) >= 0)  # the order of the tail probabilities is kept
+        for level in np.r_[np.unique(q) * (1 + 1e-9), np.unique(q) * (1 - 1e-9), np.linspace(0.001, 0.999, 50)]:
+            assert np.array_equal(benjamini_hochberg(p, level), q <= level)
+    assert bh_adjusted(np.array([0.01, 0.04, 0.03])).tolist() == pytest.approx([0.03, 0.04, 0.04])
+
+
+def test_decisions_carry_q_values_only_with_tail_probabilities():
+    maps, labels, _ = synthetic_maps(90, 10, seed=1)
+    for method in ("balanced", "fdr"):
+        d, _, _ = decide_from_maps(maps, method)
+        assert d.q_values is not None and d.q_values.shape == (100,)
+        if method == "fdr":  # fdr flags exactly the images whose q-value is within its level
+            assert np.array_equal(d.defective, d.q_values <= 0.05)
+    assert decide_images(maps.reshape(100, -1).max(1), "gmm").q_values is None
+
+
 def test_api_misuse_of_the_decision_methods_is_named():
     from musc.decision import Decision
 

@@ -53,6 +53,7 @@ def test_score_writes_decisions_masks_and_report(scored):
     assert not re.search(r'(src|href)="https?:', page)
     assert page.count('class="card ') == 7 and 'loading="lazy"' in page and "threshold" in page
     assert len(list((scored / "thumbs").glob("*.jpg"))) == 7
+    assert "q_value" not in rows[0] and "q-value" not in page  # gmm thresholds the scores: no tail probabilities
 
 
 def test_undecided_batch_is_reported_as_such(image_folder, tmp_path):
@@ -63,6 +64,7 @@ def test_undecided_batch_is_reported_as_such(image_folder, tmp_path):
     image = json.loads((out / "decision.json").read_text())["image"]
     assert image["method"] == "balanced" and image["undecided"] and image["threshold"] is None
     assert "<b>undecided</b>" in (out / "report.html").read_text()
+    assert "q_value" not in next(csv.DictReader(open(out / "scores.csv")))  # no q-values from a batch not decided
 
 
 @pytest.mark.parametrize("method", ["balanced", "fdr"])
@@ -110,7 +112,14 @@ def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method,
         assert image["threshold_on"] == "map_max"
         assert f"threshold {image['threshold']:.4f} on the map maxima:" in res.output
         assert flagged == {r["name"] for r in rows if float(r["map_max"]) >= round(image["threshold"], 6)}
-    assert "estimated defect rate" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "estimated defect rate" in page
+    q = {r["name"]: float(r["q_value"]) for r in rows}  # each image's q-value, next to its tail probability
+    assert all(0 <= float(r["tail_probability"]) <= q[r["name"]] <= 1 for r in rows)
+    assert len(flagged) >= sum(v <= 0.05 for v in q.values())  # --fdr's discoveries: balanced flags at least as many
+    if method == "fdr":
+        assert flagged == {name for name, v in q.items() if v <= 0.05}
+    assert page.count("q-value: the smallest false-discovery rate") == len(rows)
     caplog.clear()  # with --quiet there is no summary: the log says the warnings
     with caplog.at_level(logging.WARNING, logger="musc"):
         res = run("score", folder, "--out", out, "--decision", method, "--quiet", *TINY[:-1])

@@ -343,7 +343,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
 
     With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored.
 
-    Writes scores.csv (rank, path, score, raw_score, map_max, evidence, name, decision; rank 1 = most anomalous),
+    Writes scores.csv (rank, path, score, raw_score, map_max, evidence, name, decision and, from balanced or fdr,
+    tail_probability and q_value; rank 1 = most anomalous),
     decision.json (thresholds and how they were chosen), maps/NAME.npy (float32 anomaly map at the
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.

@@ -109,6 +109,12 @@ class Decision:
     scores.csv column of that name. Results written before map_max existed say 'raw_score', then the map maxima."""
 
     @property
+    def q_values(self) -> np.ndarray | None:
+        """Per image, the Benjamini-Hochberg adjusted `p_values` (`bh_adjusted`): the smallest false-discovery rate
+        at which `fdr` would flag it. None without tail probabilities (the score-threshold methods)."""
+        return None if self.p_values is None else bh_adjusted(self.p_values)
+
+    @property
     def count(self) -> int:
         return int(self.defective.sum())
 
@@ -248,6 +254,17 @@ def benjamini_hochberg(p_values: np.ndarray, q: float) -> np.ndarray:
     if passed.size:
         rejected[order[:passed[-1] + 1]] = True
     return rejected
+
+
+def bh_adjusted(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values): for each hypothesis the smallest false discovery rate at which
+    `benjamini_hochberg` rejects it, min over k >= its rank of p_(k) x n / k, capped at 1."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    q = np.empty(p.size)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
 
 
 def shorth_location(values: np.ndarray, fraction: float = 0.5) -> float:
@@ -608,5 +625,5 @@ __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "deci
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
-           "NullEstimate", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS", "LABEL_FREE_METHODS",
-           "PIXEL_METHODS", "DEFAULT_FDR"]
+           "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",
+           "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR"]

@@ -51,7 +51,8 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     """Write result files into `out`; returns the path of scores.csv.
 
     `columns` adds per-image columns to scores.csv (e.g. ground-truth labels in an evaluation). With a
-    `decision`, scores.csv gets a `decision` column and decision.json says how the threshold was chosen;
+    `decision`, scores.csv gets a `decision` column (and, from a map-based decision that decided, each image's
+    `tail_probability` under the batch's null and its `q_value`) and decision.json says how the threshold was chosen;
     `masks` (N, S, S) are written as masks/NAME.png at each image's original size.
     """
     out = Path(out)
@@ -84,6 +85,9 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     columns = dict(columns or {})
     if decision is not None:
         columns["decision"] = decision.labels()
+        if decision.q_values is not None and not decision.undecided:
+            columns["tail_probability"] = [f"{v:.3g}" for v in decision.p_values]
+            columns["q_value"] = [f"{v:.3g}" for v in decision.q_values]
         payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
     evidence = result.decision_evidence(map_max)  # what balanced and fdr test: map_max, or on tiles the finest view's

@@ -91,7 +91,8 @@ const view = document.getElementById('view');
 let current = -1;
 function show(i){
   current = i; const it = items[i];
-  document.getElementById('vtitle').textContent = `#${it.rank}  ${it.path}  score ${it.score}  ${it.decision}`;
+  document.getElementById('vtitle').textContent =
+    `#${it.rank}  ${it.path}  score ${it.score}  ${it.decision}` + (it.q ? `  q ${it.q}` : '');
   for (const k of ['original','heatmap','overlay','mask']){
     const fig = document.getElementById('v-'+k);
     fig.style.display = it[k] ? '' : 'none';
@@ -122,6 +123,19 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(target, start)).as_posix()
 
 
+def _card(it: dict) -> str:
+    """One image's card in the gallery: thumbnail, rank, score, decision, name and, when the decision gave one, its
+    q-value."""
+    e = html.escape
+    q = (f'<span title="q-value: the smallest false-discovery rate at which this image is flagged">q {e(it["q"])}</span>'
+         if it["q"] else "")
+    return (f'<div class="card {e(it["decision"])}" data-index="{it["index"]}">'
+            f'<img loading="lazy" src="{e(it["thumb"])}" alt="{e(it["name"])}" width="192" height="192">'
+            f'<div class="meta"><span>#{it["rank"]} · {e(it["score"])}</span>'
+            f'<span class="badge">{e(it["decision"])}</span></div>'
+            f'<div class="meta"><span title="{e(it["path"])}">{e(it["name"][:18 if q else 28])}</span>{q}</div></div>')
+
+
 def write_report(results: str | Path, progress: bool = True, title: str | None = None) -> Path:
     """Write `report.html` (and `thumbs/`) into an existing `musc score` result folder."""
     out = Path(results)
@@ -145,7 +159,7 @@ def write_report(results: str | Path, progress: bool = True, title: str | None =
             _thumb(source, thumb)
         items.append({
             "index": i, "rank": int(row["rank"]), "path": row["path"], "name": name, "score": row["score"],
-            "decision": row.get("decision", ""), "thumb": _rel(thumb, out),
+            "decision": row.get("decision", ""), "q": row.get("q_value", ""), "thumb": _rel(thumb, out),
             "original": _rel(original.resolve(), out.resolve()) if original.is_file() else None,
             "heatmap": _rel(heat, out) if heat.is_file() else None,
             "overlay": _rel(overlay, out) if overlay.is_file() else None,
@@ -155,12 +169,7 @@ def write_report(results: str | Path, progress: bool = True, title: str | None =
     scores = np.array([float(r.get(on) or r["score"]) for r in rows])
     threshold = decision.get("image", {}).get("threshold") if decision else None
     e = html.escape
-    cards = "".join(
-        f'<div class="card {e(it["decision"])}" data-index="{it["index"]}">'
-        f'<img loading="lazy" src="{e(it["thumb"])}" alt="{e(it["name"])}" width="192" height="192">'
-        f'<div class="meta"><span>#{it["rank"]} · {e(it["score"])}</span><span class="badge">{e(it["decision"])}</span></div>'
-        f'<div class="meta"><span title="{e(it["path"])}">{e(it["name"][:28])}</span></div></div>'
-        for it in items)
+    cards = "".join(_card(it) for it in items)
     summary = f"{len(items)} images"
     warn_html = ""
     if decision:
