@@ -221,3 +221,56 @@ def test_weights_list_names_the_cache(tmp_path, monkeypatch):
     save_file(tiny_state_dict("test_tiny_dino"), str(tmp_path / "cache" / "weights" / "tiny.safetensors"))
     res = run("weights", "list")
     assert res.exit_code == 0 and "tiny" in res.output and "No imported weights" not in res.output
+
+
+def test_ground_truth_masks_beside_the_images_are_named_and_exclude_leaves_them_out(image_folder, tmp_path, caplog):
+    import logging
+
+    for name in ("img_0_label.png", "img_1_label.png"):  # KolektorSDD keeps its labels beside the images
+        Image.new("L", (112, 112)).save(image_folder / "good" / name)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        res = run("score", image_folder, "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+    warning = next(r.getMessage() for r in caplog.records if "ground-truth" in r.getMessage())
+    assert "2 of the 9 images" in warning and "img_0_label.png" in warning and "--exclude '*_label*'" in warning
+    assert len(list(csv.DictReader(open(out / "scores.csv")))) == 9  # scored, as the warning says
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        res = run("score", image_folder, "--out", out, *TINY, "--exclude", "*_label*")
+    assert res.exit_code == 0, res.output
+    assert not [r for r in caplog.records if "ground-truth" in r.getMessage()]
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    assert len(rows) == 7 and not any("label" in r["name"] for r in rows)
+    assert json.loads((out / "config.json").read_text())["exclude"] == ["*_label*"]
+    res = run("score", image_folder, "--out", out, *TINY, "--exclude", "*.png")
+    assert res.exit_code != 0 and "all 9 match --exclude *.png" in res.output
+    res = run("bank", "build", image_folder, "--out", tmp_path / "b.bank", *TINY, "--exclude", "*_label*")
+    assert res.exit_code == 0, res.output
+    from musc.bank import Bank
+
+    assert Bank.load(tmp_path / "b.bank").size == 7
+
+
+def test_masks_named_like_their_photos_are_found_by_their_pixels(tmp_path, caplog):
+    import logging
+
+    from conftest import textured
+
+    folder = tmp_path / "Imgs"
+    folder.mkdir()
+    for i in range(4):  # Magnetic Tile Defect's layout: exp_i.jpg, and its mask exp_i.png beside it
+        Image.fromarray(textured(i)).save(folder / f"exp_{i}.jpg", quality=95)
+        mask = np.zeros((112, 112), np.uint8)
+        mask[40:60, 40:60] = 255 * (i % 2)
+        Image.fromarray(mask).save(folder / f"exp_{i}.png")
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        res = run("score", folder, "--out", tmp_path / "out", *TINY)
+    assert res.exit_code == 0, res.output
+    warning = next(r.getMessage() for r in caplog.records if "ground-truth" in r.getMessage())
+    assert "4 of the 8 images" in warning and "exp_0.png" in warning and "--exclude '*.png'" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        res = run("score", folder, "--out", tmp_path / "out", *TINY, "--exclude", "*.png")
+    assert res.exit_code == 0 and not [r for r in caplog.records if "ground-truth" in r.getMessage()]
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))) == 4

@@ -157,3 +157,58 @@ def test_photos_are_read_upright(tmp_path):
     _rotated_photo(tmp_path / "mirrored.jpg", orientation=2)  # a mirror keeps the size
     assert image_sizes([tmp_path / "mirrored.jpg"]) == [(40, 20)]
     assert np.asarray(read_image(tmp_path / "mirrored.jpg"))[:8, -8:, 0].mean() > 200
+
+
+def test_exclude_patterns_match_the_name_or_the_path_below_the_folder(tmp_path):
+    from musc.io import excluded
+
+    for rel in ("a.png", "a_label.png", "sub/b.png", "sub/b_label.png", "ground_truth/x/c.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    names = lambda paths: sorted(p.relative_to(tmp_path).as_posix() for p in paths)
+    assert names(find_images(tmp_path, exclude=["*_label*"])) == ["a.png", "ground_truth/x/c.png", "sub/b.png"]
+    assert names(find_images(tmp_path, exclude=["ground_truth/*", "sub/*"])) == ["a.png", "a_label.png"]
+    assert names(find_images(tmp_path, exclude=["b.png"])) == ["a.png", "a_label.png", "ground_truth/x/c.png",
+                                                              "sub/b_label.png"]  # a bare name matches in any folder
+    assert len(find_images(tmp_path, recursive=False, exclude=["*_label*"])) == 1
+    assert excluded(tmp_path / "Part0_label.png", None, ["*_label*"])  # a file given alone: its name
+    assert not excluded(tmp_path / "Part0.png", None, ["*_label*"])
+    with pytest.raises(InputError, match=r"no images left in .*: all 5 match --exclude \*"):
+        find_images(tmp_path, exclude=["*"])
+
+
+def test_images_named_like_ground_truth_masks_are_found_with_a_pattern_that_leaves_them_out(tmp_path):
+    from musc.io import excluded, ground_truth_like
+
+    paths = [tmp_path / rel for rel in ("kos01/Part0.jpg", "kos01/Part0_label.png", "kos02/Part1_LABEL.bmp",
+                                        "test/crack/000.png", "ground_truth/crack/000_mask.png")]
+    found, pattern = ground_truth_like(paths, tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "kos01/Part0_label.png", "kos02/Part1_LABEL.bmp", "ground_truth/crack/000_mask.png"]
+    assert pattern == "*_label*" and excluded(paths[1], tmp_path, [pattern])
+    found, pattern = ground_truth_like(paths[3:], tmp_path)  # its name and its folder say so: the name's pattern
+    assert found == paths[4:] and pattern == "*_mask*"
+    found, pattern = ground_truth_like([tmp_path / "Masks" / "a.png", tmp_path / "good" / "b.png"], tmp_path)
+    assert found == [tmp_path / "Masks" / "a.png"] and pattern == "*Masks/*"
+    assert excluded(tmp_path / "Masks" / "a.png", tmp_path, [pattern])
+    assert ground_truth_like([tmp_path / "good" / "mask_holder.png", tmp_path / "labels.png"], tmp_path) == ([], None)
+    assert ground_truth_like([tmp_path / "gt" / "a.png"], tmp_path / "gt") == ([], None)  # the folder given itself
+
+
+def test_masks_are_told_from_photos_by_their_pixels_and_their_extension_leaves_them_out(tmp_path):
+    from musc.io import ground_truth_like, mask_like
+
+    from conftest import textured
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 10:30] = 255
+    mask[19, 10:30] = 128  # an antialiased edge
+    assert mask_like(Image.fromarray(mask)) and mask_like(Image.fromarray((mask > 0).astype(np.uint8)))  # 0/255, 0/1
+    assert mask_like(Image.new("L", (8, 8)))  # all black: the mask of a normal image
+    assert not mask_like(Image.fromarray(textured(0))) and not mask_like(Image.fromarray(textured(1)).convert("L"))
+    photos = [tmp_path / f"exp{i}.jpg" for i in range(3)]
+    masks = [tmp_path / f"exp{i}.png" for i in range(3)]  # Magnetic Tile Defect: each mask beside its photo
+    found, pattern = ground_truth_like(photos + masks, tmp_path, masks)
+    assert found == masks and pattern == "*.png"
+    found, pattern = ground_truth_like(photos + masks + [tmp_path / "other.png"], tmp_path, masks[:1])
+    assert found == masks[:1] and pattern == "exp0.png"  # photos share the extension: the file itself

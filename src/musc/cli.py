@@ -240,17 +240,20 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
 
 
 def check_images(paths: list[Path], skip_unreadable: bool, progress: bool,
-                 skipped: list[str] | None = None) -> list[Path]:
+                 skipped: list[str] | None = None, masks: list[Path] | None = None) -> list[Path]:
     """Decode every image once so a corrupt file is reported before any work is done.
 
-    With `skip_unreadable`, unreadable files are left out with a warning and appended to `skipped`.
+    With `skip_unreadable`, unreadable files are left out with a warning and appended to `skipped`. Images that look
+    like binary masks (`io.mask_like`) are appended to `masks`.
     """
-    from .io import read_image
+    from .io import mask_like, read_image
 
     good = []
     for p in tqdm(paths, desc="checking images", unit="img", disable=not progress, leave=False):
         try:
-            read_image(p)
+            image = read_image(p)
+            if masks is not None and mask_like(image):
+                masks.append(p)
         except ImageReadError as exc:
             if not skip_unreadable:
                 raise ImageReadError(f"{exc} (use --skip-unreadable to leave such files out)") from exc
@@ -276,20 +279,42 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path], Path | None]:
-    """Image paths from folders and/or files, and the folder their output names are relative to."""
+EXCLUDE_OPTION = click.option(
+    "--exclude", multiple=True, metavar="PATTERN",
+    help="Leave out images whose name or path below the folder matches this shell pattern, e.g. '*_label*' "
+         "(repeatable). Ground-truth masks kept beside the images would be scored as product images.")
+
+
+def warn_ground_truth_like(paths: list[Path], root: Path | None, where: str, masks: list[Path]) -> None:
+    """A warning before any scoring when some images look like ground-truth masks by their names or pixels
+    (`io.ground_truth_like`; `masks`: found by `check_images`): scored as product images they join the batch, and
+    labels with a defect drawn on them rank first."""
+    from .io import ground_truth_like
+
+    found, pattern = ground_truth_like(paths, root, masks)
+    if found:
+        log.warning("%d of the %d images in %s look like ground-truth masks, by their names or their pixels (nearly "
+                    "all at two grey levels; e.g. %s): they are scored as product images; leave them out with "
+                    "--exclude '%s'", len(found), len(paths), where, found[0], pattern)
+
+
+def collect_images(inputs: tuple[Path, ...], recursive: bool, exclude: tuple[str, ...] = ()
+                   ) -> tuple[list[Path], Path | None]:
+    """Image paths from folders and/or files (less those matching an `exclude` pattern), and the folder their output
+    names are relative to."""
     import os
 
-    from .io import IMAGE_EXTENSIONS, find_images
+    from .io import IMAGE_EXTENSIONS, excluded, find_images
 
     paths: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            paths += find_images(item, recursive=recursive)
+            paths += find_images(item, recursive=recursive, exclude=exclude)
         elif item.is_file():
             if item.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise InputError(f"not an image file ({', '.join(IMAGE_EXTENSIONS)}): {item}")
-            paths.append(item)
+            if not excluded(item, None, exclude):
+                paths.append(item)
         else:
             raise InputError(f"folder not found: {item}" if not item.suffix else f"image not found: {item}")
     if len(inputs) == 1 and inputs[0].is_dir():
@@ -316,6 +341,7 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
                    "Default: musc with --reference, musc+ with --bank.")
 @score_options
 @click.option("--no-recursive", is_flag=True, help="Only images directly in FOLDER, not in sub-folders.")
+@EXCLUDE_OPTION
 @click.option("--skip-unreadable", is_flag=True, help="Leave out unreadable images (with a warning) instead of stopping.")
 @click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
 @click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
@@ -336,7 +362,7 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool) -> tuple[list[Path
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Path | None, mode: str | None,
-          no_recursive: bool, skip_unreadable: bool, no_maps: bool, no_images: bool,
+          no_recursive: bool, exclude: tuple[str, ...], skip_unreadable: bool, no_maps: bool, no_images: bool,
           decision_method: str, fdr: float, mad_k: float, expected_defect_rate: float | None, threshold: float | None,
           pixel_decision: str, pixel_threshold: float | None, make_report: bool, quiet: bool, **kwargs: Any) -> None:
     """Score every image in INPUTS (folders and/or image files) against the others; write the results to --out.
@@ -371,15 +397,19 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     check_fdr(fdr)
     check_output_folder(out)
     progress = not quiet
-    found, root = collect_images(inputs, recursive=not no_recursive)
+    found, root = collect_images(inputs, recursive=not no_recursive, exclude=exclude)
     check_weights_available(config)
     skipped: list[str] = []
-    paths = check_images(found, skip_unreadable, progress, skipped)
+    masks_found: list[Path] = []
+    paths = check_images(found, skip_unreadable, progress, skipped, masks_found)
+    warn_ground_truth_like(paths, root, str(inputs[0]) if len(inputs) == 1 else "the inputs", masks_found)
     references: Any = None
     model = MuSc(config)
     if reference is not None:
-        references = check_images(find_images(reference, recursive=not no_recursive), skip_unreadable, progress,
-                                  skipped)
+        masks_found = []
+        references = check_images(find_images(reference, recursive=not no_recursive, exclude=exclude),
+                                  skip_unreadable, progress, skipped, masks_found)
+        warn_ground_truth_like(references, reference, f"--reference {reference}", masks_found)
     elif bank is not None:
         from .bank import Bank, run_settings
 
@@ -412,7 +442,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
-                 "skipped_unreadable": skipped}
+                 "skipped_unreadable": skipped, "exclude": list(exclude)}
         scores_path = write_result(result, folder, root=root, save_maps=not no_maps, save_images=not no_images,
                                    progress=progress, decision=decision, masks=masks, pixel_info=pixel_info,
                                    extra=extra)
@@ -541,8 +571,9 @@ def bank() -> None:
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Bank file to write.")
 @score_options
+@EXCLUDE_OPTION
 @click.option("--quiet", "-q", is_flag=True)
-def bank_build(folder: Path, out: Path, quiet: bool, **kwargs: Any) -> None:
+def bank_build(folder: Path, out: Path, exclude: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
     """Extract the features of the known-good images in FOLDER once and store them in a bank file."""
     from .bank import build_bank
     from .io import check_output_file, find_images
@@ -551,7 +582,9 @@ def bank_build(folder: Path, out: Path, quiet: bool, **kwargs: Any) -> None:
     config = _pop_config(kwargs)
     check_output_file(out)
     check_weights_available(config)
-    paths = check_images(find_images(folder), False, not quiet)
+    masks_found: list[Path] = []
+    paths = check_images(find_images(folder, exclude=exclude), False, not quiet, masks=masks_found)
+    warn_ground_truth_like(paths, folder, str(folder), masks_found)
     built = build_bank(MuSc(config), paths, progress=not quiet)
     built.save(out)
     if not quiet:
