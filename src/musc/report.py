@@ -127,13 +127,13 @@ def _card(it: dict) -> str:
     """One image's card in the gallery: thumbnail, rank, score, decision, name and, when the decision gave one, its
     q-value."""
     e = html.escape
-    q = (f'<span title="q-value: the smallest false-discovery rate at which this image is flagged">q {e(it["q"])}</span>'
-         if it["q"] else "")
+    q = (f'<div class="meta"><span title="q-value: the smallest false-discovery rate at which this image is '
+         f'flagged">q-value {e(it["q"])}</span></div>' if it["q"] else "")
     return (f'<div class="card {e(it["decision"])}" data-index="{it["index"]}">'
             f'<img loading="lazy" src="{e(it["thumb"])}" alt="{e(it["name"])}" width="192" height="192">'
             f'<div class="meta"><span>#{it["rank"]} · {e(it["score"])}</span>'
             f'<span class="badge">{e(it["decision"])}</span></div>'
-            f'<div class="meta"><span title="{e(it["path"])}">{e(it["name"][:18 if q else 28])}</span>{q}</div></div>')
+            f'<div class="meta"><span title="{e(it["path"])}">{e(it["name"][:28])}</span></div>{q}</div>')
 
 
 def write_report(results: str | Path, progress: bool = True, title: str | None = None) -> Path:
