@@ -274,3 +274,12 @@ def test_masks_named_like_their_photos_are_found_by_their_pixels(tmp_path, caplo
         res = run("score", folder, "--out", tmp_path / "out", *TINY, "--exclude", "*.png")
     assert res.exit_code == 0 and not [r for r in caplog.records if "ground-truth" in r.getMessage()]
     assert len(list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))) == 4
+
+
+def test_results_written_inside_the_image_folder_are_not_scored_on_the_next_run(image_folder):
+    out = image_folder / "results"
+    for _ in range(2):
+        res = run("score", image_folder, "--out", out, *TINY)
+        assert res.exit_code == 0, res.output
+        rows = list(csv.DictReader(open(out / "scores.csv")))
+        assert len(rows) == 7 and not any(r["path"].startswith(str(out)) for r in rows)

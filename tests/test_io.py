@@ -212,3 +212,20 @@ def test_masks_are_told_from_photos_by_their_pixels_and_their_extension_leaves_t
     assert found == masks and pattern == "*.png"
     found, pattern = ground_truth_like(photos + masks + [tmp_path / "other.png"], tmp_path, masks[:1])
     assert found == masks[:1] and pattern == "exp0.png"  # photos share the extension: the file itself
+
+
+def test_earlier_musc_results_inside_the_image_folder_are_left_out(tmp_path, caplog):
+    import json
+
+    for rel in ("a.png", "sub/b.png", "results/heatmaps/a.png", "results/masks/a.png", "other/results2/overlays/b.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    (tmp_path / "results" / "config.json").write_text(json.dumps({"musc_version": "0", "config": {}}))
+    (tmp_path / "other" / "results2" / "scores.csv").write_text("rank,path,score\n")
+    with caplog.at_level(logging.WARNING, logger="musc"):
+        found = find_images(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in found) == ["a.png", "sub/b.png"]
+    assert "2 earlier musc result folder(s)" in caplog.text and "other/results2, results" in caplog.text
+    with pytest.raises(InputError, match="outside earlier musc results"):
+        find_images(tmp_path / "other")
+    assert len(find_images(tmp_path / "results")) == 2  # a result folder given itself is taken as asked

@@ -117,6 +117,14 @@ def find_images(folder: str | Path, recursive: bool = True, exclude: Sequence[st
     report_left_out([p for p in visible if p.suffix.lower() not in IMAGE_EXTENSIONS], folder)
     if not files:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+    results = earlier_results(folder, files)
+    if results:
+        files = [p for p in files if not any(p.is_relative_to(r) for r in results)]
+        log.warning("left out the images in %d earlier musc result folder(s) under %s (%s): their heatmaps, overlays "
+                    "and masks are not product images", len(results), folder,
+                    ", ".join(sorted(r.relative_to(folder).as_posix() for r in results)))
+        if not files:
+            raise InputError(f"no images in {folder} outside earlier musc results")
     kept = [p for p in files if not excluded(p, folder, exclude)]
     if not kept:
         raise InputError(f"no images left in {folder}: all {len(files)} match --exclude {' '.join(exclude)}")
@@ -124,6 +132,22 @@ def find_images(folder: str | Path, recursive: bool = True, exclude: Sequence[st
         log.info("left out %d image(s) under %s matching --exclude %s", len(files) - len(kept), folder,
                  " ".join(exclude))
     return kept
+
+
+def earlier_results(folder: Path, files: Sequence[Path]) -> set[Path]:
+    """The folders below `folder` (not `folder` itself) that hold a musc result, among the folders of `files`: a
+    result written inside the image folder (`musc score . --out results`) would otherwise be scored with the images
+    on the next run."""
+    checked: dict[Path, bool] = {}
+    found: set[Path] = set()
+    for path in files:
+        for parent in list(path.relative_to(folder).parents)[:-1]:
+            candidate = folder / parent
+            if candidate not in checked:
+                checked[candidate] = _written_by_musc(candidate)
+            if checked[candidate]:
+                found.add(candidate)
+    return {r for r in found if not any(r != other and r.is_relative_to(other) for other in found)}
 
 
 def excluded(path: Path, folder: Path | None, patterns: Sequence[str]) -> bool:
