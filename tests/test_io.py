@@ -177,22 +177,21 @@ def test_exclude_patterns_match_the_name_or_the_path_below_the_folder(tmp_path):
         find_images(tmp_path, exclude=["*"])
 
 
-def test_images_named_like_ground_truth_masks_are_found_with_a_pattern_that_leaves_them_out(tmp_path):
+def test_masks_are_found_by_their_pixels_and_their_names_give_the_pattern_that_leaves_them_out(tmp_path):
     from musc.io import excluded, ground_truth_like
 
     paths = [tmp_path / rel for rel in ("kos01/Part0.jpg", "kos01/Part0_label.png", "kos02/Part1_LABEL.bmp",
                                         "test/crack/000.png", "ground_truth/crack/000_mask.png")]
-    found, pattern = ground_truth_like(paths, tmp_path)
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
-        "kos01/Part0_label.png", "kos02/Part1_LABEL.bmp", "ground_truth/crack/000_mask.png"]
-    assert pattern == "*_label*" and excluded(paths[1], tmp_path, [pattern])
-    found, pattern = ground_truth_like(paths[3:], tmp_path)  # its name and its folder say so: the name's pattern
+    masks = [paths[1], paths[2], paths[4]]
+    found, pattern = ground_truth_like(paths, tmp_path, masks)
+    assert found == masks and pattern == "*_label*" and excluded(paths[1], tmp_path, [pattern])
+    found, pattern = ground_truth_like(paths[3:], tmp_path, masks)  # its name and its folder say so: the name's
     assert found == paths[4:] and pattern == "*_mask*"
-    found, pattern = ground_truth_like([tmp_path / "Masks" / "a.png", tmp_path / "good" / "b.png"], tmp_path)
-    assert found == [tmp_path / "Masks" / "a.png"] and pattern == "*Masks/*"
-    assert excluded(tmp_path / "Masks" / "a.png", tmp_path, [pattern])
-    assert ground_truth_like([tmp_path / "good" / "mask_holder.png", tmp_path / "labels.png"], tmp_path) == ([], None)
-    assert ground_truth_like([tmp_path / "gt" / "a.png"], tmp_path / "gt") == ([], None)  # the folder given itself
+    folder_mask = tmp_path / "Masks" / "a.png"
+    found, pattern = ground_truth_like([folder_mask, tmp_path / "good" / "b.png"], tmp_path, [folder_mask])
+    assert found == [folder_mask] and pattern == "*Masks/*" and excluded(folder_mask, tmp_path, [pattern])
+    labels = [tmp_path / "bottle_label.jpg", tmp_path / "ground_truth" / "a.png"]  # photos named so: pixels decide
+    assert ground_truth_like(labels, tmp_path, []) == ([], None)
 
 
 def test_masks_are_told_from_photos_by_their_pixels_and_their_extension_leaves_them_out(tmp_path):

@@ -286,16 +286,16 @@ EXCLUDE_OPTION = click.option(
 
 
 def warn_ground_truth_like(paths: list[Path], root: Path | None, where: str, masks: list[Path]) -> None:
-    """A warning before any scoring when some images look like ground-truth masks by their names or pixels
-    (`io.ground_truth_like`; `masks`: found by `check_images`): scored as product images they join the batch, and
-    labels with a defect drawn on them rank first."""
+    """A warning before any scoring when some images look like ground-truth masks (`io.ground_truth_like`; `masks`:
+    found by `check_images`): scored as product images they join the batch, and labels with a defect drawn on them
+    rank first."""
     from .io import ground_truth_like
 
     found, pattern = ground_truth_like(paths, root, masks)
     if found:
-        log.warning("%d of the %d images in %s look like ground-truth masks, by their names or their pixels (nearly "
-                    "all at two grey levels; e.g. %s): they are scored as product images; leave them out with "
-                    "--exclude '%s'", len(found), len(paths), where, found[0], pattern)
+        log.warning("%d of the %d images in %s look like ground-truth masks (nearly all their pixels at two grey "
+                    "levels; e.g. %s): they are scored as product images; leave them out with --exclude '%s'",
+                    len(found), len(paths), where, found[0], pattern)
 
 
 def collect_images(inputs: tuple[Path, ...], recursive: bool, exclude: tuple[str, ...] = ()

@@ -159,8 +159,8 @@ def excluded(path: Path, folder: Path | None, patterns: Sequence[str]) -> bool:
 
 
 GROUND_TRUTH_SUFFIXES = ("_label", "_labels", "_mask", "_masks", "_gt", "_groundtruth", "_ground_truth")
-"""File-name endings (before the extension, any case) that mark ground-truth masks in the common data set layouts
-(KolektorSDD's `Part0_label.png`, MVTec AD's `000_mask.png`)."""
+"""File-name endings (before the extension, any case) of ground-truth masks in the common data set layouts
+(KolektorSDD's `Part0_label.png`, MVTec AD's `000_mask.png`): the --exclude pattern suggested for them."""
 GROUND_TRUTH_FOLDERS = ("ground_truth", "groundtruth", "gt", "masks", "mask", "labels", "label")
 """Folder names (any case) that hold ground-truth masks in the common layouts (MVTec AD's `ground_truth/`, VisA's
 `Masks/`)."""
@@ -181,32 +181,26 @@ def mask_like(image: Image.Image) -> bool:
     return extremes >= MASK_LIKE_SHARE * sum(histogram)
 
 
-def ground_truth_like(paths: Sequence[Path], root: Path | None, masks: Sequence[Path] = ()
-                      ) -> tuple[list[Path], str | None]:
-    """The images whose names say they are ground-truth masks (`GROUND_TRUTH_SUFFIXES`, or a folder below `root`
-    named as in `GROUND_TRUTH_FOLDERS`) or whose pixels do (`masks`, those found `mask_like`), and an --exclude
-    pattern that leaves out the first kind found: the name's, else the extension the mask-like images alone have
-    (Magnetic Tile Defect: `.png` masks beside `.jpg` photos), else the first one's name."""
-    found: list[Path] = []
-    suggestion: str | None = None
+def ground_truth_like(paths: Sequence[Path], root: Path | None, masks: Sequence[Path]) -> tuple[list[Path], str | None]:
+    """The images among `paths` that look like ground-truth masks by their pixels (`masks`: those found `mask_like`;
+    names alone would flag photos of printed labels), and an --exclude pattern that leaves them out, from the first
+    one: its name's ending (`GROUND_TRUTH_SUFFIXES`) or folder below `root` (`GROUND_TRUTH_FOLDERS`), else the
+    extension the masks alone have (Magnetic Tile Defect: `.png` masks beside `.jpg` photos), else its name."""
     masks = set(masks)
-    for path in paths:
-        stem = path.stem.lower()
-        parents = path.relative_to(root).parts[:-1] if root is not None and path.is_relative_to(root) else ()
-        suffix = next((s for s in GROUND_TRUTH_SUFFIXES if stem.endswith(s)), None)
-        parent = next((part for part in parents if part.lower() in GROUND_TRUTH_FOLDERS), None)
-        if suffix is None and parent is None:
-            if path in masks:
-                found.append(path)
-            continue
-        found.append(path)
-        if suggestion is None:
-            suggestion = f"*{path.stem[-len(suffix):]}*" if suffix is not None else f"*{parent}/*"
-    if found and suggestion is None:
-        extensions, kept = {p.suffix for p in found}, set(found)
-        others = {p.suffix for p in paths if p not in kept}
-        suggestion = (f"*{extensions.pop()}" if len(extensions) == 1 and not extensions & others else found[0].name)
-    return found, suggestion
+    found = [p for p in paths if p in masks]
+    if not found:
+        return [], None
+    first = found[0]
+    suffix = next((s for s in GROUND_TRUTH_SUFFIXES if first.stem.lower().endswith(s)), None)
+    if suffix is not None:
+        return found, f"*{first.stem[-len(suffix):]}*"
+    parents = first.relative_to(root).parts[:-1] if root is not None and first.is_relative_to(root) else ()
+    parent = next((part for part in parents if part.lower() in GROUND_TRUTH_FOLDERS), None)
+    if parent is not None:
+        return found, f"*{parent}/*"
+    extensions = {p.suffix for p in found}
+    others = {p.suffix for p in paths if p not in masks}
+    return found, f"*{extensions.pop()}" if len(extensions) == 1 and not extensions & others else first.name
 
 
 def report_left_out(others: Sequence[Path], folder: Path) -> None:
