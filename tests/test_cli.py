@@ -283,3 +283,16 @@ def test_results_written_inside_the_image_folder_are_not_scored_on_the_next_run(
         assert res.exit_code == 0, res.output
         rows = list(csv.DictReader(open(out / "scores.csv")))
         assert len(rows) == 7 and not any(r["path"].startswith(str(out)) for r in rows)
+
+
+def test_progress_bars_only_on_a_terminal(image_folder, tmp_path, monkeypatch):
+    import sys
+
+    from musc.cli import show_progress
+
+    res = run("score", image_folder, "--out", tmp_path / "out", *TINY[:-1])  # no -q; the runner's stderr is no terminal
+    assert res.exit_code == 0 and "Scored 7 images" in res.output and "img/s" not in res.output
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert show_progress(False) and not show_progress(True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert not show_progress(False)

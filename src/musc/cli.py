@@ -265,6 +265,11 @@ def check_images(paths: list[Path], skip_unreadable: bool, progress: bool,
     return good
 
 
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a file, their redraws would bury the warnings and summary."""
+    return not quiet and sys.stderr.isatty()
+
+
 def plural(count: int, noun: str) -> str:
     """'1 image', '2 images'."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
@@ -360,7 +365,8 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool, exclude: tuple[str
                    "pixels above the image cut-off).")
 @click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps.")
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars and no summary (progress bars are drawn only when stderr is a terminal).")
 def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Path | None, mode: str | None,
           no_recursive: bool, exclude: tuple[str, ...], skip_unreadable: bool, no_maps: bool, no_images: bool,
           decision_method: str, fdr: float, mad_k: float, expected_defect_rate: float | None, threshold: float | None,
@@ -396,7 +402,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         raise ConfigError("--decision fixed needs --threshold")
     check_fdr(fdr)
     check_output_folder(out)
-    progress = not quiet
+    progress = show_progress(quiet)
     found, root = collect_images(inputs, recursive=not no_recursive, exclude=exclude)
     check_weights_available(config)
     skipped: list[str] = []
@@ -502,7 +508,8 @@ def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[
               help="Few-shot: draw K normal reference images per category from its training normals and report "
                    "few-shot MuSc and MuSc+ (mean ± std over --seeds) instead of zero-shot.")
 @click.option("--seeds", type=IntList(), default="0,1,2", show_default=True, help="Seeds for drawing --shots references.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no tables.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars and no tables (progress bars are drawn only when stderr is a terminal).")
 def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, metrics_size: str, save_maps: bool,
              save_images: bool, overwrite: bool, shots: int | None, seeds: tuple[int, ...], quiet: bool,
              **kwargs: Any) -> None:
@@ -524,7 +531,7 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
         if shots < 1:
             raise ConfigError(f"--shots must be >= 1, got {shots}")
         runs = run_few_shot(dataset, root, categories or None, MuSc(config), out, shots, seeds, metrics_size,
-                            overwrite, progress=not quiet)
+                            overwrite, progress=show_progress(quiet))
         if not quiet:
             click.echo(few_shot_table(runs, shots))
             click.echo(f"Results in {out}")
@@ -543,7 +550,7 @@ def evaluate(dataset: str, root: Path, categories: tuple[str, ...], out: Path, m
 
     reports = run_evaluation(dataset, root, categories or None, MuSc(config), out, size=metrics_size,
                              overwrite=overwrite, save_maps=save_maps, save_images=save_images,
-                             progress=not quiet, on_report=show)
+                             progress=show_progress(quiet), on_report=show)
     if not quiet:
         click.echo("")
         click.echo(markdown_table(reports))
@@ -557,7 +564,7 @@ def report(results: Path, quiet: bool) -> None:
     """Write RESULTS/report.html for an existing `musc score` result folder."""
     from .report import write_report
 
-    path = write_report(results, progress=not quiet, title=f"musc: {results}")
+    path = write_report(results, progress=show_progress(quiet), title=f"musc: {results}")
     if not quiet:
         click.echo(f"Wrote {path}")
 
@@ -583,9 +590,9 @@ def bank_build(folder: Path, out: Path, exclude: tuple[str, ...], quiet: bool, *
     check_output_file(out)
     check_weights_available(config)
     masks_found: list[Path] = []
-    paths = check_images(find_images(folder, exclude=exclude), False, not quiet, masks=masks_found)
+    paths = check_images(find_images(folder, exclude=exclude), False, show_progress(quiet), masks=masks_found)
     warn_ground_truth_like(paths, folder, str(folder), masks_found)
-    built = build_bank(MuSc(config), paths, progress=not quiet)
+    built = build_bank(MuSc(config), paths, progress=show_progress(quiet))
     built.save(out)
     if not quiet:
         tiles = f", {len(built.features.starts)} tiles per image" if built.tiled else ""
