@@ -409,3 +409,13 @@ def test_evidence_replaces_the_map_maxima_in_the_test_and_the_masks_stay_on_the_
     assert np.array_equal(both.masks.reshape(200, -1).any(axis=1), labels)
     with pytest.raises(ConfigError, match=r"evidence must have one value per map \(200\)"):
         decide_from_maps(maps, evidence=evidence[:5])
+
+
+def test_decisions_print_as_one_line_not_their_arrays():
+    maps, _, _ = synthetic_maps(90, 10, seed=1)
+    decided = decide(maps.reshape(100, -1).max(1), maps)
+    text = repr(decided)
+    assert text.startswith(f"Decisions(Decision(balanced: {decided.image.count} of 100 defective, threshold ")
+    assert "defect rate" in text and text.endswith("masks 100 x 16 x 16 by half-peak)") and "array" not in text
+    few = decide_from_maps(maps[:5], "balanced")[0]
+    assert repr(few).startswith("Decision(balanced: undecided, threshold inf on map_max") and "1 warning" in repr(few)

@@ -362,3 +362,15 @@ def test_skipped_files_are_recorded(flat_folder, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["skipped_unreadable"] == [str(flat_folder / "broken.png")]
     assert "Skipped 1 unreadable file" in res.output
+
+
+def test_a_result_prints_as_one_line_not_its_arrays():
+    from musc import MuScConfig
+    from musc.types import Result
+
+    n, side = 40, 224
+    result = Result(scores=np.linspace(0.1, 0.9, n), raw_scores=np.zeros(n), maps=np.zeros((n, side, side), np.float32),
+                    embeddings=np.zeros((n, 8)), config=MuScConfig(backbone="dinov2_vits14", image_size=side),
+                    notes=["RsCIN skipped"])
+    assert repr(result) == "Result(40 images, dinov2_vits14 at 224, maps 224 x 224, scores 0.1 to 0.9, 1 note)"
+    assert "array" not in repr(result)

@@ -108,6 +108,14 @@ class Decision:
     'evidence' (what the map-based decisions tested: on tiled batches the finest view's map maxima); each the
     scores.csv column of that name. Results written before map_max existed say 'raw_score', then the map maxima."""
 
+    def __repr__(self) -> str:
+        """One line, not the arrays: the method, what it flagged (or that it could not decide) and the rate."""
+        n = int(self.defective.size)
+        said = "undecided" if self.undecided else f"{self.count} of {n} defective"
+        rate = f", defect rate {self.rate}" if self.rate is not None else ""
+        warned = f", {len(self.warnings)} warning{'' if len(self.warnings) == 1 else 's'}" if self.warnings else ""
+        return f"Decision({self.method}: {said}, threshold {self.threshold:.4g} on {self.on}{rate}{warned})"
+
     @property
     def q_values(self) -> np.ndarray | None:
         """Per image, the Benjamini-Hochberg adjusted `p_values` (`bh_adjusted`): the smallest false-discovery rate
@@ -504,6 +512,10 @@ class Decisions:
     @property
     def rate(self) -> RateEstimate | None:
         return self.image.rate
+
+    def __repr__(self) -> str:
+        return (f"Decisions({self.image!r}, masks {' x '.join(str(d) for d in self.masks.shape)} by "
+                f"{self.pixel.get('method')})")
 
 
 def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,

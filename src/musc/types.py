@@ -96,6 +96,14 @@ class Result:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def __repr__(self) -> str:
+        """One line for a notebook or a log, not the arrays: what was scored, how, and the range of the scores."""
+        n = len(self)
+        scores = f"scores {self.scores.min():.3g} to {self.scores.max():.3g}" if n else "no scores"
+        return (f"Result({n} image{'' if n == 1 else 's'}, {self.config.backbone} at {self.config.image_size}, maps "
+                f"{' x '.join(str(d) for d in self.maps.shape[1:])}, {scores}"
+                + (f", {len(self.notes)} note{'' if len(self.notes) == 1 else 's'}" if self.notes else "") + ")")
+
     def ranking(self, map_maxima: np.ndarray | None = None) -> np.ndarray:
         """Image indices from most to least anomalous: by score, ties broken by the map maxima (`map_maxima` when
         already at hand; as `balanced` breaks them: scale-max gives each view's strongest image 1.0, so without
