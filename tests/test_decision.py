@@ -419,3 +419,9 @@ def test_decisions_print_as_one_line_not_their_arrays():
     assert "defect rate" in text and text.endswith("masks 100 x 16 x 16 by half-peak)") and "array" not in text
     few = decide_from_maps(maps[:5], "balanced")[0]
     assert repr(few).startswith("Decision(balanced: undecided, threshold inf on map_max") and "1 warning" in repr(few)
+
+
+def test_decide_is_part_of_the_top_level_api():
+    import musc
+
+    assert musc.decide is decide and {"decide", "Decision", "Decisions"} <= set(musc.__all__)
