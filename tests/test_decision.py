@@ -425,3 +425,16 @@ def test_decide_is_part_of_the_top_level_api():
     import musc
 
     assert musc.decide is decide and {"decide", "Decision", "Decisions"} <= set(musc.__all__)
+
+
+def test_copies_of_one_image_are_all_normal_and_the_one_unlike_them_is_flagged():
+    maps = np.full((20, 8, 8), 0.3)  # every image alike: nothing stands out
+    d = decide(np.zeros(20), maps)
+    assert not d.image.undecided and d.image.count == 0 and d.rate.estimate == 0.0
+    maps[3, 2, 2] = 0.9  # one unlike the copies (ranked first by its map maximum among tied scores)
+    d = decide(np.zeros(20), maps)
+    assert not d.image.undecided and np.flatnonzero(d.image.defective).tolist() == [3]
+    assert d.image.q_values[3] < 0.01 and np.all(np.delete(d.image.q_values, 3) > 0.99)
+    assert d.masks[3, 2, 2] and d.masks.sum() == 1
+    maps[7, 1, 1] = 0.7
+    assert np.flatnonzero(decide(np.zeros(20), maps, "fdr").image.defective).tolist() == [3, 7]

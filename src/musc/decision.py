@@ -317,13 +317,18 @@ def fit_null(evidence: np.ndarray, iterations: int = 3) -> NullModel:
     Location: the centre of the densest half (`shorth_location`). Scale: quantile matching of the values below
     it against the lower half of a normal distribution (defects lie above the normal peak, so they hardly
     reach this side). Share of normal images: values whose tail probability under the fitted null exceeds
-    1/2 are taken as normal (Storey's estimate with lambda = 1/2); scale and share are refined together.
+    1/2 are taken as normal (Storey's estimate with lambda = 1/2); scale and share are refined together. When the
+    centre and every value below it are tied (copies of one image), the null is a point just above them: the tied
+    images are normal and any image above them stands out.
     """
     from scipy.stats import norm
 
     x = np.asarray(evidence, dtype=np.float64)
     loc = shorth_location(x)
     below = np.sort(x[x <= loc])
+    if np.ptp(below) == 0:  # the centre and all below it tied (copies of one image): a point null, the rest above it
+        scale = max(abs(loc), 1.0) * 1e-12  # just above the tie, so that the tied images' tail probability is 1
+        return NullModel(loc + 8 * scale, scale, below.size / x.size)
     spread = float(np.std(x)) or 1e-12
     n0 = 2.0 * below.size
     scale = spread
