@@ -476,8 +476,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     elif flagged.any():
         best, defects, f1 = estimated_f1_cut(p)
         flagged |= best
-        detail = (f"highest estimated F1 ({f1:.2f}, about {defects:.0f} defective images) once a test at FDR {fdr:g} "
-                  f"finds defects; {peak}")
+        about = f"about {defects:.0f} defective image{'' if round(defects) == 1 else 's'}"
+        detail = f"highest estimated F1 ({f1:.2f}, {about}) once a test at FDR {fdr:g} finds defects; {peak}"
     else:
         detail = (f"no image passes a test at FDR {fdr:g}: the lowest tail probability is {p.min():.2g}, and among {n} "
                   f"images one image alone is flagged only below {fdr / n:.2g}; {peak}")
@@ -486,7 +486,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         count = int(flagged.sum())
         flagged = np.zeros(n, dtype=bool)
         flagged[rank_order(final, map_max)[:count]] = True
-        detail += f"; the {count} images flagged are those with the highest final scores"
+        detail += (f"; the {count} images flagged are those with the highest final scores" if count > 1 else
+                   "; the image flagged is the one with the highest final score")
         threshold, on = float(final[flagged].min()), "score"
     else:
         threshold = float(evidence[flagged].min()) if flagged.any() else float(np.nextafter(evidence.max(), np.inf))
