@@ -85,9 +85,10 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     columns = dict(columns or {})
     if decision is not None:
         columns["decision"] = decision.labels()
-        if decision.q_values is not None and not decision.undecided:
+        q_values = None if decision.undecided else decision.q_values  # computed once: the property adjusts anew
+        if q_values is not None:
             columns["tail_probability"] = [f"{v:.3g}" for v in decision.p_values]
-            columns["q_value"] = [f"{v:.3g}" for v in decision.q_values]
+            columns["q_value"] = [f"{v:.3g}" for v in q_values]
         payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
         atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
     evidence = result.decision_evidence(map_max)  # what balanced and fdr test: map_max, or on tiles the finest view's

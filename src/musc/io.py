@@ -153,6 +153,8 @@ def earlier_results(folder: Path, files: Sequence[Path]) -> set[Path]:
 def excluded(path: Path, folder: Path | None, patterns: Sequence[str]) -> bool:
     """Whether `path` matches one of the shell patterns (`*`, `?`, `[...]`; case-sensitive), tried on its path
     relative to `folder` (with `/`; `*` also matches across folders) and on its file name."""
+    if not patterns:
+        return False
     relative = path.relative_to(folder).as_posix() if folder is not None and path.is_relative_to(folder) else None
     return any(fnmatch.fnmatchcase(path.name, pattern) or (relative is not None and fnmatch.fnmatchcase(relative, pattern))
                for pattern in patterns)
