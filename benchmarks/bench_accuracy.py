@@ -81,7 +81,8 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "rscon": {"rescoring": "rscon", "rscin_windows": METHODS["muscv2"]["rscin_windows"]},
                 "tilerscin": {"tile_rescoring": "rscin"}, "tilerscon": {"tile_rescoring": "rscon"},
                 "tilenone": {"tile_rescoring": "none"}, "tilemean": {"tile_map_rule": "mean"},
-                "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"}}
+                "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"},
+                "zblend": {"image_score": "z-blend"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
                  "baseline": ("map_baseline", float),
@@ -190,8 +191,10 @@ def section_rows(name: str) -> list[str]:
     start, end = text.find(f"<!-- {name} -->"), text.find(f"<!-- /{name} -->")
     if start < 0 or end < 0:
         return []
-    return [line for line in text[start:end].splitlines()
-            if line.startswith("| ") and not line.startswith("| data set") and not line.startswith("|---")]
+    lines = text[start:end].splitlines()
+    headers = {i - 1 for i, line in enumerate(lines) if line.startswith("|---")}  # the line above each separator
+    return [line for i, line in enumerate(lines)
+            if line.startswith("| ") and i not in headers and not line.startswith("| data set")]
 
 
 def main() -> None:

@@ -220,6 +220,21 @@ def test_scale_max_scores_each_image_by_its_strongest_scaled_r_and_z_max_fuses_t
     assert result.ranking()[0] == 0
 
 
+def test_z_blend_scores_each_image_from_its_views_robust_z_scores_on_whole_images_and_tiles():
+    for tiles in (None, 1.0):
+        config = TINY.replace(image_score="z-blend", tile_scale=tiles)
+        model = MuSc(config)
+        result = model.score(_images(), progress=False)
+        assert (result.evidence is not None) == (tiles is not None)  # tiled batches keep the finest view's evidence
+        z = np.stack([(m - np.median(m)) / (1.4826 * np.median(np.abs(m - np.median(m)))) for m in result.view_maxima])
+        finest = list(config.r_values).index(min(config.r_values))
+        np.testing.assert_allclose(result.raw_scores, 0.5 * z[finest] + 0.5 * z.mean(axis=0), atol=1e-6)
+        scale_max = MuSc(config.replace(image_score="scale-max"), backbone=model.backbone).score(_images(),
+                                                                                                progress=False)
+        np.testing.assert_allclose(scale_max.maps, result.maps, atol=1e-6)  # the maps do not change
+        assert not np.allclose(scale_max.raw_scores, result.raw_scores)
+
+
 def test_map_baseline_takes_each_images_own_level_off_before_the_map_rule():
     config = TINY.replace(map_baseline=0.75, image_score="scale-max")
     model = MuSc(config)

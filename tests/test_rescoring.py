@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from musc.rescoring import (IMAGE_SCORES, cosine_similarity, finest_max, get_image_score, knn_smoothing, minmax, rscin,
-                            scale_max)
+from musc.rescoring import (IMAGE_SCORES, cosine_similarity, finest_max, get_image_score, knn_smoothing, minmax,
+                            robust_z, rscin, scale_max, z_blend)
 
 
 def test_hand_worked_example():
@@ -87,3 +87,54 @@ def test_finest_max_is_the_finest_views_map_maximum_unscaled():
     for bad_views, finest in ((np.zeros((3, 5)), 0), (views, 3), (views[0], 0)):
         with pytest.raises(ValueError, match="view maxima"):
             finest_max(views.mean(axis=0), bad_views, finest)
+
+
+def test_robust_z_scales_by_the_typical_spread_not_the_outliers():
+    # Median 2, absolute deviations 1, 0, 1, 1, 98 -> MAD 1: the outlier 100 does not widen the scale.
+    values = np.array([1.0, 2.0, 3.0, 1.0, 100.0])
+    np.testing.assert_allclose(robust_z(values), (values - 2.0) / 1.4826)
+    np.testing.assert_allclose(robust_z(values * 10 + 7), robust_z(values))  # units and offset do not matter
+    tied = np.array([1.0, 1.0, 1.0, 5.0])  # MAD 0: the standard deviation scales
+    np.testing.assert_allclose(robust_z(tied), (tied - 1.0) / tied.std())
+    np.testing.assert_array_equal(robust_z(np.full(4, 0.3)), np.zeros(4))
+
+
+def test_z_blend_averages_the_finest_views_z_with_the_mean_z_of_all_views():
+    views = np.array([[0.5, 0.9, 0.4, 0.6, 0.5],
+                      [0.7, 0.2, 0.3, 0.1, 0.3],
+                      [0.35, 0.3, 0.8, 0.45, 0.4]])
+    z = np.stack([robust_z(row) for row in views])
+    for finest in (0, 2):  # the finest view's row is passed by index
+        expected = 0.5 * z[finest] + 0.5 * z.mean(axis=0)
+        np.testing.assert_allclose(z_blend(views.mean(axis=0), views, finest), expected)
+        np.testing.assert_allclose(get_image_score("z-blend").run(views.mean(axis=0), views, finest), expected)
+    # with three views the finest weighs 2/3 and each other view 1/6
+    np.testing.assert_allclose(z_blend(views.mean(axis=0), views, 0), (4 * z[0] + z[1] + z[2]) / 6)
+    # each view's units and offset do not matter: its maxima are z-scored over the batch first
+    rescaled = views * np.array([[10.0], [0.1], [3.0]]) + np.array([[1.0], [-2.0], [0.5]])
+    np.testing.assert_allclose(z_blend(rescaled.mean(axis=0), rescaled, 1), z_blend(views.mean(axis=0), views, 1))
+    assert IMAGE_SCORES["z-blend"].uses_views
+
+
+def test_z_blend_ranks_a_small_defect_seen_at_r1_and_a_wide_one_seen_by_every_view_above_normal_images():
+    rng = np.random.default_rng(0)
+    views = rng.normal(1.0, 0.05, size=(3, 40))  # normal images: the same spread in every view
+    views[0, 5] += 0.6  # a small defect: strong at the finest view alone
+    views[:, 9] += 0.25  # a wide defect: moderately raised in every view
+    order = np.argsort(-z_blend(views.mean(axis=0), views, 0))
+    assert set(order[:2]) == {5, 9}
+
+
+def test_z_blend_with_one_image_or_one_view():
+    np.testing.assert_allclose(z_blend(np.array([0.7]), np.array([[0.7], [0.2]]), 0), [0.7])  # nothing to scale
+    maxima = np.array([0.3, 0.9, 0.5, 0.4])
+    np.testing.assert_allclose(z_blend(maxima, maxima[None], 0), robust_z(maxima))
+    for bad_views, finest in ((np.zeros((3, 5)), 0), (maxima[None], 1), (maxima, 0)):
+        with pytest.raises(ValueError, match="view maxima"):
+            z_blend(maxima, bad_views, finest)
+
+
+def test_the_configs_image_score_names_are_the_registrys():
+    from musc import config
+
+    assert tuple(config.IMAGE_SCORES) == tuple(IMAGE_SCORES)

@@ -17,7 +17,7 @@ ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
 TILE_RESCORINGS = (*RESCORINGS, "none")
-IMAGE_SCORES = ("max", "scale-max", "finest-max")
+IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend")
 MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
@@ -110,7 +110,8 @@ class MuScConfig:
     image_score: str = "max"
     """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch) or
-    'finest-max' (the maximum of its finest view's map: LNAMD's r = 1)."""
+    'finest-max' (the maximum of its finest view's map: LNAMD's r = 1) or 'z-blend' (each view's maxima as robust
+    z-scores over the batch, the finest view's weighted 2/3 with three views)."""
     tile_image_score: str | None = None
     """The image score when the images are cut into tiles; None = `image_score`. 'finest-max' (an option) ranks thin
     defects a fraction of one tile wide better, and wide ones worse (README, How it works)."""

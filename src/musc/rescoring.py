@@ -10,6 +10,10 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
 - `finest-max` (this project): the maximum of its finest view's map (LNAMD's r = 1), whatever the map rule. An
   option, mainly for tiled batches (`MuScConfig.tile_image_score`): at native resolution a thin defect stands out
   most at r = 1, and a wide one less.
+- `z-blend` (this project): each view's per-image maxima as robust z-scores over the batch (less the median, over
+  the normal spread, 1.4826 x MAD), then the mean of two opinions: the finest view's, and the mean of all views'.
+  The finest view weighs most (2/3 with three views) because small defects show there first; the coarser views
+  keep wide ones from being missed, and no single view's extreme image sets the scale as min-max scaling lets it.
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
@@ -84,13 +88,39 @@ def scale_max(map_maxima: np.ndarray, view_maxima: np.ndarray) -> np.ndarray:
     return np.max([minmax(row) for row in view_maxima], axis=0)
 
 
-def finest_max(map_maxima: np.ndarray, view_maxima: np.ndarray, finest: int) -> np.ndarray:
-    """`finest-max` image scores (N,): the finest view's map maxima, row `finest` of `view_maxima` (V, N)."""
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(values - median) / (1.4826 x MAD) over the batch: a z-score scaled by the spread of the typical (normal)
+    values, not by the outliers. With no spread in the MAD (most values tied), the standard deviation scales;
+    with none at all, every value becomes 0."""
+    values = np.asarray(values, dtype=np.float64)
+    centre = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - centre)))
+    if not spread > 0:
+        spread = float(values.std())
+    return np.zeros_like(values) if not spread > 0 else (values - centre) / spread
+
+
+def z_blend(map_maxima: np.ndarray, view_maxima: np.ndarray, finest: int) -> np.ndarray:
+    """`z-blend` image scores (N,): with z the robust z-scores of each row of `view_maxima` (V, N), the mean of
+    z[finest] and the mean over views of z; map maxima for fewer than 2 images (nothing to scale against)."""
+    view_maxima = _check_views(map_maxima, view_maxima, finest)
+    if view_maxima.shape[1] < 2:
+        return np.asarray(map_maxima, dtype=np.float64)
+    z = np.stack([robust_z(row) for row in view_maxima])
+    return 0.5 * (z[finest] + z.mean(axis=0))
+
+
+def _check_views(map_maxima: np.ndarray, view_maxima: np.ndarray, finest: int) -> np.ndarray:
     view_maxima = np.asarray(view_maxima, dtype=np.float64)
     if view_maxima.ndim != 2 or view_maxima.shape[1] != len(map_maxima) or not 0 <= finest < view_maxima.shape[0]:
         raise ValueError(f"view maxima must have shape (V, {len(map_maxima)}) with a row {finest}, "
                          f"got {view_maxima.shape}")
-    return view_maxima[finest].copy()
+    return view_maxima
+
+
+def finest_max(map_maxima: np.ndarray, view_maxima: np.ndarray, finest: int) -> np.ndarray:
+    """`finest-max` image scores (N,): the finest view's map maxima, row `finest` of `view_maxima` (V, N)."""
+    return _check_views(map_maxima, view_maxima, finest)[finest].copy()
 
 
 @dataclass(frozen=True)
@@ -109,6 +139,7 @@ IMAGE_SCORES: dict[str, ImageScore] = {
     "scale-max": ImageScore("scale-max", lambda map_maxima, view_maxima, finest: scale_max(map_maxima, view_maxima),
                             True),
     "finest-max": ImageScore("finest-max", finest_max, True),
+    "z-blend": ImageScore("z-blend", z_blend, True),
 }
 
 
@@ -127,4 +158,5 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
 
 
 __all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "finest_max",
+           "z_blend", "robust_z",
            "ImageScore", "IMAGE_SCORES", "get_image_score"]
