@@ -335,6 +335,51 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool, exclude: tuple[str
     return paths, root
 
 
+def decision_options(func: Callable) -> Callable:
+    """The options that say how images are decided and masks drawn (`musc score`, `musc decide`)."""
+    options = [
+        click.option("--decision", "decision_method", type=click.Choice(list(IMAGE_METHODS)),
+                     default="balanced", show_default=True,
+                     help="How images are marked normal/defective without labels (see README: Decisions)."),
+        click.option("--fdr", type=float, default=DEFAULT_FDR, show_default=True,
+                     help="fdr: the false-discovery rate over images (the expected share of normal images among "
+                          "those flagged); balanced: the level of the test that the batch holds any defect."),
+        click.option("--mad-k", type=float, default=3.0, show_default=True,
+                     help="mad: robust z-score above which an image is defective."),
+        click.option("--expected-defect-rate", type=float, default=None,
+                     help="Flag this top fraction of images (sets --decision rate)."),
+        click.option("--threshold", type=float, default=None,
+                     help="Fixed image-score threshold (sets --decision fixed)."),
+        click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default=PIXEL_METHODS[0],
+                     show_default=True,
+                     help="How each flagged image's map becomes a binary defect mask (masks/NAME.png): half-peak "
+                          "(the pixels at least half-way from the batch's median map maximum to the image's peak), "
+                          "mebin, or image (the pixels above the image cut-off)."),
+        click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def chosen_decision(decision_method: str, fdr: float, expected_defect_rate: float | None,
+                    threshold: float | None) -> str:
+    """The decision method the options ask for (--expected-defect-rate sets rate, --threshold fixed); ConfigError
+    when its values are missing or out of range."""
+    from .decision import check_fdr
+
+    if expected_defect_rate is not None:
+        decision_method = "rate"
+    if threshold is not None:
+        decision_method = "fixed"
+    if decision_method == "rate" and (expected_defect_rate is None or not 0 <= expected_defect_rate <= 1):
+        raise ConfigError("--decision rate needs --expected-defect-rate between 0 and 1")
+    if decision_method == "fixed" and threshold is None:
+        raise ConfigError("--decision fixed needs --threshold")
+    check_fdr(fdr)
+    return decision_method
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the results.")
@@ -351,20 +396,7 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool, exclude: tuple[str
 @click.option("--skip-unreadable", is_flag=True, help="Leave out unreadable images (with a warning) instead of stopping.")
 @click.option("--no-maps", is_flag=True, help="Do not write the raw maps (maps/*.npy).")
 @click.option("--no-images", is_flag=True, help="Do not write heatmap and overlay PNGs.")
-@click.option("--decision", "decision_method", type=click.Choice(list(IMAGE_METHODS)),
-              default="balanced", show_default=True,
-              help="How images are marked normal/defective without labels (see README: Decisions).")
-@click.option("--fdr", type=float, default=DEFAULT_FDR, show_default=True,
-              help="fdr: the false-discovery rate over images (the expected share of normal images among those "
-                   "flagged); balanced: the level of the test that the batch holds any defect.")
-@click.option("--mad-k", type=float, default=3.0, show_default=True, help="mad: robust z-score above which an image is defective.")
-@click.option("--expected-defect-rate", type=float, default=None, help="Flag this top fraction of images (sets --decision rate).")
-@click.option("--threshold", type=float, default=None, help="Fixed image-score threshold (sets --decision fixed).")
-@click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default=PIXEL_METHODS[0], show_default=True,
-              help="How each flagged image's map becomes a binary defect mask (masks/NAME.png): half-peak (the pixels "
-                   "at least half-way from the batch's median map maximum to the image's peak), mebin, or image (the "
-                   "pixels above the image cut-off).")
-@click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps.")
+@decision_options
 @click.option("--report", "make_report", is_flag=True, help="Also write report.html, a page to look through.")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bars and no summary (progress bars are drawn only when stderr is a terminal).")
@@ -382,7 +414,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
     """
-    from .decision import check_fdr, decide
+    from .decision import decide
     from .export import write_result
     from .io import ResultFolder, check_output_folder, find_images
     from .pipeline import MuSc
@@ -393,15 +425,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     if mode is not None and reference is None and bank is None:
         raise ConfigError("--mode needs --reference or --bank")
     config = config.replace(mode=mode or ("musc+" if bank is not None else "musc"))
-    if expected_defect_rate is not None:
-        decision_method = "rate"
-    if threshold is not None:
-        decision_method = "fixed"
-    if decision_method == "rate" and (expected_defect_rate is None or not 0 <= expected_defect_rate <= 1):
-        raise ConfigError("--decision rate needs --expected-defect-rate between 0 and 1")
-    if decision_method == "fixed" and threshold is None:
-        raise ConfigError("--decision fixed needs --threshold")
-    check_fdr(fdr)
+    decision_method = chosen_decision(decision_method, fdr, expected_defect_rate, threshold)
     check_output_folder(out)
     progress = show_progress(quiet)
     found, root = collect_images(inputs, recursive=not no_recursive, exclude=exclude)
@@ -568,6 +592,58 @@ def report(results: Path, quiet: bool) -> None:
     path = write_report(results, progress=show_progress(quiet), title=f"musc: {results}")
     if not quiet:
         click.echo(f"Wrote {path}")
+
+
+@main.command(name="decide")
+@click.argument("results", type=click.Path(path_type=Path))
+@decision_options
+@click.option("--report", "make_report", is_flag=True,
+              help="Also write report.html (rewritten anyway when the folder has one).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
+def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, expected_defect_rate: float | None,
+                 threshold: float | None, pixel_decision: str, pixel_threshold: float | None, make_report: bool,
+                 quiet: bool) -> None:
+    """Decide the images of an existing `musc score` result folder again, with other decision options, without
+    scoring them again (e.g. --fdr 0.01, --threshold 0.5 or --pixel-decision mebin).
+
+    Reads scores.csv and the raw maps (maps/*.npy; a folder scored with --no-maps cannot be decided again) and
+    replaces the decision: scores.csv's decision, tail_probability and q_value columns, decision.json,
+    masks/NAME.png and, when there is one, report.html. Scores, maps and images are left as they are.
+    """
+    from .decision import decide
+    from .export import read_saved_result, write_decision
+
+    decision_method = chosen_decision(decision_method, fdr, expected_defect_rate, threshold)
+    progress = show_progress(quiet)
+    saved = read_saved_result(results, progress=progress)
+    n = len(saved.rows)
+    if n < 3 and decision_method in LABEL_FREE_METHODS:
+        raise ConfigError(f"{results} holds {plural(n, 'image')}: no label-free decision for fewer than 3 images; "
+                          "give --threshold to decide")
+    decided = decide(saved.scores, saved.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
+                     threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
+                     evidence=saved.evidence, map_max=saved.map_max)
+    scores_path = write_decision(saved, decided.image, decided.masks, decided.pixel, progress=progress)
+    if make_report or (results / "report.html").is_file():
+        from .report import write_report
+
+        write_report(results, progress=progress, title=f"musc: {results}")
+    decision = decided.image
+    if quiet:
+        for warning in decision.warnings:
+            log.warning(warning)
+        return
+    if decision.undecided:
+        click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
+    else:
+        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
+                   f"{THRESHOLD_ON.get(decision.on, ' on the scores')}: {decision.detail}); "
+                   f"normal: {n - decision.count}")
+    if decision.rate is not None:
+        click.echo(f"Estimated defect rate: {decision.rate}")
+    for warning in decision.warnings:
+        click.echo(f"Warning: {warning}")
+    click.echo(f"Decision written to {scores_path}, decision.json and masks/")
 
 
 @main.group()

@@ -415,8 +415,8 @@ def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd
 
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
                      min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0],
-                     scores: Sequence[float] | None = None, evidence: Sequence[float] | None = None
-                     ) -> tuple[Decision, np.ndarray, dict]:
+                     scores: Sequence[float] | None = None, evidence: Sequence[float] | None = None,
+                     map_max: Sequence[float] | None = None) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
@@ -429,7 +429,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     and for `fdr` (whose error rate holds for the map maxima's tail probabilities), the `threshold` is on the
     map values: an image is flagged when its map maximum reaches it. `evidence` (N,) replaces the map maxima as what
     is tested (`Result.evidence`: a tiled batch's finest view; the threshold is then `on` 'evidence'); the masks
-    are drawn on the maps either way. Returns the image decision, the masks
+    are drawn on the maps either way. `map_max` (N,) gives the maps' maxima when they are known better than `maps`
+    holds them (`musc decide` reads them from scores.csv). Returns the image decision, the masks
     (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images exactly are those with a non-empty mask) and
     a description of the pixel rule.
     """
@@ -439,7 +440,9 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         raise ConfigError(f"map-based decision method must be one of {', '.join(MAP_METHODS)}, got {method!r}")
     maps = np.asarray(maps)
     n = maps.shape[0]
-    map_max = maps.reshape(n, -1).max(axis=1).astype(np.float64)
+    map_max = (maps.reshape(n, -1).max(axis=1) if map_max is None else np.asarray(map_max)).astype(np.float64)
+    if map_max.shape != (n,):
+        raise ConfigError(f"map_max must have one value per map ({n}), got shape {map_max.shape}")
     final = None if scores is None else np.asarray(scores, dtype=np.float64)
     if final is not None and final.shape != (n,):
         raise ConfigError(f"scores must have one value per map ({n}), got shape {final.shape}")
@@ -527,22 +530,23 @@ class Decisions:
 def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
            k: float = 3.0, rate: float | None = None, threshold: float | None = None,
            pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None,
-           evidence: Sequence[float] | None = None) -> Decisions:
+           evidence: Sequence[float] | None = None, map_max: Sequence[float] | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
     `balanced` and `fdr` test the map maxima (or `evidence`, `Result.evidence`: a tiled batch's finest view's map
     maxima) against their null; `fdr` flags the images that pass, `balanced` takes
     how many to flag from that test and flags that many at the top of the scores. The other methods threshold the
     scores. Masks are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides
-    it with a fixed map value.
+    it with a fixed map value. `map_max` (N,): the maps' maxima when known better than `maps` holds them
+    (`decide_from_maps`).
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:
         image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method, scores=scores,
-                                               evidence=evidence)
+                                               evidence=evidence, map_max=map_max)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
-        raw = maps.reshape(maps.shape[0], -1).max(axis=1)
+        raw = maps.reshape(maps.shape[0], -1).max(axis=1) if map_max is None else np.asarray(map_max)
         masks, pixel = pixel_masks(maps, raw, image, pixel_method, method, k)
     if pixel_threshold is not None:
         masks, pixel = maps > pixel_threshold, {"method": "fixed", "threshold": float(pixel_threshold)}
@@ -594,15 +598,23 @@ def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, me
     if decision.method in MAP_METHODS:  # the lowest map maximum among the flagged images (their cut-off on the maxima)
         flagged = decision.defective
         t = float(np.asarray(raw_scores)[flagged].min()) if flagged.any() else float("inf")
-        return (maps >= t) & flagged[:, None, None], {"method": "image", "threshold": t,
-                                                      "detail": "the lowest map maximum of the flagged images"}
+        return with_peaks((maps >= t) & flagged[:, None, None], maps, flagged), {
+            "method": "image", "threshold": t, "detail": "the lowest map maximum of the flagged images"}
     raw_method = image_method if image_method in ("mad", "gmm", "otsu") else "mad"
     raw = decide_images(raw_scores, raw_method, k=k)
     if not np.isfinite(raw.threshold):  # one group among the map maxima: fall back to the robust z-score
         raw_method, raw = "mad", decide_images(raw_scores, "mad", k=k)
     t = raw.threshold
-    masks = (maps > t) & decision.defective[:, None, None]
+    masks = with_peaks((maps > t) & decision.defective[:, None, None], maps, decision.defective)
     return masks, {"method": "image", "threshold": float(t), "detail": f"{raw_method} on map maxima: {raw.detail}"}
+
+
+def with_peaks(masks: np.ndarray, maps: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """`masks` with each flagged image's peak pixel marked, so a flagged image never has an empty mask (its map
+    maximum can fall just below a cut-off set on maxima known more exactly, or on other images' maps)."""
+    for i in np.flatnonzero(flagged):
+        masks[i].flat[int(np.argmax(maps[i]))] = True
+    return masks
 
 
 def masks_per_image(maps: np.ndarray, flagged: np.ndarray, floor: float,

@@ -7,23 +7,35 @@ whole folder at once; scores.csv, the table a person reads first, is written las
 
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .decision import Decision
+from .errors import InputError
 from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_names, read_image
 from .types import Result
 from .visualization import heatmap, overlay
 
 SCORES_FILE = "scores.csv"
 CONFIG_FILE = "config.json"
+MAP_SIZE = "map_size"
+"""config.json's key for the maps' size in the model's frame (height, width): what `musc decide` decides on."""
+INPUT_ORDER = "input_order"
+"""config.json's key for the images' names in the order they were scored: a decision's bootstrap of the null draws
+images by position, so `musc decide` decides them in that order to reproduce the run's tail probabilities."""
+DECISION_COLUMNS = ("decision", "tail_probability", "q_value")
+FILE_COLUMNS = ("map", "mask", "heatmap", "overlay")
 
 
 def run_facts() -> dict[str, Any]:
@@ -42,6 +54,28 @@ def run_facts() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def save_mask(path: Path, mask: np.ndarray, size: tuple[int, int] | None) -> None:
+    """A binary mask as a 0/255 PNG, resized (nearest) to the image's original `size` (width, height) when given."""
+    image = Image.fromarray(np.asarray(mask).astype(np.uint8) * 255)
+    atomic_save_png(path, image if size is None else image.resize(tuple(size), Image.NEAREST))
+
+
+def decision_columns(decision: Decision) -> dict[str, list[str]]:
+    """scores.csv's columns from a decision: `decision` and, from a map-based decision that decided, each image's
+    `tail_probability` under the batch's null and its `q_value` (DECISION_COLUMNS)."""
+    columns = {"decision": decision.labels()}
+    q_values = None if decision.undecided else decision.q_values  # computed once: the property adjusts anew
+    if q_values is not None:
+        columns["tail_probability"] = [f"{v:.3g}" for v in decision.p_values]
+        columns["q_value"] = [f"{v:.3g}" for v in q_values]
+    return columns
+
+
+def write_decision_json(out: Path, decision: Decision, pixel_info: dict[str, Any] | None) -> None:
+    payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
+    atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
 
 
 def write_result(result: Result, out: str | Path, root: str | Path | None = None, save_maps: bool = True,
@@ -70,27 +104,21 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
             if save_maps:
                 atomic_save_npy(out / files["map"][i], amap)
             if masks is not None:
-                m = Image.fromarray(masks[i].astype(np.uint8) * 255)
-                if result.original_sizes is not None:
-                    m = m.resize(result.original_sizes[i], Image.NEAREST)
-                atomic_save_png(out / files["mask"][i], m)
+                save_mask(out / files["mask"][i], masks[i], None if result.original_sizes is None
+                          else result.original_sizes[i])
             if save_images:
                 atomic_save_png(out / files["heatmap"][i], heatmap(amap, lo, hi))
                 if result.paths:
                     atomic_save_png(out / files["overlay"][i], overlay(read_image(paths[i]), amap, lo, hi))
-    facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi], **(extra or {})}
+    facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi],
+             MAP_SIZE: list(result.maps.shape[1:]), INPUT_ORDER: names, **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
     map_max = result.map_maxima()  # computed once: the ranking's tie-break, a column, and the evidence of whole images
     order = result.ranking(map_max)
     columns = dict(columns or {})
     if decision is not None:
-        columns["decision"] = decision.labels()
-        q_values = None if decision.undecided else decision.q_values  # computed once: the property adjusts anew
-        if q_values is not None:
-            columns["tail_probability"] = [f"{v:.3g}" for v in decision.p_values]
-            columns["q_value"] = [f"{v:.3g}" for v in q_values]
-        payload = {"image": decision.to_dict(), "pixel": pixel_info or {}}
-        atomic_write_text(out / "decision.json", json.dumps(payload, indent=2, default=float) + "\n")
+        columns.update(decision_columns(decision))
+        write_decision_json(out, decision, pixel_info)
     evidence = result.decision_evidence(map_max)  # what balanced and fdr test: map_max, or on tiles the finest view's
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", f"{map_max[i]:.6f}",
              f"{evidence[i]:.6f}", names[i], *(values[i] for values in columns.values()),
@@ -102,4 +130,98 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
     return scores_path
 
 
-__all__ = ["write_result", "run_facts", "SCORES_FILE", "CONFIG_FILE"]
+@dataclass
+class SavedResult:
+    """What `musc decide` reads back from a result folder: scores.csv's rows (in the order the images were scored)
+    and header, the final
+    scores (N,), the decisions' evidence (N,; None when it is the map maxima, as on whole images), the map maxima
+    (N,), the maps in the model's frame (N, H, W) and each image's original size (width, height)."""
+
+    folder: Path
+    header: list[str]
+    rows: list[dict[str, str]]
+    scores: np.ndarray
+    evidence: np.ndarray | None
+    map_max: np.ndarray
+    maps: np.ndarray
+    sizes: list[tuple[int, int]]
+
+
+def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult:
+    """Read a `musc score` result folder back for a new decision. Its raw maps (maps/NAME.npy, at each image's
+    original size) are resized bilinearly to the model's frame the run decided on (config.json's map_size), for the
+    masks; what the image decisions read (scores, map maxima, evidence) comes from scores.csv, as the run wrote it
+    (6 decimals). So a decision drawn again with the same options flags the same images, and its masks are within
+    a pixel or so of the first ones."""
+    folder = Path(folder)
+    scores_csv = folder / SCORES_FILE
+    if not scores_csv.is_file():
+        raise InputError(f"no {SCORES_FILE} in {folder}: not a musc result folder "
+                         f"(run `musc score ... --out {folder}` first)")
+    with open(scores_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows, header = list(reader), list(reader.fieldnames or [])
+    missing = [c for c in ("score", "map_max", "evidence", "map") if c not in header]
+    if missing or not rows:
+        raise InputError(f"{scores_csv} has {'no rows' if not rows else 'no ' + ', '.join(missing) + ' column'}: "
+                         "it was not written by this version of `musc score`")
+    config = folder / CONFIG_FILE
+    facts = json.loads(config.read_text()) if config.is_file() else {}
+    if MAP_SIZE not in facts:
+        raise InputError(f"{config} does not say the maps' size ({MAP_SIZE}): score the images again with this "
+                         "version of musc to decide them with `musc decide`")
+    height, width = (int(v) for v in facts[MAP_SIZE])
+    position = {name: i for i, name in enumerate(facts.get(INPUT_ORDER, []))}
+    if len(position) == len(rows) and all(r.get("name") in position for r in rows):
+        rows = sorted(rows, key=lambda r: position[r["name"]])
+    maps, sizes = np.empty((len(rows), height, width), dtype=np.float32), []
+    for i, row in enumerate(tqdm(rows, desc="reading maps", unit="img", disable=not progress, leave=False)):
+        path = folder / row["map"] if row["map"] else None
+        if path is None or not path.is_file():
+            raise InputError(f"{folder} has no raw map for {row['path']} (maps/*.npy): `musc decide` needs them; "
+                             "score without --no-maps")
+        amap = np.load(path)
+        if amap.ndim != 2:
+            raise InputError(f"{path} is not a 2-D anomaly map (shape {amap.shape})")
+        sizes.append((amap.shape[1], amap.shape[0]))
+        t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
+        maps[i] = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    try:
+        scores = np.array([float(r["score"]) for r in rows])
+        evidence = np.array([float(r["evidence"]) for r in rows])
+        map_max = np.array([float(r["map_max"]) for r in rows])
+    except ValueError as e:
+        raise InputError(f"{scores_csv}: a score or evidence value is not a number ({e})") from None
+    whole = all(r["evidence"] == r["map_max"] for r in rows)  # whole images: the decisions test the map maxima
+    return SavedResult(folder, header, rows, scores, None if whole else evidence, map_max, maps, sizes)
+
+
+def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pixel_info: dict[str, Any] | None,
+                   progress: bool = False) -> Path:
+    """Replace a result folder's decision: masks/NAME.png (one per image, at its original size), decision.json and
+    scores.csv's decision columns (the other columns and the rows' order stay). Each file is replaced whole, and
+    scores.csv, the table a person reads first, last. Returns its path."""
+    folder = saved.folder
+    names = [r["name"] for r in saved.rows]
+    files = [f"masks/{name}.png" for name in names]
+    for i in tqdm(range(len(names)), desc="writing masks", unit="img", disable=not progress, leave=False):
+        save_mask(folder / files[i], masks[i], saved.sizes[i])
+    write_decision_json(folder, decision, pixel_info)
+    columns = decision_columns(decision)
+    kept = [c for c in saved.header if c not in DECISION_COLUMNS and c != "mask"]
+    first_file = next((i for i, c in enumerate(kept) if c in FILE_COLUMNS), len(kept))
+    header = [*kept[:first_file], *columns, *kept[first_file:]]
+    at = header.index("map") + 1 if "map" in header else len(header)
+    header.insert(at, "mask")
+    rows = [[columns[c][i] if c in columns else files[i] if c == "mask" else row.get(c, "") for c in header]
+            for i, row in enumerate(saved.rows)]
+    if "rank" in header:  # scores.csv lists the images by rank, as `musc score` writes it
+        rank = header.index("rank")
+        rows.sort(key=lambda r: int(r[rank]))
+    scores_path = folder / SCORES_FILE
+    atomic_write_csv(scores_path, header, rows)
+    return scores_path
+
+
+__all__ = ["write_result", "run_facts", "read_saved_result", "write_decision", "SavedResult", "save_mask",
+           "decision_columns", "SCORES_FILE", "CONFIG_FILE", "MAP_SIZE", "INPUT_ORDER"]
