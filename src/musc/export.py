@@ -161,7 +161,7 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
     with open(scores_csv, newline="") as fh:
         reader = csv.DictReader(fh)
         rows, header = list(reader), list(reader.fieldnames or [])
-    missing = [c for c in ("score", "map_max", "evidence", "map") if c not in header]
+    missing = [c for c in ("score", "map_max", "evidence", "name", "map") if c not in header]
     if missing or not rows:
         raise InputError(f"{scores_csv} has {'no rows' if not rows else 'no ' + ', '.join(missing) + ' column'}: "
                          "it was not written by this version of `musc score`")
