@@ -22,6 +22,26 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 MTD_ROOT = SHARED / "datasets" / "mtd"
 
 
+TINY_CLI = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
+"""Command-line options of a fast run: the tiny random-weight test backbone on the CPU, quietly."""
+
+
+def run_cli(*args):
+    """Invoke the `musc` command line in-process (exceptions propagate, so a failure shows its traceback)."""
+    from click.testing import CliRunner
+
+    from musc.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def rows_of(out: Path) -> list[dict[str, str]]:
+    """A result folder's scores.csv rows."""
+    import csv
+
+    with open(out / "scores.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
 def textured(seed: int, size: int = 112) -> np.ndarray:
     """A grey striped texture with a random phase and mild noise: all alike, none identical."""
     rng = np.random.default_rng(seed)

@@ -3,19 +3,11 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import save_file
 
-from musc.cli import main
 
-from conftest import tiny_state_dict
-
-TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from conftest import TINY_CLI as TINY, run_cli as run, tiny_state_dict
 
 
 def test_score_writes_every_output(image_folder, tmp_path):

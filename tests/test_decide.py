@@ -1,28 +1,14 @@
 """`musc decide`: a result folder decided again with other options, without scoring it again."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from musc.cli import main
 from musc.export import MAP_SIZE, read_saved_result
 
-from conftest import planted, textured
-
-TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def rows_of(out):
-    with open(out / "scores.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+from conftest import TINY_CLI as TINY, run_cli as run, rows_of, planted, textured
 
 
 def masks_of(out, rows):

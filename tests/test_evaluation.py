@@ -3,22 +3,14 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from musc import MuSc, MuScConfig
-from musc.cli import main
 from musc.datasets import get_reader
 from musc.evaluation import evaluate_category, mean_metrics, CategoryReport
 
-from conftest import MTD_ROOT
+from conftest import TINY_CLI as TINY, run_cli as run, MTD_ROOT
 from synthetic_data import make_dataset
-
-TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_evaluate_writes_tables_and_matches_sklearn(tmp_path):

@@ -1,6 +1,5 @@
 """What musc guarantees about its outputs: unique names, whole-folder replacement, early checks, permissions."""
 
-import csv
 import json
 import os
 import stat
@@ -9,26 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import musc.io as mio
-from musc.cli import main
 from musc.errors import InputError
 from musc.io import ResultFolder, check_output_file, check_output_folder, output_names
 
-from conftest import planted, textured
-
-TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def rows_of(out):
-    with open(out / "scores.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+from conftest import TINY_CLI as TINY, run_cli as run, rows_of, planted, textured
 
 
 def one_line_failure(res, *needles):

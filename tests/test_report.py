@@ -7,17 +7,12 @@ import shutil
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 
-from musc.cli import main
+
+from conftest import TINY_CLI as TINY, run_cli as run
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-TINY = ["--backbone", "test_tiny_dino", "--image-size", "56", "--random-weights", "--device", "cpu", "-q"]
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def browse(url: str, *extra: str) -> subprocess.CompletedProcess:

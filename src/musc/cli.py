@@ -492,21 +492,27 @@ THRESHOLD_ON = {"map_max": " on the map maxima", "evidence": " on the evidence c
 """How the summary names what a decision's threshold applies to (`Decision.on`; 'score' otherwise)."""
 
 
+def _echo_decision(decision: Any, n: int) -> None:
+    """The summary's lines on a decision of `n` images: what was flagged and how, the defect rate, the warnings."""
+    if decision.undecided:
+        click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
+    else:
+        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
+                   f"{THRESHOLD_ON.get(decision.on, ' on the scores')}: {decision.detail}); "
+                   f"normal: {n - decision.count}")
+    if decision.rate is not None:
+        click.echo(f"Estimated defect rate: {decision.rate}")
+    for warning in decision.warnings:
+        click.echo(f"Warning: {warning}")
+
+
 def _print_summary(result: Any, scores_path: Path, decision: Any, skipped: list[str]) -> None:
     n = len(result)
     click.echo(f"Scored {plural(n, 'image')} with {result.config.backbone}; results in {scores_path.parent}")
     if skipped:
         click.echo(f"Skipped {plural(len(skipped), 'unreadable file')} (listed in config.json)")
-    if decision is not None and decision.undecided:
-        click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
-    elif decision is not None:
-        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
-                   f"{THRESHOLD_ON.get(decision.on, ' on the scores')}: {decision.detail}); "
-                   f"normal: {n - decision.count}")
-    if decision is not None and decision.rate is not None:
-        click.echo(f"Estimated defect rate: {decision.rate}")
-    for warning in decision.warnings if decision is not None else []:
-        click.echo(f"Warning: {warning}")
+    if decision is not None:
+        _echo_decision(decision, n)
     for note in result.notes:
         click.echo(f"Note: {note}")
     click.echo("Most anomalous:")
@@ -633,16 +639,7 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
         for warning in decision.warnings:
             log.warning(warning)
         return
-    if decision.undecided:
-        click.echo(f"Undecided: {decision.method} could not decide this batch ({decision.detail})")
-    else:
-        click.echo(f"Defective: {decision.count} of {n} ({decision.method}, threshold {decision.threshold:.4f}"
-                   f"{THRESHOLD_ON.get(decision.on, ' on the scores')}: {decision.detail}); "
-                   f"normal: {n - decision.count}")
-    if decision.rate is not None:
-        click.echo(f"Estimated defect rate: {decision.rate}")
-    for warning in decision.warnings:
-        click.echo(f"Warning: {warning}")
+    _echo_decision(decision, n)
     click.echo(f"Decision written to {scores_path}, decision.json and masks/")
 
 

@@ -7,7 +7,6 @@ whole folder at once; scores.csv, the table a person reads first, is written las
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
@@ -16,15 +15,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from .decision import Decision
 from .errors import InputError
-from .io import atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_names, read_image
-from .types import Result
+from .io import (atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_names, read_image,
+                 read_scores_table)
+from .types import Result, resize_map
 from .visualization import heatmap, overlay
 
 SCORES_FILE = "scores.csv"
@@ -154,17 +152,11 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
     (6 decimals). So a decision drawn again with the same options flags the same images, and its masks are within
     a pixel or so of the first ones."""
     folder = Path(folder)
-    scores_csv = folder / SCORES_FILE
-    if not scores_csv.is_file():
-        raise InputError(f"no {SCORES_FILE} in {folder}: not a musc result folder "
-                         f"(run `musc score ... --out {folder}` first)")
-    with open(scores_csv, newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows, header = list(reader), list(reader.fieldnames or [])
+    scores_csv, header, rows = read_scores_table(folder)
     missing = [c for c in ("score", "map_max", "evidence", "name", "map") if c not in header]
-    if missing or not rows:
-        raise InputError(f"{scores_csv} has {'no rows' if not rows else 'no ' + ', '.join(missing) + ' column'}: "
-                         "it was not written by this version of `musc score`")
+    if missing:
+        raise InputError(f"{scores_csv} has no {', '.join(missing)} column: it was not written by this version of "
+                         "`musc score`")
     config = folder / CONFIG_FILE
     facts = json.loads(config.read_text()) if config.is_file() else {}
     if MAP_SIZE not in facts:
@@ -184,8 +176,7 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
         if amap.ndim != 2:
             raise InputError(f"{path} is not a 2-D anomaly map (shape {amap.shape})")
         sizes.append((amap.shape[1], amap.shape[0]))
-        t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
-        maps[i] = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+        maps[i] = resize_map(amap, (height, width))
     try:
         scores = np.array([float(r["score"]) for r in rows])
         evidence = np.array([float(r["evidence"]) for r in rows])
@@ -211,8 +202,7 @@ def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pi
     kept = [c for c in saved.header if c not in DECISION_COLUMNS and c != "mask"]
     first_file = next((i for i, c in enumerate(kept) if c in FILE_COLUMNS), len(kept))
     header = [*kept[:first_file], *columns, *kept[first_file:]]
-    at = header.index("map") + 1 if "map" in header else len(header)
-    header.insert(at, "mask")
+    header.insert(header.index("map") + 1, "mask")  # where `musc score` puts it (read_saved_result needs "map")
     rows = [[columns[c][i] if c in columns else files[i] if c == "mask" else row.get(c, "") for c in header]
             for i, row in enumerate(saved.rows)]
     if "rank" in header:  # scores.csv lists the images by rank, as `musc score` writes it

@@ -322,6 +322,21 @@ def output_names(paths: Sequence[Path], root: Path | None) -> list[str]:
 _STAGING = re.compile(r"^\.(?P<name>.+)\.musc-(?:staging|old)-(?P<pid>\d+)-[^/]*$")
 
 
+def read_scores_table(folder: str | Path) -> tuple[Path, list[str], list[dict[str, str]]]:
+    """A `musc score` result folder's scores.csv: its path, header and rows (rank order); InputError when the folder
+    has none or it has no rows."""
+    folder = Path(folder)
+    path = folder / "scores.csv"
+    if not path.is_file():
+        raise InputError(f"no scores.csv in {folder}: not a musc result folder "
+                         f"(run `musc score ... --out {folder}` first)")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows, header = list(reader), list(reader.fieldnames or [])
+    if not rows:
+        raise InputError(f"{path} has no rows")
+    return path, header, rows
+
 def _written_by_musc(folder: Path) -> bool:
     config = folder / "config.json"
     if config.is_file():

@@ -8,7 +8,6 @@ usable for thousands of images.
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import os
@@ -17,8 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import InputError
-from .io import atomic_write_bytes, atomic_write_text, read_image
+from .io import atomic_write_bytes, atomic_write_text, read_image, read_scores_table
 
 MAP_MAXIMA_COLUMNS = ("map_max", "raw_score", "evidence")
 """scores.csv columns a decision's threshold_on may name that hold map maxima (raw_score in results written before
@@ -139,13 +137,7 @@ def _card(it: dict) -> str:
 def write_report(results: str | Path, progress: bool = True, title: str | None = None) -> Path:
     """Write `report.html` (and `thumbs/`) into an existing `musc score` result folder."""
     out = Path(results)
-    scores_csv = out / "scores.csv"
-    if not scores_csv.is_file():
-        raise InputError(f"no scores.csv in {out}: not a musc result folder (run `musc score ... --out {out}` first)")
-    with open(scores_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise InputError(f"{scores_csv} has no rows")
+    _, _, rows = read_scores_table(out)
     config = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
     decision = json.loads((out / "decision.json").read_text()) if (out / "decision.json").is_file() else None
     items = []

@@ -115,8 +115,14 @@ class Result:
         if self.original_sizes is None:
             return self.maps[index]
         w, h = self.original_sizes[index]
-        m = torch.from_numpy(np.ascontiguousarray(self.maps[index]))[None, None]
-        return F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return resize_map(self.maps[index], (h, w))
 
 
-__all__ = ["Features", "TiledFeatures", "Result"]
+def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 2-D anomaly map resized bilinearly to `size` (height, width), as float32: to an image's original size for the
+    result files, and back to the model's frame for `musc decide`."""
+    m = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
+    return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+__all__ = ["Features", "TiledFeatures", "Result", "resize_map"]
