@@ -105,7 +105,7 @@ def test_pixel_masks_only_on_flagged_images(method):
 # fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
 
 from musc.decision import (MAP_METHODS, UPPER_MAJORITY, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
-                           decide_from_maps, estimate_defect_rate, estimated_f1_cut, fit_null, shorth_location)
+                           decide_from_maps, estimate_defect_rate, estimate_null, estimated_f1_cut, fit_null, shorth_location)
 from musc.metrics import f1_max  # noqa: E402
 
 
@@ -301,6 +301,19 @@ def test_null_fit_and_mode_on_a_contaminated_sample():
     assert abs(shorth_location(x) - 1.0) < 0.05
     null = fit_null(x)
     assert abs(null.loc - 1.0) < 0.05 and abs(null.scale - 0.1) < 0.03 and abs(null.null_fraction - 0.7) < 0.07
+
+
+def test_the_same_images_in_another_order_get_the_same_decision():
+    maps, labels, _ = synthetic_maps(90, 10, seed=3)
+    base = estimate_null(maps.reshape(100, -1).max(axis=1))
+    first, _, _ = decide_from_maps(maps)
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(100)
+        again = estimate_null(maps[order].reshape(100, -1).max(axis=1))
+        assert np.array_equal(again.p_values, base.p_values[order])  # each image keeps its own tail probability
+        assert again.rate == base.rate
+        decided, _, _ = decide_from_maps(maps[order])
+        assert np.array_equal(decided.defective, first.defective[order])
 
 
 def test_benjamini_hochberg_matches_its_definition():

@@ -73,7 +73,7 @@ def test_map_methods_decide_a_larger_batch_and_report_the_rate(tmp_path, method,
     folder = tmp_path / "batch"
     folder.mkdir()
     for i in range(14):
-        Image.fromarray(textured(200 + i)).save(folder / f"n{i:02d}.png")
+        Image.fromarray(textured(220 + i)).save(folder / f"n{i:02d}.png")
     Image.fromarray(planted(textured(300))).save(folder / "odd.png")
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="musc"):

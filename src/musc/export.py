@@ -30,8 +30,8 @@ CONFIG_FILE = "config.json"
 MAP_SIZE = "map_size"
 """config.json's key for the maps' size in the model's frame (height, width): what `musc decide` decides on."""
 INPUT_ORDER = "input_order"
-"""config.json's key for the images' names in the order they were scored: a decision's bootstrap of the null draws
-images by position, so `musc decide` decides them in that order to reproduce the run's tail probabilities."""
+"""config.json's key for the images' names in the order they were scored: `musc decide` reads the rows back in that
+order (the decision itself does not depend on the order: the null's bootstrap resamples the sorted evidence)."""
 DECISION_COLUMNS = ("decision", "tail_probability", "q_value")
 FILE_COLUMNS = ("map", "mask", "heatmap", "overlay")
 
