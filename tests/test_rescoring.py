@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from musc.rescoring import (IMAGE_SCORES, cosine_similarity, finest_max, get_image_score, knn_smoothing, minmax,
-                            robust_z, rscin, scale_max, z_blend)
+                            robust_z, rscin, scale_max, top_mean, z_blend)
 
 
 def test_hand_worked_example():
@@ -138,3 +138,30 @@ def test_the_configs_image_score_names_are_the_registrys():
     from musc import config
 
     assert tuple(config.IMAGE_SCORES) == tuple(IMAGE_SCORES)
+
+
+def test_top_mean_averages_the_strongest_patches_area():
+    import torch
+
+    values = torch.tensor([[5.0, 1.0, 3.0, 2.0, 4.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])
+    np.testing.assert_allclose(top_mean(values, 1.0).numpy(), [4.0, 3.0])  # 3 patches of one value each
+    np.testing.assert_allclose(top_mean(values, 0.5).numpy(), [4.5, 4.5])  # a patch is half a value: 2 values
+    np.testing.assert_allclose(top_mean(values, 10.0).numpy(), values.mean(dim=1).numpy())  # at most every value
+    np.testing.assert_allclose(top_mean(values, 0.01).numpy(), [5.0, 9.0])  # at least one: the maximum
+    grid = torch.rand(2, 4, 10)  # (V, N, P): reduced over the last axis alone
+    assert top_mean(grid, 1.0).shape == (2, 4)
+    assert IMAGE_SCORES["finest-top3"].uses_views and IMAGE_SCORES["finest-max"].reduce is not top_mean
+
+
+def test_finest_top3_ranks_a_defect_of_a_few_patches_above_a_higher_single_patch_of_noise():
+    import torch
+
+    rng = np.random.default_rng(0)
+    maps = torch.from_numpy(rng.normal(0.3, 0.01, size=(6, 16, 16)))
+    maps[0, 4, 4] = 0.9  # one patch of noise, the batch's highest value
+    maps[1, 8:10, 8:10] = 0.7  # a defect of four patches
+    flat = maps.flatten(1)
+    values = IMAGE_SCORES["finest-top3"].reduce(flat, 1.0).numpy()[None]
+    maxima = flat.amax(dim=1).numpy()
+    score = get_image_score("finest-top3").run(maxima, values, 0)
+    assert np.argmax(score) == 1 and np.argmax(maxima) == 0

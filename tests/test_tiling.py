@@ -524,6 +524,32 @@ def test_tile_image_score_scores_tiled_runs_only():
         MuScConfig(**TINY, tile_image_score="mean").validate()
 
 
+def test_finest_top3_is_the_mean_of_the_finest_views_strongest_three_patches_on_tiles_and_whole_images():
+    """On tiles: the r = 1 blended map's largest 3 x (tile side / grid side)^2 pixels averaged; on whole images: the r = 1
+    grid's three largest patch scores. The maps, the maxima kept on the result and the evidence do not change."""
+    images = tall_images(90, 5)
+    top = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-top3", rscin_windows=()))
+    peak = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-max", rscin_windows=()),
+                backbone=top.backbone)
+    r1 = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(1,)), backbone=top.backbone)
+    a, b, c = (model.score(images, progress=False) for model in (top, peak, r1))
+    side, grid = top.backbone.image_size, top.backbone.grid
+    k = round(3 * (side / grid) ** 2)
+    strongest = -np.sort(-c.maps.reshape(5, -1), axis=1)[:, :k]
+    np.testing.assert_allclose(a.raw_scores, strongest.mean(axis=1), atol=1e-5)
+    assert np.all(a.raw_scores < b.raw_scores)  # below the maximum: a mean over a region
+    np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)
+    np.testing.assert_allclose(a.view_maxima, b.view_maxima, atol=1e-6)  # still each view's maxima
+    np.testing.assert_allclose(a.evidence, b.evidence, atol=1e-6)
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = MuSc(MuScConfig(**TINY, r_values=(5, 1), image_score="finest-top3", rscin_windows=()),
+                 backbone=top.backbone)
+    features, _ = whole.extract(square, progress=False)
+    d = whole.score_features(features, progress=False, keep_pairs=True)
+    r1_grid = np.mean([d.pair_maps[(block, 1)] for block in whole.backbone.layers], axis=0).reshape(5, -1)
+    np.testing.assert_allclose(d.raw_scores, -np.sort(-r1_grid, axis=1)[:, :3].mean(axis=1), atol=1e-6)
+
+
 def test_finest_max_on_whole_images_is_the_r1_map_maximum():
     images = [Image.fromarray(textured(i, 56)) for i in range(5)]
     both = MuSc(MuScConfig(**TINY, r_values=(5, 1), image_score="finest-max", rscin_windows=()))

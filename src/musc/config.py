@@ -17,7 +17,7 @@ ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
 TILE_RESCORINGS = (*RESCORINGS, "none")
-IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend")
+IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend", "finest-top3")
 MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
@@ -111,10 +111,12 @@ class MuScConfig:
     """An image's score before re-scoring (musc.rescoring.IMAGE_SCORES): 'max' (MuSc: its map's maximum) or
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch) or
     'finest-max' (the maximum of its finest view's map: LNAMD's r = 1) or 'z-blend' (each view's maxima as robust
-    z-scores over the batch, the finest view's weighted 2/3 with three views)."""
+    z-scores over the batch, the finest view's weighted 2/3 with three views) or 'finest-top3' (the mean of its
+    finest view's map over its strongest three patches' area)."""
     tile_image_score: str | None = None
     """The image score when the images are cut into tiles; None = `image_score`. 'finest-max' (an option) ranks thin
-    defects a fraction of one tile wide better, and wide ones worse (README, How it works)."""
+    defects a fraction of one tile wide better, and wide ones worse; 'finest-top3' (an option) averages that map over
+    its strongest three patches' area and ranked all three tiled sets measured higher (README, How it works)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None

@@ -286,21 +286,26 @@ class MuSc:
             view_grids = subtract_image_baseline(view_grids, self.config.map_baseline)
         maps = self.upsample(get_map_rule(self.config.map_rule)(view_grids, self.views()))
         timings["upsampling"] = time.perf_counter() - t0
-        return self.finish_maps(maps, embeddings, timings, pairs, view_grids.flatten(2).amax(dim=2))
+        flat = view_grids.flatten(2)  # (V, N, h*w): each view's values on the patch grid, one patch apiece
+        return self.finish_maps(maps, embeddings, timings, pairs, flat.amax(dim=2),
+                                get_image_score(self.config.image_score).reduce(flat, 1.0))
 
     def finish_maps(self, maps: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                     pairs: dict[tuple[int, int], torch.Tensor] | None = None,
-                    view_maxima: torch.Tensor | None = None, tiled: bool = False) -> Result:
-        """Anomaly maps (N, H, W) and each view's per-image map maxima (V, N; None = the maps' own) -> raw scores
+                    view_maxima: torch.Tensor | None = None, view_values: torch.Tensor | None = None,
+                    tiled: bool = False) -> Result:
+        """Anomaly maps (N, H, W), each view's per-image map maxima (V, N; None = the maps' own) and the same views
+        reduced as the image score reads them (V, N, `ImageScore.reduce`; None = the maxima) -> raw scores
         (`config.image_score_for(tiled)`) and re-scored scores: a Result (tiles blend their own maps and join here,
         `tiled`)."""
         c = self.config
         map_maxima = maps.flatten(1).amax(dim=1).cpu().numpy().astype(np.float64)
         views = map_maxima[None] if view_maxima is None else view_maxima.cpu().numpy().astype(np.float64)
+        values = views if view_values is None else view_values.cpu().numpy().astype(np.float64)
         finest = 0 if view_maxima is None else finest_view_index(self.views())
         t0 = time.perf_counter()
         emb = embeddings.cpu().numpy()
-        raw_np = get_image_score(c.image_score_for(tiled)).run(map_maxima, views, finest)
+        raw_np = get_image_score(c.image_score_for(tiled)).run(map_maxima, values, finest)
         notes = []
         if c.map_baseline is not None:
             notes.append(f"each image's own {c.map_baseline:g} quantile of its patch scores taken off (map_baseline)")

@@ -14,6 +14,10 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
   the normal spread, 1.4826 x MAD), then the mean of two opinions: the finest view's, and the mean of all views'.
   The finest view weighs most (2/3 with three views) because small defects show there first; the coarser views
   keep wide ones from being missed, and no single view's extreme image sets the scale as min-max scaling lets it.
+- `finest-top3` (this project): the mean of its finest view's map over its strongest TOP_PATCHES patches' area (on
+  tiles: that many patches' worth of pixels of the blended map). An option, mainly for tiled batches: a lone
+  patch of noise moves the maximum but hardly a mean over three patches' area, while a defect as large or larger
+  fills it.
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 
 def minmax(scores: np.ndarray) -> np.ndarray:
@@ -123,15 +128,34 @@ def finest_max(map_maxima: np.ndarray, view_maxima: np.ndarray, finest: int) -> 
     return _check_views(map_maxima, view_maxima, finest)[finest].copy()
 
 
+TOP_PATCHES = 3
+"""`finest-top3` averages each image's finest-view map over this many patches' area, its strongest values."""
+
+
+def peak(values: torch.Tensor, patch_area: float) -> torch.Tensor:
+    """(..., P) map values -> (...,) their maximum: what the maxima-based image scores read of each view's map."""
+    return values.amax(dim=-1)
+
+
+def top_mean(values: torch.Tensor, patch_area: float, patches: int = TOP_PATCHES) -> torch.Tensor:
+    """(..., P) map values -> (...,) the mean of the largest `patches` x `patch_area` of them (at least one), the
+    strongest region of that many patches' area; `patch_area` is one patch's count of values (1 on patch grids,
+    about (tile side / grid side)^2 pixels on upsampled maps)."""
+    k = int(min(values.shape[-1], max(1, round(patches * patch_area))))
+    return values.topk(k, dim=-1).values.mean(dim=-1)
+
+
 @dataclass(frozen=True)
 class ImageScore:
-    """A rule for an image's score before re-scoring: `run(map_maxima (N,), view_maxima (V, N), finest) -> (N,)`,
-    `finest` the row of the finest view (`musc.scoring.finest_view_index`); `uses_views` False: it reads the map
-    maxima only (engines then skip each view's own map)."""
+    """A rule for an image's score before re-scoring: `run(map_maxima (N,), view_values (V, N), finest) -> (N,)`,
+    `finest` the row of the finest view (`musc.scoring.finest_view_index`). `view_values` are each view's map
+    reduced per image by `reduce((..., P) values, patch area) -> (...,)`: the maxima (`peak`) unless the rule says
+    otherwise. `uses_views` False: it reads the map maxima only (engines then skip each view's own map)."""
 
     name: str
     run: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
     uses_views: bool
+    reduce: Callable[[torch.Tensor, float], torch.Tensor] = peak
 
 
 IMAGE_SCORES: dict[str, ImageScore] = {
@@ -140,6 +164,7 @@ IMAGE_SCORES: dict[str, ImageScore] = {
                             True),
     "finest-max": ImageScore("finest-max", finest_max, True),
     "z-blend": ImageScore("z-blend", z_blend, True),
+    "finest-top3": ImageScore("finest-top3", finest_max, True, top_mean),
 }
 
 
@@ -158,5 +183,5 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
 
 
 __all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "finest_max",
-           "z_blend", "robust_z",
-           "ImageScore", "IMAGE_SCORES", "get_image_score"]
+           "z_blend", "robust_z", "peak",
+           "top_mean", "TOP_PATCHES", "ImageScore", "IMAGE_SCORES", "get_image_score"]

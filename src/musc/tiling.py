@@ -320,22 +320,26 @@ class TiledScorer:
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
 
-        def view_max(v: int) -> torch.Tensor:  # one view's blended map at a time: only its maxima are kept
-            view = blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts, canvas)
-            return view.flatten(1).amax(dim=1)
+        rule = get_image_score(image_score)
+        patch_area = (self.model.backbone.image_size / grids.shape[-1]) ** 2  # pixels of one patch on the canvas
+
+        def view_stats(v: int) -> tuple[torch.Tensor, torch.Tensor]:  # one view's blended map at a time: its maxima
+            view = blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts, canvas).flatten(1)
+            return view.amax(dim=1), rule.reduce(view, patch_area)  # and what the image score reads of it
 
         finest = finest_view_index(self.model.views())
-        view_maxima = None
-        if get_image_score(image_score).uses_views:
-            view_maxima = torch.stack([view_max(v) for v in range(grids.shape[1])])
-        evidence = view_maxima[finest] if view_maxima is not None else view_max(finest)
+        view_maxima = view_values = None
+        if rule.uses_views:
+            view_maxima, view_values = (torch.stack(part) for part in zip(*map(view_stats, range(grids.shape[1]))))
+        evidence = view_maxima[finest] if view_maxima is not None else view_stats(finest)[0]
         timings = {**timings, "scoring": time.perf_counter() - scoring_started}
         if salient is not None:
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
             emb = torch.stack([salient[int(best[i])][i] for i in range(maps.shape[0])])
         else:
             emb = embeddings.mean(dim=0)
-        result = self.model.finish_maps(maps, emb, timings, view_maxima=view_maxima, tiled=True)
+        result = self.model.finish_maps(maps, emb, timings, view_maxima=view_maxima, view_values=view_values,
+                                        tiled=True)
         result.evidence = evidence.cpu().numpy().astype(np.float64)
         side = self.model.backbone.image_size
         plan_note = f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"
