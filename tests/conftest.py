@@ -36,11 +36,11 @@ def run_cli(*args):
 
 
 def rows_of(out: Path) -> list[dict[str, str]]:
-    """A result folder's scores.csv rows."""
-    import csv
+    """A result folder's scores.csv rows (rank order)."""
+    from musc.io import read_scores_table
 
-    with open(out / "scores.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return read_scores_table(out)[2]
+
 
 def textured(seed: int, size: int = 112) -> np.ndarray:
     """A grey striped texture with a random phase and mild noise: all alike, none identical."""

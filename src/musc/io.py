@@ -337,6 +337,7 @@ def read_scores_table(folder: str | Path) -> tuple[Path, list[str], list[dict[st
         raise InputError(f"{path} has no rows")
     return path, header, rows
 
+
 def _written_by_musc(folder: Path) -> bool:
     config = folder / "config.json"
     if config.is_file():
