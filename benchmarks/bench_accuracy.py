@@ -20,8 +20,9 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
        +skip0.03 = --interval-skip 0.03; +seed1 = --seed 1 (the random subsets' draw); +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
        (tile_rescoring; none = no re-scoring); +tilemean / +tilefinest = that map rule on tiled runs;
-       +tilefinestmax = the image score finest-max on tiled runs (tile_image_score; the default's is scale-max);
+       +tilefinestmax = the image score finest-max on tiled runs (tile_image_score; the default's is finest-top3);
        +tilefinesttop3 = the image score finest-top3 on tiled runs (the r = 1 map's strongest 3 patches' area);
+       +tilescalemax = the image score scale-max on tiled runs (the default's until finest-top3);
        +baseline0.9 = --map-baseline 0.9 (each image's own 0.9 quantile of its scores taken off);
        --methods '' rewrites both tables from the kept runs)
 """
@@ -83,7 +84,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "tilerscin": {"tile_rescoring": "rscin"}, "tilerscon": {"tile_rescoring": "rscon"},
                 "tilenone": {"tile_rescoring": "none"}, "tilemean": {"tile_map_rule": "mean"},
                 "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"},
-                "tilefinesttop3": {"tile_image_score": "finest-top3"},
+                "tilefinesttop3": {"tile_image_score": "finest-top3"}, "tilescalemax": {"tile_image_score": "scale-max"},
                 "zblend": {"image_score": "z-blend"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
@@ -249,8 +250,9 @@ def main() -> None:
              "the default still re-scored tiles with RsCIN); `+tilefinest` / `+tilemean` = the map rule of tiled batches "
              "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default; `+tilefinestmax` = the "
              "image score of tiled batches (`tile_image_score`) `finest-max`, the r = 1 map's maximum, instead of the "
-             "default's `scale-max` (maps and pixel metrics unchanged); `+tilefinesttop3` = the image score of tiled "
-             "batches `finest-top3`, the mean of the r = 1 map over its strongest three patches' area; `+baselineQ` = `--map-baseline Q` (each "
+             "default's `finest-top3`, the mean of the r = 1 map over its strongest three patches' area (maps and "
+             "pixel metrics unchanged); `+tilescalemax` = the image score of tiled batches `scale-max`, the default's "
+             "until `finest-top3` (every tiled row run before the switch carries it); `+baselineQ` = `--map-baseline Q` (each "
              "image's own Q quantile of each view's patch scores taken off before the map rule, on whole images and "
              "tiles alike). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "

@@ -518,7 +518,7 @@ def test_tile_image_score_scores_tiled_runs_only():
     d, e = whole.score(square, progress=False), plain.score(square, progress=False)  # whole images: image_score
     np.testing.assert_allclose(d.raw_scores, e.raw_scores, atol=1e-6)
     default, paper = MuScConfig.for_method("musc-scales-tiles"), MuScConfig.for_method("musc")
-    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "scale-max")
+    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "finest-top3")
     assert (paper.image_score_for(tiled=False), paper.image_score_for(tiled=True)) == ("max", "max")
     with pytest.raises(ConfigError, match="tile_image_score"):
         MuScConfig(**TINY, tile_image_score="mean").validate()

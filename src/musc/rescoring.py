@@ -15,7 +15,7 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
   The finest view weighs most (2/3 with three views) because small defects show there first; the coarser views
   keep wide ones from being missed, and no single view's extreme image sets the scale as min-max scaling lets it.
 - `finest-top3` (this project): the mean of its finest view's map over its strongest TOP_PATCHES patches' area (on
-  tiles: that many patches' worth of pixels of the blended map). An option, mainly for tiled batches: a lone
+  tiles: that many patches' worth of pixels of the blended map). The default preset's for tiled batches: a lone
   patch of noise moves the maximum but hardly a mean over three patches' area, while a defect as large or larger
   fills it.
 
