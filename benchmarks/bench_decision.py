@@ -104,6 +104,8 @@ def scored(name: str, samples: list, size: int, cache: Path, method: str = "musc
             "labels": np.array([s.label for s in samples], dtype=bool), "masks": masks}
     if result.evidence is not None:  # tiled batches: what the map-based decisions test (Result.evidence)
         data["evidence"] = result.evidence
+    if result.relative_evidence is not None:  # and what caps balanced's count there (Result.relative_evidence)
+        data["relative_evidence"] = result.relative_evidence
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, **data)
     return data
@@ -164,6 +166,8 @@ def main() -> None:
              "`mtd-TYPE` / `mtd-TYPE-b` (the accuracy panel's one-defect-type sets: 80 normal images and 20 "
              "of one type, 12 for fray) were added after the `half-peak` masks were chosen, so they are held out for "
              "them. "
+             "On tiled batches `balanced`'s count is capped by the relative evidence (`Result.relative_evidence`) "
+             "where the cached run holds it (runs from 2026-11-30 on). "
              "Rate: the estimated defect rate with its 90 % interval (map-based methods only). "
              "`true count` rows are references, not methods: the top k images (k = the true number of defective "
              "ones) by the final scores or by the map maxima, what a rule reaches that knows exactly how many images "
@@ -181,7 +185,7 @@ def main() -> None:
         for image_method, pixel_method in methods:
             method = image_method if pixel_method == PIXEL_METHODS[0] else f"{image_method}/{pixel_method}"
             d = decide(data["scores"], data["maps"], image_method, pixel_method=pixel_method,
-                       evidence=data.get("evidence"))
+                       evidence=data.get("evidence"), relative_evidence=data.get("relative_evidence"))
             fi, fp = f1(d.image.defective, labels), f1(d.masks, masks)
             rate = d.rate
             says = "cannot decide" if d.image.undecided else ("warns" if d.image.warnings else "")

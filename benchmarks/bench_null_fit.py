@@ -63,7 +63,8 @@ def main() -> None:
         estimate = estimate_null(evidence)
         null = estimate.null
         z = (evidence[~labels] - null.loc) / null.scale
-        decision = decide(data["scores"], data["maps"], "balanced", evidence=data.get("evidence")).image
+        decision = decide(data["scores"], data["maps"], "balanced", evidence=data.get("evidence"),
+                          relative_evidence=data.get("relative_evidence")).image
         rate = estimate.rate
         lines.append(
             f"| {name} | {int(labels.sum())}/{n} | {100 * rate.estimate:.0f}% [{100 * rate.low:.0f}, "

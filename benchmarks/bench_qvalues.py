@@ -36,7 +36,8 @@ def main() -> None:
     for name, samples in batches().items():
         data = scored(name, samples, args.size, args.cache, args.method)
         labels = data["labels"].astype(bool)
-        image = decide(data["scores"], data["maps"], "balanced", evidence=data.get("evidence")).image
+        image = decide(data["scores"], data["maps"], "balanced", evidence=data.get("evidence"),
+                       relative_evidence=data.get("relative_evidence")).image
         if image.q_values is None or image.undecided:
             rows.append(f"| {name} | {labels.sum()}/{labels.size} | undecided: no q-values |" + " |" * (len(levels) - 1))
             continue

@@ -123,6 +123,7 @@ def test_read_saved_result_gives_maps_in_the_models_frame(scored):
     assert saved.maps.shape == (15, 56, 56)
     assert sorted(set(saved.sizes)) == [(104, 112), (112, 112)]  # each image's own size, for its mask
     assert saved.evidence is None  # whole images: the decisions test the map maxima
+    assert saved.relative_evidence is None and all(r["relative_evidence"] == "" for r in rows_of(scored))
     rows = {r["name"]: r for r in rows_of(scored)}
     names = [r["name"] for r in saved.rows]
     assert names == sorted(names)  # the order they were scored in (one folder: by name), not the ranking
@@ -143,3 +144,23 @@ def test_masks_of_flagged_images_are_never_empty_when_the_maxima_come_from_elsew
         flagged = d.image.defective
         assert flagged.sum() == 2
         assert np.array_equal(d.masks.reshape(20, -1).any(axis=1), flagged)
+
+
+def test_a_tiled_batch_is_decided_again_from_its_evidence_and_relative_evidence(tmp_path):
+    """Tiled runs write both evidences to scores.csv; `musc decide` reads them back and gives the same decision."""
+    folder = tmp_path / "tall"
+    folder.mkdir()
+    for i in range(12):
+        image = np.vstack([textured(400 + 2 * i, 112), textured(401 + 2 * i, 112)])[:, :84]
+        Image.fromarray(planted(image) if i == 5 else image).save(folder / f"t{i:02d}.png")
+    out = tmp_path / "out"
+    res = run("score", folder, "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+    before = rows_of(out)
+    assert all(r["relative_evidence"] and float(r["relative_evidence"]) <= float(r["evidence"]) for r in before)
+    saved = read_saved_result(out)
+    assert saved.evidence is not None and saved.relative_evidence is not None
+    np.testing.assert_allclose(saved.relative_evidence, [float(r["relative_evidence"]) for r in saved.rows])
+    res = run("decide", out, "-q")
+    assert res.exit_code == 0, res.output
+    assert rows_of(out) == before

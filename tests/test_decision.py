@@ -104,7 +104,7 @@ def test_pixel_masks_only_on_flagged_images(method):
 
 # fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
 
-from musc.decision import (MAP_METHODS, UPPER_MAJORITY, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
+from musc.decision import (MAP_METHODS, UPPER_MAJORITY, balanced_count, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
                            decide_from_maps, estimate_defect_rate, estimate_null, estimated_f1_cut, fit_null, shorth_location)
 from musc.metrics import f1_max  # noqa: E402
 
@@ -451,3 +451,41 @@ def test_copies_of_one_image_are_all_normal_and_the_one_unlike_them_is_flagged()
     assert d.masks[3, 2, 2] and d.masks.sum() == 1
     maps[7, 1, 1] = 0.7
     assert np.flatnonzero(decide(np.zeros(20), maps, "fdr").image.defective).tolist() == [3, 7]
+
+
+def test_relative_evidence_caps_how_many_images_balanced_flags():
+    """A tiled batch's relative evidence (each image's strongest region less its own level) caps `balanced`'s count:
+    normal images whose whole map stands high reach the absolute evidence's tail, not the relative one's. Without
+    it, when it confirms at least as many, or when it finds none (a defect that raises a whole image), nothing
+    changes; `fdr` ignores it."""
+    maps, labels, _ = synthetic_maps(180, 20, seed=7)
+    rng = np.random.default_rng(3)
+    level = np.full(200, 0.2) + rng.normal(0, 0.005, 200)
+    bright = np.flatnonzero(~labels)[:25]
+    level[bright] += 0.25  # 25 normal images lit higher all over
+    evidence = maps.reshape(200, -1).max(axis=1) + (level - 0.2)
+    relative = evidence - level
+    scores = relative.copy()  # a ranking that sees the defects (the default's image score on tiles does better)
+    plain = decide(scores, maps, "balanced", evidence=evidence).image
+    capped = decide(scores, maps, "balanced", evidence=evidence, relative_evidence=relative).image
+    assert plain.count >= 40  # the lit images pass the absolute test: about twice the defects are flagged
+    assert capped.count == min(plain.count, balanced_count(relative)) == balanced_count(relative)
+    assert capped.count < plain.count and "relative evidence" in capped.detail
+    assert capped.defective[labels].all() and capped.defective[~labels].sum() <= 4  # the defects, few others
+    same = decide(scores, maps, "balanced", evidence=relative, relative_evidence=relative).image
+    assert np.array_equal(same.defective, decide(scores, maps, "balanced", evidence=relative).image.defective)
+    flat = np.full(200, 0.3) + rng.normal(0, 0.01, 200)  # no image stands out from its own level
+    assert balanced_count(flat) == 0
+    kept = decide(scores, maps, "balanced", evidence=evidence, relative_evidence=flat).image
+    assert np.array_equal(kept.defective, plain.defective)
+    fdr = decide(scores, maps, "fdr", evidence=evidence, relative_evidence=relative).image
+    assert np.array_equal(fdr.defective, decide(scores, maps, "fdr", evidence=evidence).image.defective)
+    with pytest.raises(ConfigError, match=r"relative_evidence must have one value per map \(200\)"):
+        decide_from_maps(maps, evidence=evidence, relative_evidence=relative[:5])
+
+
+def test_balanced_count_is_zero_where_balanced_flags_nothing():
+    rng = np.random.default_rng(4)
+    assert balanced_count(rng.normal(0.3, 0.02, 100)) == 0  # all normal: the test finds nothing (here)
+    assert balanced_count(np.r_[rng.normal(0.3, 0.02, 20), rng.normal(0.9, 0.02, 80)]) == 0  # mostly defective
+    assert balanced_count(np.r_[rng.normal(0.3, 0.02, 95), rng.normal(0.9, 0.02, 5)]) == 5

@@ -558,3 +558,29 @@ def test_finest_max_on_whole_images_is_the_r1_map_maximum():
     np.testing.assert_allclose(a.raw_scores, b.raw_scores, atol=1e-6)  # the r = 1 view's maxima (on its grid)
     np.testing.assert_allclose(b.raw_scores, b.maps.reshape(5, -1).max(axis=1), atol=1e-2)  # its map's, upsampled
     assert not np.allclose(a.raw_scores, a.maps.reshape(5, -1).max(axis=1), atol=1e-3)  # not the mean map's
+
+
+def test_relative_evidence_is_the_evidence_less_the_images_own_level():
+    """`Result.relative_evidence` on tiles: the finest view's blended map maximum less the image's own 0.9 quantile of
+    that view's patch scores over all its tiles, the evidence a `map_baseline` 0.9 run tests; it does not move when
+    an image is lifted as a whole, where the evidence does. Whole images have none."""
+    model = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), rscin_windows=()))
+    scorer = TiledScorer(model)
+    canvas, starts = scorer.plan([(56, 150)] * 4)
+    gen = torch.Generator().manual_seed(6)
+    side = model.backbone.grid
+    grids = torch.rand((len(starts), 2, 4, side, side), generator=gen)  # (P, V, N, h, w)
+    lifted = grids.clone()
+    lifted[:, :, 1] += 0.5
+    emb = torch.rand((len(starts), 4, 8), generator=gen)
+    a, b = (scorer.finish(g, emb, None, (canvas, starts), {}, 0.0) for g in (grids, lifted))
+    finest = grids[:, 1].permute(1, 0, 2, 3).reshape(4, -1)  # r = 1 is the second view here
+    level = finest.kthvalue(int(np.ceil(0.9 * finest.shape[1])), dim=1).values.numpy()
+    np.testing.assert_allclose(a.relative_evidence, a.evidence - level, atol=1e-6)
+    np.testing.assert_allclose(b.relative_evidence, a.relative_evidence, atol=1e-5)
+    np.testing.assert_allclose(b.evidence[1] - a.evidence[1], 0.5, atol=1e-5)
+    based = TiledScorer(MuSc(model.config.replace(map_baseline=0.9), backbone=model.backbone))
+    np.testing.assert_allclose(based.finish(grids, emb, None, (canvas, starts), {}, 0.0).evidence,
+                               a.relative_evidence, atol=1e-5)
+    square = [Image.fromarray(textured(i, 56)) for i in range(4)]
+    assert MuSc(MuScConfig(**TINY), backbone=model.backbone).score(square, progress=False).relative_evidence is None

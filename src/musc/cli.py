@@ -410,8 +410,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
 
     With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored.
 
-    Writes scores.csv (rank, path, score, raw_score, map_max, evidence, name, decision and, from balanced or fdr,
-    tail_probability and q_value; rank 1 = most anomalous),
+    Writes scores.csv (rank, path, score, raw_score, map_max, evidence, relative_evidence (tiled batches), name,
+    decision and, from balanced or fdr, tail_probability and q_value; rank 1 = most anomalous),
     decision.json (thresholds and how they were chosen), maps/NAME.npy (float32 anomaly map at the
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
@@ -471,7 +471,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         else:
             decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
                              threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
-                             evidence=result.evidence)
+                             evidence=result.evidence, relative_evidence=result.relative_evidence)
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
@@ -630,7 +630,7 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
                           "give --threshold to decide")
     decided = decide(saved.scores, saved.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
                      threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
-                     evidence=saved.evidence, map_max=saved.map_max)
+                     evidence=saved.evidence, map_max=saved.map_max, relative_evidence=saved.relative_evidence)
     scores_path = write_decision(saved, decided.image, decided.masks, decided.pixel, progress=progress)
     if make_report or (results / "report.html").is_file():
         from .report import write_report

@@ -19,7 +19,11 @@ excess is the defects found. This balances missed defects against false alarms w
 false alarms, and finds far more of the defects when defective and normal images overlap. Given the batch's
 final image scores, the flagged images are that many at the top of their ranking (which ranks better than
 the map maxima: RsCIN, and the default preset's image score), so the flagged images are the ranking's first
-rows. `fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
+rows. Given a `relative_evidence` as well (tiled batches: `Result.relative_evidence`, each image's strongest
+region less its own level), `balanced` flags no more images than the same count on it finds, when it finds any:
+an image whose whole map stands high (lighting, the surface of that part) raises its absolute evidence, not its
+relative one. When it finds none, the count stands: a defect that raises a whole image has no relative evidence.
+`fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
 
 Masks (`pixel_method`, for every image method): `half-peak` (default) marks, in each flagged image, the pixels
 at least half-way from the batch's median map maximum (a typical normal image's strongest region) up to the
@@ -423,10 +427,32 @@ def estimated_f1_cut(p_values: np.ndarray, null_fraction: float = 1.0, margin_sd
     return flagged, defects, float(f1[k - 1])
 
 
+def upper_majority(evidence: np.ndarray) -> float | None:
+    """The share of a two-Gaussian fit's upper group when it is a clear majority (`UPPER_MAJORITY`) and well
+    separated from the lower one, else None: with an estimated rate of one half or more, what makes the map-based
+    methods say they cannot decide."""
+    w, mu, sd = fit_gmm(evidence)
+    return float(w[1]) if w[1] > UPPER_MAJORITY and abs(mu[1] - mu[0]) > 2 * min(sd) else None
+
+
+def balanced_count(evidence: np.ndarray, fdr: float = DEFAULT_FDR) -> int:
+    """How many images `balanced` flags on `evidence` (N,) alone: 0 when the batch looks mostly defective or the
+    test at `fdr` finds nothing, else the estimated-F1 count (`estimated_f1_cut`) or more when more pass the test."""
+    x = np.asarray(evidence, dtype=np.float64)
+    estimate = estimate_null(x)
+    if estimate.rate.estimate >= 0.5 or upper_majority(x) is not None:
+        return 0
+    flagged = benjamini_hochberg(estimate.p_values, fdr)
+    if not flagged.any():
+        return 0
+    return int((flagged | estimated_f1_cut(estimate.p_values)[0]).sum())
+
+
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
                      min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0],
                      scores: Sequence[float] | None = None, evidence: Sequence[float] | None = None,
-                     map_max: Sequence[float] | None = None) -> tuple[Decision, np.ndarray, dict]:
+                     map_max: Sequence[float] | None = None, relative_evidence: Sequence[float] | None = None
+                     ) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
@@ -440,9 +466,11 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     map values: an image is flagged when its map maximum reaches it. `evidence` (N,) replaces the map maxima as what
     is tested (`Result.evidence`: a tiled batch's finest view; the threshold is then `on` 'evidence'); the masks
     are drawn on the maps either way. `map_max` (N,) gives the maps' maxima when they are known better than `maps`
-    holds them (`musc decide` reads them from scores.csv). Returns the image decision, the masks
-    (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images exactly are those with a non-empty mask) and
-    a description of the pixel rule.
+    holds them (`musc decide` reads them from scores.csv). `relative_evidence` (N,; `Result.relative_evidence`)
+    caps `balanced`'s count at what the same count on it finds (`balanced_count`) when that is not 0; `fdr` ignores
+    it. Returns the
+    image decision, the masks (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images exactly are those
+    with a non-empty mask) and a description of the pixel rule.
     """
     check_fdr(fdr)
     check_pixel_method(pixel_method)
@@ -460,6 +488,9 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     evidence = map_max if evidence is None else np.asarray(evidence, dtype=np.float64)
     if evidence.shape != (n,):
         raise ConfigError(f"evidence must have one value per map ({n}), got shape {evidence.shape}")
+    relative = None if relative_evidence is None else np.asarray(relative_evidence, dtype=np.float64)
+    if relative is not None and relative.shape != (n,):
+        raise ConfigError(f"relative_evidence must have one value per map ({n}), got shape {relative.shape}")
 
     def undecided(detail: str, warning: str, **known: Any) -> tuple[Decision, np.ndarray, dict]:
         decision = Decision(np.zeros(n, dtype=bool), float("inf"), method, detail, [warning], undecided=True,
@@ -472,11 +503,10 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
                          "image is decided; score a larger batch, or set --threshold or --expected-defect-rate")
     estimate = estimate_null(evidence)
     null, rate, p = estimate.null, estimate.rate, estimate.p_values
-    w, mu, sd = fit_gmm(evidence)
-    upper_majority = w[1] > UPPER_MAJORITY and abs(mu[1] - mu[0]) > 2 * min(sd)
-    if rate.estimate >= 0.5 or upper_majority:
-        if upper_majority:
-            rate = RateEstimate(float(w[1]), rate.low, max(rate.high, float(w[1])), rate.level)
+    upper = upper_majority(evidence)
+    if rate.estimate >= 0.5 or upper is not None:
+        if upper is not None:
+            rate = RateEstimate(upper, rate.low, max(rate.high, upper), rate.level)
         return undecided("cannot decide: the normal peak is not the majority",
                          f"the batch does not look mostly normal (estimated defect rate {rate}): scores relative to "
                          "the batch cannot tell normal from defective here, so no image is decided; set "
@@ -491,6 +521,14 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
         flagged |= best
         about = f"about {defects:.0f} defective image{'' if round(defects) == 1 else 's'}"
         detail = f"highest estimated F1 ({f1:.2f}, {about}) once a test at FDR {fdr:g} finds defects; {peak}"
+        if relative is not None:
+            confirmed = balanced_count(relative, fdr)
+            if 0 < confirmed < int(flagged.sum()):  # none: defects that raise a whole image, left to the evidence
+                keep = np.zeros(n, dtype=bool)
+                keep[np.argsort(p, kind="stable")[:confirmed]] = True
+                detail += (f"; {confirmed} of the {int(flagged.sum())} found stand out from their own image's level as "
+                           "well (relative evidence), so no more are flagged")
+                flagged = keep
     else:
         detail = (f"no image passes a test at FDR {fdr:g}: the lowest tail probability is {p.min():.2g}, and among {n} "
                   f"images one image alone is flagged only below {fdr / n:.2g}; {peak}")
@@ -540,12 +578,14 @@ class Decisions:
 def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
            k: float = 3.0, rate: float | None = None, threshold: float | None = None,
            pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None,
-           evidence: Sequence[float] | None = None, map_max: Sequence[float] | None = None) -> Decisions:
+           evidence: Sequence[float] | None = None, map_max: Sequence[float] | None = None,
+           relative_evidence: Sequence[float] | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
     `balanced` and `fdr` test the map maxima (or `evidence`, `Result.evidence`: a tiled batch's finest view's map
     maxima) against their null; `fdr` flags the images that pass, `balanced` takes
-    how many to flag from that test and flags that many at the top of the scores. The other methods threshold the
+    how many to flag from that test (no more than the same count on `relative_evidence` finds, when given and not
+    0) and flags that many at the top of the scores. The other methods threshold the
     scores. Masks are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides
     it with a fixed map value. `map_max` (N,): the maps' maxima when known better than `maps` holds them
     (`decide_from_maps`).
@@ -553,7 +593,8 @@ def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", 
     maps = np.asarray(maps)
     if method in MAP_METHODS:
         image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method, scores=scores,
-                                               evidence=evidence, map_max=map_max)
+                                               evidence=evidence, map_max=map_max,
+                                               relative_evidence=relative_evidence)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
         raw = maps.reshape(maps.shape[0], -1).max(axis=1) if map_max is None else np.asarray(map_max)
@@ -666,4 +707,4 @@ __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "deci
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",
-           "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR"]
+           "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR", "balanced_count", "upper_majority"]

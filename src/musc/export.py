@@ -118,13 +118,15 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
         columns.update(decision_columns(decision))
         write_decision_json(out, decision, pixel_info)
     evidence = result.decision_evidence(map_max)  # what balanced and fdr test: map_max, or on tiles the finest view's
+    relative = ([""] * n if result.relative_evidence is None  # whole images: none
+                else [f"{v:.6f}" for v in result.relative_evidence])
     rows = [(rank + 1, str(paths[i]), f"{result.scores[i]:.6f}", f"{result.raw_scores[i]:.6f}", f"{map_max[i]:.6f}",
-             f"{evidence[i]:.6f}", names[i], *(values[i] for values in columns.values()),
+             f"{evidence[i]:.6f}", relative[i], names[i], *(values[i] for values in columns.values()),
              *(f[i] for f in files.values()))
             for rank, i in enumerate(order)]
     scores_path = out / SCORES_FILE
-    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "map_max", "evidence", "name", *columns,
-                                   *files), rows)
+    atomic_write_csv(scores_path, ("rank", "path", "score", "raw_score", "map_max", "evidence", "relative_evidence",
+                                   "name", *columns, *files), rows)
     return scores_path
 
 
@@ -132,8 +134,9 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
 class SavedResult:
     """What `musc decide` reads back from a result folder: scores.csv's rows (in the order the images were scored)
     and header, the final
-    scores (N,), the decisions' evidence (N,; None when it is the map maxima, as on whole images), the map maxima
-    (N,), the maps in the model's frame (N, H, W) and each image's original size (width, height)."""
+    scores (N,), the decisions' evidence (N,; None when it is the map maxima, as on whole images) and relative
+    evidence (N,; None on whole images, and in folders written before it existed), the map maxima (N,), the maps
+    in the model's frame (N, H, W) and each image's original size (width, height)."""
 
     folder: Path
     header: list[str]
@@ -143,6 +146,7 @@ class SavedResult:
     map_max: np.ndarray
     maps: np.ndarray
     sizes: list[tuple[int, int]]
+    relative_evidence: np.ndarray | None = None
 
 
 def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult:
@@ -181,10 +185,13 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
         scores = np.array([float(r["score"]) for r in rows])
         evidence = np.array([float(r["evidence"]) for r in rows])
         map_max = np.array([float(r["map_max"]) for r in rows])
+        relative = (np.array([float(r["relative_evidence"]) for r in rows])
+                    if all(r.get("relative_evidence") for r in rows) else None)  # tiled runs of this version
     except ValueError as e:
         raise InputError(f"{scores_csv}: a score or evidence value is not a number ({e})") from None
     whole = all(r["evidence"] == r["map_max"] for r in rows)  # whole images: the decisions test the map maxima
-    return SavedResult(folder, header, rows, scores, None if whole else evidence, map_max, maps, sizes)
+    return SavedResult(folder, header, rows, scores, None if whole else evidence, map_max, maps, sizes,
+                       None if whole else relative)
 
 
 def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pixel_info: dict[str, Any] | None,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score
-from .scoring import finest_view_index, get_map_rule, mutual_scores, subtract_image_baseline
+from .scoring import finest_view_index, get_map_rule, image_levels, mutual_scores, subtract_image_baseline
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ def tile_subset_count(positions: int, images: int) -> int:
     one per position, each of at least MIN_TILE_SUBSET images; 1 = no split."""
     return max(1, min(positions, images // MIN_TILE_SUBSET))
 
+
+RELATIVE_LEVEL = 0.9
+"""A tiled image's relative evidence (`Result.relative_evidence`) is its evidence less this quantile of its own
+finest-view patch scores over all its tiles (the level `--map-baseline 0.9` takes off)."""
 
 AUTO_MIN_ASPECT = 2.0
 """tile_scale 'auto' cuts tiles only when the batch's median long side is at least this many times its short side
@@ -307,7 +311,8 @@ class TiledScorer:
         all positions at once), each view's blended map maxima, then the image scores (`MuSc.finish_maps`). The
         decisions' evidence (`Result.evidence`) is the finest view's blended map maxima: on tiles a thin defect stands
         out most at r = 1, and counting defects from it flagged images closer to the labelled oracle on every tiled
-        batch measured (README, Decisions without labels), while the maps keep the map rule.
+        batch measured (README, Decisions without labels), while the maps keep the map rule. Its relative evidence
+        (`Result.relative_evidence`) is that less the image's own level (`RELATIVE_LEVEL`).
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
@@ -332,6 +337,7 @@ class TiledScorer:
         if rule.uses_views:
             view_maxima, view_values = (torch.stack(part) for part in zip(*map(view_stats, range(grids.shape[1]))))
         evidence = view_maxima[finest] if view_maxima is not None else view_stats(finest)[0]
+        relative = evidence - image_levels(grids, RELATIVE_LEVEL)[finest]
         timings = {**timings, "scoring": time.perf_counter() - scoring_started}
         if salient is not None:
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
@@ -341,6 +347,7 @@ class TiledScorer:
         result = self.model.finish_maps(maps, emb, timings, view_maxima=view_maxima, view_values=view_values,
                                         tiled=True)
         result.evidence = evidence.cpu().numpy().astype(np.float64)
+        result.relative_evidence = relative.cpu().numpy().astype(np.float64)
         side = self.model.backbone.image_size
         plan_note = f"{len(starts)} tiles of {side} px per image on a {canvas[0]} x {canvas[1]} canvas"
         if self.config.rescoring_for(tiled=True) == "none" and self.config.rscin_windows:
@@ -354,4 +361,4 @@ class TiledScorer:
 
 
 __all__ = ["elongated_note", "tile_subset_count", "MIN_TILE_SUBSET", "TiledScorer", "TILE_MATCHING", "image_sizes",
-           "AUTO_MIN_ASPECT", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend", "blend_window"]
+           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend", "blend_window"]

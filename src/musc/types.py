@@ -77,6 +77,12 @@ class Result:
     """(N,) what the map-based decisions (`balanced`, `fdr`) test per image; None = each map's maximum. A tiled
     batch sets the maximum of its finest view's blended map (LNAMD's smallest r), which counts thin defects better
     than the mean map's maximum (musc.tiling)."""
+    relative_evidence: np.ndarray | None = None
+    """(N,) on tiled batches, `evidence` less the image's own level (`musc.tiling.RELATIVE_LEVEL` quantile of its
+    finest view's patch scores over all its tiles): how far its strongest region stands above the rest of it. A
+    normal image whose whole map stands high (lighting, the surface of that part) has high evidence but not high
+    relative evidence; `balanced` flags no more images than the same count on it finds, when it finds any
+    (musc.decision). None on whole images."""
     view_maxima: np.ndarray | None = None
     """(V, N) each stage-1 view's per-image map maximum, one row per label of `MuSc.views()` (LNAMD: each r, in the
     order given; SNAMD: one row): what the per-view image scores read (`scale-max`, `finest-max`). None when the run
