@@ -468,9 +468,8 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     are drawn on the maps either way. `map_max` (N,) gives the maps' maxima when they are known better than `maps`
     holds them (`musc decide` reads them from scores.csv). `relative_evidence` (N,; `Result.relative_evidence`)
     caps `balanced`'s count at what the same count on it finds (`balanced_count`) when that is not 0; `fdr` ignores
-    it. Returns the
-    image decision, the masks (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images exactly are those
-    with a non-empty mask) and a description of the pixel rule.
+    it. Returns the image decision, the masks (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images
+    exactly are those with a non-empty mask) and a description of the pixel rule.
     """
     check_fdr(fdr)
     check_pixel_method(pixel_method)
@@ -583,11 +582,10 @@ def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", 
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
     `balanced` and `fdr` test the map maxima (or `evidence`, `Result.evidence`: a tiled batch's finest view's map
-    maxima) against their null; `fdr` flags the images that pass, `balanced` takes
-    how many to flag from that test (no more than the same count on `relative_evidence` finds, when given and not
-    0) and flags that many at the top of the scores. The other methods threshold the
-    scores. Masks are drawn in the flagged images with `pixel_method` (`pixel_masks`); `pixel_threshold` overrides
-    it with a fixed map value. `map_max` (N,): the maps' maxima when known better than `maps` holds them
+    maxima) against their null; `fdr` flags the images that pass, `balanced` takes how many to flag from that test
+    (no more than the same count on `relative_evidence` finds, when given and not 0) and flags that many at the top
+    of the scores. The other methods threshold the scores. Masks are drawn in the flagged images with
+    `pixel_method` (`pixel_masks`); `pixel_threshold` overrides it with a fixed map value. `map_max` (N,): the maps' maxima when known better than `maps` holds them
     (`decide_from_maps`).
     """
     maps = np.asarray(maps)
