@@ -84,7 +84,8 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "tilerscin": {"tile_rescoring": "rscin"}, "tilerscon": {"tile_rescoring": "rscon"},
                 "tilenone": {"tile_rescoring": "none"}, "tilemean": {"tile_map_rule": "mean"},
                 "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"},
-                "tilefinesttop3": {"tile_image_score": "finest-top3"}, "tilescalemax": {"tile_image_score": "scale-max"},
+                "tilefinesttop3": {"tile_image_score": "finest-top3"},
+                "tilescalemax": {"tile_image_score": "scale-max"},
                 "zblend": {"image_score": "z-blend"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
@@ -252,7 +253,8 @@ def main() -> None:
              "image score of tiled batches (`tile_image_score`) `finest-max`, the r = 1 map's maximum, instead of the "
              "default's `finest-top3`, the mean of the r = 1 map over its strongest three patches' area (maps and "
              "pixel metrics unchanged); `+tilescalemax` = the image score of tiled batches `scale-max`, the default's "
-             "until `finest-top3` (every tiled row run before the switch carries it); `+baselineQ` = `--map-baseline Q` (each "
+             "until `finest-top3` (every tiled row run before the switch carries it); "
+             "`+baselineQ` = `--map-baseline Q` (each "
              "image's own Q quantile of each view's patch scores taken off before the map rule, on whole images and "
              "tiles alike). mtd-TYPE: 80 normal "
              "MTD images and 20 of one defect type (12 for fray), none in mtd-200. mtd-TYPE-b: held out, a second "

@@ -104,8 +104,9 @@ def test_pixel_masks_only_on_flagged_images(method):
 
 # fdr: synthetic maps with a known null (normal images' peaks ~ Normal(0.30, 0.02)) and planted regions
 
-from musc.decision import (MAP_METHODS, UPPER_MAJORITY, balanced_count, benjamini_hochberg, decide, decide_fdr,  # noqa: E402
-                           decide_from_maps, estimate_defect_rate, estimate_null, estimated_f1_cut, fit_null, shorth_location)
+from musc.decision import (MAP_METHODS, UPPER_MAJORITY, balanced_count, benjamini_hochberg, decide,  # noqa: E402
+                           decide_fdr, decide_from_maps, estimate_defect_rate, estimate_null, estimated_f1_cut,
+                           fit_null, shorth_location)
 from musc.metrics import f1_max  # noqa: E402
 
 

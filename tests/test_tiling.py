@@ -1,5 +1,7 @@
 """Native-resolution tiles: positions, seamless blending, and the pipeline on tiles."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -449,24 +451,37 @@ def test_tile_map_rule_draws_the_maps_of_tiled_runs_only():
         MuScConfig(**TINY, tile_map_rule="max").validate()
 
 
+def lifted_batch(model: MuSc, views: int, image: int, amount: float, seed: int) -> SimpleNamespace:
+    """Random per-view tile scores (P, V, N, h, w) of 4 images of 150 x 56 px, and the same with one image lifted by
+    `amount` in every tile and view, both finished by `model`'s TiledScorer: `.a`, `.b`. `.finish(scorer, grids)`
+    finishes other grids with the same embeddings and plan (`.canvas`)."""
+    scorer = TiledScorer(model)
+    canvas, starts = scorer.plan([(56, 150)] * 4)
+    gen = torch.Generator().manual_seed(seed)
+    side = model.backbone.grid
+    grids = torch.rand((len(starts), views, 4, side, side), generator=gen)
+    lifted = grids.clone()
+    lifted[:, :, image] += amount
+    emb = torch.rand((len(starts), 4, 8), generator=gen)
+
+    def finish(with_scorer: TiledScorer, g: torch.Tensor):
+        return with_scorer.finish(g, emb, None, (canvas, starts), {}, 0.0)
+
+    return SimpleNamespace(grids=grids, lifted=lifted, canvas=canvas, finish=finish, a=finish(scorer, grids),
+                           b=finish(scorer, lifted))
+
+
 def test_map_baseline_on_tiles_ignores_an_images_level_over_all_its_tiles():
     """A normal image brighter as a whole (every tile and view of it scored higher by one amount) gets the same map
     and scores with `map_baseline` as before; without it, its map rises by that amount."""
     model = MuSc(MuScConfig(**TINY, tile_scale=1.0, image_score="scale-max", map_baseline=0.5))
-    scorer = TiledScorer(model)
-    canvas, starts = scorer.plan([(56, 150)] * 4)
-    gen = torch.Generator().manual_seed(4)
-    side = model.backbone.grid
-    grids = torch.rand((len(starts), 3, 4, side, side), generator=gen)  # (P, V, N, h, w)
-    lifted = grids.clone()
-    lifted[:, :, 2] += 0.8
-    emb = torch.rand((len(starts), 4, 8), generator=gen)
-    a, b = (scorer.finish(g, emb, None, (canvas, starts), {}, 0.0) for g in (grids, lifted))
+    batch = lifted_batch(model, views=3, image=2, amount=0.8, seed=4)
+    a, b, canvas = batch.a, batch.b, batch.canvas
     np.testing.assert_allclose(a.maps, b.maps, atol=1e-5)
     np.testing.assert_allclose(a.raw_scores, b.raw_scores, atol=1e-6)
     np.testing.assert_allclose(a.evidence, b.evidence, atol=1e-5)
     plain = TiledScorer(MuSc(model.config.replace(map_baseline=None), backbone=model.backbone))
-    c, d = (plain.finish(g, emb, None, (canvas, starts), {}, 0.0) for g in (grids, lifted))
+    c, d = (batch.finish(plain, g) for g in (batch.grids, batch.lifted))
     np.testing.assert_allclose(d.maps[2] - c.maps[2], 0.8, atol=1e-5)
     assert a.maps.shape == (4, canvas[1], canvas[0])
     run = model.score(tall_images(90, 5), progress=False)  # end to end: the run keeps the option
@@ -525,8 +540,8 @@ def test_tile_image_score_scores_tiled_runs_only():
 
 
 def test_finest_top3_is_the_mean_of_the_finest_views_strongest_three_patches_on_tiles_and_whole_images():
-    """On tiles: the r = 1 blended map's largest 3 x (tile side / grid side)^2 pixels averaged; on whole images: the r = 1
-    grid's three largest patch scores. The maps, the maxima kept on the result and the evidence do not change."""
+    """On tiles: the r = 1 blended map's largest 3 x (tile side / grid side)^2 pixels averaged; on whole images: the
+    r = 1 grid's three largest patch scores. The maps, the maxima kept on the result and the evidence do not change."""
     images = tall_images(90, 5)
     top = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-top3", rscin_windows=()))
     peak = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-max", rscin_windows=()),
@@ -565,22 +580,14 @@ def test_relative_evidence_is_the_evidence_less_the_images_own_level():
     that view's patch scores over all its tiles, the evidence a `map_baseline` 0.9 run tests; it does not move when
     an image is lifted as a whole, where the evidence does. Whole images have none."""
     model = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), rscin_windows=()))
-    scorer = TiledScorer(model)
-    canvas, starts = scorer.plan([(56, 150)] * 4)
-    gen = torch.Generator().manual_seed(6)
-    side = model.backbone.grid
-    grids = torch.rand((len(starts), 2, 4, side, side), generator=gen)  # (P, V, N, h, w)
-    lifted = grids.clone()
-    lifted[:, :, 1] += 0.5
-    emb = torch.rand((len(starts), 4, 8), generator=gen)
-    a, b = (scorer.finish(g, emb, None, (canvas, starts), {}, 0.0) for g in (grids, lifted))
-    finest = grids[:, 1].permute(1, 0, 2, 3).reshape(4, -1)  # r = 1 is the second view here
+    batch = lifted_batch(model, views=2, image=1, amount=0.5, seed=6)
+    a, b = batch.a, batch.b
+    finest = batch.grids[:, 1].permute(1, 0, 2, 3).reshape(4, -1)  # r = 1 is the second view here
     level = finest.kthvalue(int(np.ceil(0.9 * finest.shape[1])), dim=1).values.numpy()
     np.testing.assert_allclose(a.relative_evidence, a.evidence - level, atol=1e-6)
     np.testing.assert_allclose(b.relative_evidence, a.relative_evidence, atol=1e-5)
     np.testing.assert_allclose(b.evidence[1] - a.evidence[1], 0.5, atol=1e-5)
     based = TiledScorer(MuSc(model.config.replace(map_baseline=0.9), backbone=model.backbone))
-    np.testing.assert_allclose(based.finish(grids, emb, None, (canvas, starts), {}, 0.0).evidence,
-                               a.relative_evidence, atol=1e-5)
+    np.testing.assert_allclose(batch.finish(based, batch.grids).evidence, a.relative_evidence, atol=1e-5)
     square = [Image.fromarray(textured(i, 56)) for i in range(4)]
     assert MuSc(MuScConfig(**TINY), backbone=model.backbone).score(square, progress=False).relative_evidence is None

@@ -585,8 +585,8 @@ def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", 
     maxima) against their null; `fdr` flags the images that pass, `balanced` takes how many to flag from that test
     (no more than the same count on `relative_evidence` finds, when given and not 0) and flags that many at the top
     of the scores. The other methods threshold the scores. Masks are drawn in the flagged images with
-    `pixel_method` (`pixel_masks`); `pixel_threshold` overrides it with a fixed map value. `map_max` (N,): the maps' maxima when known better than `maps` holds them
-    (`decide_from_maps`).
+    `pixel_method` (`pixel_masks`); `pixel_threshold` overrides it with a fixed map value. `map_max` (N,): the
+    maps' maxima when known better than `maps` holds them (`decide_from_maps`).
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:

@@ -337,7 +337,7 @@ class TiledScorer:
         if rule.uses_views:
             view_maxima, view_values = (torch.stack(part) for part in zip(*map(view_stats, range(grids.shape[1]))))
         evidence = view_maxima[finest] if view_maxima is not None else view_stats(finest)[0]
-        relative = evidence - image_levels(grids, RELATIVE_LEVEL)[finest]
+        relative = evidence - image_levels(grids[:, finest:finest + 1], RELATIVE_LEVEL)[0]  # the finest view only
         timings = {**timings, "scoring": time.perf_counter() - scoring_started}
         if salient is not None:
             best = stacked.flatten(2).amax(dim=2).argmax(dim=0)  # each image's highest-scoring tile
@@ -361,4 +361,5 @@ class TiledScorer:
 
 
 __all__ = ["elongated_note", "tile_subset_count", "MIN_TILE_SUBSET", "TiledScorer", "TILE_MATCHING", "image_sizes",
-           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend", "blend_window"]
+           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
+           "blend_window"]
