@@ -20,8 +20,9 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        +zmax = --map-rule z-max; +subsets3 = --subsets 3; +interval0.5 = --interval 0.5;
        +skip0.03 = --interval-skip 0.03; +seed1 = --seed 1 (the random subsets' draw); +tilerscon / +tilerscin / +tilenone = that stage 3 on tiled runs
        (tile_rescoring; none = no re-scoring); +tilemean / +tilefinest = that map rule on tiled runs;
-       +tilefinestmax = the image score finest-max on tiled runs (tile_image_score; the default's is finest-top3);
-       +tilefinesttop3 = the image score finest-top3 on tiled runs (the r = 1 map's strongest 3 patches' area);
+       +tilefinestmax = the image score finest-max on tiled runs (tile_image_score; the default's is
+       finest-top3-level); +tilefinesttop3 = the image score finest-top3 on tiled runs (the r = 1 map's strongest 3
+       patches' area; the default's until finest-top3-level took half the image's level off it);
        +tilescalemax = the image score scale-max on tiled runs (the default's until finest-top3);
        +baseline0.9 = --map-baseline 0.9 (each image's own 0.9 quantile of its scores taken off);
        --methods '' rewrites both tables from the kept runs)
@@ -251,9 +252,11 @@ def main() -> None:
              "the default still re-scored tiles with RsCIN); `+tilefinest` / `+tilemean` = the map rule of tiled batches "
              "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default; `+tilefinestmax` = the "
              "image score of tiled batches (`tile_image_score`) `finest-max`, the r = 1 map's maximum, instead of the "
-             "default's `finest-top3`, the mean of the r = 1 map over its strongest three patches' area (maps and "
-             "pixel metrics unchanged); `+tilescalemax` = the image score of tiled batches `scale-max`, the default's "
-             "until `finest-top3` (every tiled row run before the switch carries it); "
+             "default's `finest-top3-level`, the mean of the r = 1 map over its strongest three patches' area less "
+             "half the image's level, that map's 0.9 quantile (maps and pixel metrics unchanged); `+tilefinesttop3` = "
+             "that mean alone, `finest-top3`, the default's until `finest-top3-level` (its tiled rows run before the "
+             "switch carry it); `+tilescalemax` = the image score of tiled batches `scale-max`, the default's "
+             "until `finest-top3` (every tiled row run before that switch carries it); "
              "`+baselineQ` = `--map-baseline Q` (each "
              "image's own Q quantile of each view's patch scores taken off before the map rule, on whole images and "
              "tiles alike). mtd-TYPE: 80 normal "

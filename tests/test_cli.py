@@ -33,7 +33,7 @@ def test_score_writes_every_output(image_folder, tmp_path):
     default = cfg["config"]  # the default preset
     assert (default["aggregation"], default["map_rule"], default["image_score"]) == ("lnamd", "mean", "scale-max")
     assert (default["tile_scale"], default["tile_overlap"], default["tile_subsets"]) == ("auto", 0.1, True)
-    assert (default["tile_rescoring"], default["tile_image_score"]) == ("none", "finest-top3")
+    assert (default["tile_rescoring"], default["tile_image_score"]) == ("none", "finest-top3-level")
     assert not list(out.rglob("*.tmp"))
 
 

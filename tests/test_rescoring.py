@@ -153,6 +153,37 @@ def test_top_mean_averages_the_strongest_patches_area():
     assert IMAGE_SCORES["finest-top3"].uses_views and IMAGE_SCORES["finest-max"].reduce is not top_mean
 
 
+def test_top3_level_takes_half_the_images_level_off_its_strongest_region():
+    import torch
+
+    from musc.rescoring import LEVEL_SHARE, top_mean_less_level
+
+    values = torch.arange(1.0, 11.0).repeat(2, 1)  # 1..10: 0.9 quantile (the 9th of 10, lower) 9, top-3 mean 9
+    values[1] += 4.0  # the same image standing 4 higher everywhere
+    np.testing.assert_allclose(top_mean_less_level(values, 1.0).numpy(), [9 - LEVEL_SHARE * 9, 13 - LEVEL_SHARE * 13])
+    flat = torch.rand(4, 3000)
+    expected = top_mean(flat, 2.0) - LEVEL_SHARE * torch.quantile(flat, 0.9, dim=-1, interpolation="lower")
+    np.testing.assert_allclose(IMAGE_SCORES["finest-top3-level"].reduce(flat, 2.0).numpy(), expected.numpy(),
+                               atol=1e-6)
+    assert IMAGE_SCORES["finest-top3-level"].uses_views
+
+
+def test_top3_level_ranks_a_small_defect_above_a_whole_image_standing_higher():
+    """A normal image whose whole map stands high (lighting) outranks a small defect on `finest-top3`, not on
+    `finest-top3-level`: half its level is taken off, and the defect's image keeps the normal level."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    maps = torch.from_numpy(rng.normal(0.3, 0.01, size=(6, 32, 32)))
+    maps[0] += 0.5  # lit: every patch 0.5 higher, the batch's strongest region
+    maps[1, 8:10, 8:10] = 0.75  # a defect of four patches
+    flat = maps.flatten(1)
+    maxima = flat.amax(dim=1).numpy()
+    top3, level = (get_image_score(name).run(maxima, IMAGE_SCORES[name].reduce(flat, 1.0).numpy()[None], 0)
+                   for name in ("finest-top3", "finest-top3-level"))
+    assert np.argmax(top3) == 0 and np.argmax(level) == 1
+
+
 def test_finest_top3_ranks_a_defect_of_a_few_patches_above_a_higher_single_patch_of_noise():
     import torch
 

@@ -533,15 +533,16 @@ def test_tile_image_score_scores_tiled_runs_only():
     d, e = whole.score(square, progress=False), plain.score(square, progress=False)  # whole images: image_score
     np.testing.assert_allclose(d.raw_scores, e.raw_scores, atol=1e-6)
     default, paper = MuScConfig.for_method("musc-scales-tiles"), MuScConfig.for_method("musc")
-    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "finest-top3")
+    assert (default.image_score_for(tiled=False), default.image_score_for(tiled=True)) == ("scale-max", "finest-top3-level")
     assert (paper.image_score_for(tiled=False), paper.image_score_for(tiled=True)) == ("max", "max")
     with pytest.raises(ConfigError, match="tile_image_score"):
         MuScConfig(**TINY, tile_image_score="mean").validate()
 
 
 def test_finest_top3_is_the_mean_of_the_finest_views_strongest_three_patches_on_tiles_and_whole_images():
-    """On tiles: the r = 1 blended map's largest 3 x (tile side / grid side)^2 pixels averaged; on whole images: the
-    r = 1 grid's three largest patch scores. The maps, the maxima kept on the result and the evidence do not change."""
+    """On tiles: the r = 1 blended map's largest 3 x (tile side / grid side)^2 pixels averaged (`finest-top3-level`:
+    less half that map's 0.9 quantile); on whole images: the r = 1 grid's three largest patch scores. The maps, the
+    maxima kept on the result and the evidence do not change."""
     images = tall_images(90, 5)
     top = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-top3", rscin_windows=()))
     peak = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-max", rscin_windows=()),
@@ -553,6 +554,11 @@ def test_finest_top3_is_the_mean_of_the_finest_views_strongest_three_patches_on_
     strongest = -np.sort(-c.maps.reshape(5, -1), axis=1)[:, :k]
     np.testing.assert_allclose(a.raw_scores, strongest.mean(axis=1), atol=1e-5)
     assert np.all(a.raw_scores < b.raw_scores)  # below the maximum: a mean over a region
+    level = MuSc(MuScConfig(**TINY, tile_scale=1.0, r_values=(3, 1), tile_image_score="finest-top3-level",
+                            rscin_windows=()), backbone=top.backbone).score(images, progress=False)
+    r1_level = np.sort(c.maps.reshape(5, -1), axis=1)[:, int(np.ceil(0.9 * c.maps[0].size)) - 1]
+    np.testing.assert_allclose(level.raw_scores, a.raw_scores - 0.5 * r1_level, atol=1e-5)  # half the level off
+    np.testing.assert_allclose(level.maps, a.maps, atol=1e-6)
     np.testing.assert_allclose(a.maps, b.maps, atol=1e-6)
     np.testing.assert_allclose(a.view_maxima, b.view_maxima, atol=1e-6)  # still each view's maxima
     np.testing.assert_allclose(a.evidence, b.evidence, atol=1e-6)

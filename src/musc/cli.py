@@ -145,7 +145,8 @@ def score_options(func: Callable) -> Callable:
         click.option("--tile-image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
                      help="With tiles: the --image-score of a tiled batch (finest-max = the smallest r's map "
                           "maximum: thin defects rank higher, wide ones lower; finest-top3 = that map's mean over its "
-                          "strongest three patches' area). Default: the --method preset's (finest-top3 for "
+                          "strongest three patches' area; finest-top3-level = that less half the image's own level, "
+                          "the map's 0.9 quantile). Default: the --method preset's (finest-top3-level for "
                           "musc-scales-tiles; else the --image-score)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "

@@ -17,7 +17,7 @@ ENGINES = ("local", "ray")
 AGGREGATIONS = ("lnamd", "snamd", "lnamd+snamd")
 RESCORINGS = ("rscin", "rscon")
 TILE_RESCORINGS = (*RESCORINGS, "none")
-IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend", "finest-top3")
+IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend", "finest-top3", "finest-top3-level")
 MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
 METHODS: dict[str, dict[str, Any]] = {
@@ -31,7 +31,7 @@ METHODS: dict[str, dict[str, Any]] = {
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
     "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
-                          "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-top3"},
+                          "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-top3-level"},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
@@ -40,13 +40,13 @@ stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the 
 distances left out of MSM's interval mean (interval_skip) and the same tiles, each tile position scored in as many
 random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
 images, no re-scoring of a tiled batch (tile_rescoring 'none') and a tiled image scored by the mean of its r = 1 map
-over its strongest three patches' area (tile_image_score 'finest-top3'). They set stages and tiling only: backbone, size
-and blocks stay the user's."""
+over its strongest three patches' area less half its own level, that map's 0.9 quantile (tile_image_score
+'finest-top3-level'). They set stages and tiling only: backbone, size and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
 BENCHMARKS.md): `musc-scales` with interval_skip 0.03 on near-square images, tiles along the long side of elongated
-ones, scored without RsCIN by their strongest three patches' area."""
+ones, scored without RsCIN by their strongest three patches' area less half their own level."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,14 @@ class MuScConfig:
     'scale-max' (the strongest of its per-view map maxima, each view's scaled to [0, 1] over the batch) or
     'finest-max' (the maximum of its finest view's map: LNAMD's r = 1) or 'z-blend' (each view's maxima as robust
     z-scores over the batch, the finest view's weighted 2/3 with three views) or 'finest-top3' (the mean of its
-    finest view's map over its strongest three patches' area)."""
+    finest view's map over its strongest three patches' area) or 'finest-top3-level' (that less half the image's
+    level, the 0.9 quantile of that map)."""
     tile_image_score: str | None = None
     """The image score when the images are cut into tiles; None = `image_score`. 'finest-max' (an option) ranks thin
-    defects a fraction of one tile wide better, and wide ones worse; 'finest-top3' (the default preset's) averages that
-    map over its strongest three patches' area and ranked all three tiled sets measured higher (README, How it
-    works)."""
+    defects a fraction of one tile wide better, and wide ones worse; 'finest-top3' averages that map over its strongest
+    three patches' area and ranked all three tiled sets measured higher; 'finest-top3-level' (the default preset's)
+    takes half the image's own level (the 0.9 quantile of that map) off it, so that normal images whose whole map
+    stands high rank lower (README, How it works)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None

@@ -15,9 +15,13 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
   The finest view weighs most (2/3 with three views) because small defects show there first; the coarser views
   keep wide ones from being missed, and no single view's extreme image sets the scale as min-max scaling lets it.
 - `finest-top3` (this project): the mean of its finest view's map over its strongest TOP_PATCHES patches' area (on
-  tiles: that many patches' worth of pixels of the blended map). The default preset's for tiled batches: a lone
-  patch of noise moves the maximum but hardly a mean over three patches' area, while a defect as large or larger
-  fills it.
+  tiles: that many patches' worth of pixels of the blended map): a lone patch of noise moves the maximum but hardly
+  a mean over three patches' area, while a defect as large or larger fills it.
+- `finest-top3-level` (this project): `finest-top3` less half the image's own level (LEVEL_SHARE x the
+  LEVEL_QUANTILE quantile of the same map). The default preset's for tiled batches: normal images of one product
+  differ as a whole (lighting, the part's own surface) and a high level raises their strongest region with it;
+  taking all of the level off also scores down defects that raise a whole image, half of it ranked every tiled
+  set measured at least as well (README, How it works).
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
@@ -31,6 +35,7 @@ A tiled batch may use another variant, or none (`MuScConfig.tile_rescoring`; mus
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -145,6 +150,23 @@ def top_mean(values: torch.Tensor, patch_area: float, patches: int = TOP_PATCHES
     return values.topk(k, dim=-1).values.mean(dim=-1)
 
 
+LEVEL_QUANTILE = 0.9
+"""`finest-top3-level` reads an image's level as this quantile of its finest view's map (most of an image is normal,
+so a small defect hardly moves it)."""
+LEVEL_SHARE = 0.5
+"""`finest-top3-level` takes this share of the image's level off its `finest-top3` score: all of it ranks images
+whose whole map stands high (lighting, the part's own surface) as normal, but also the defects that raise a whole
+image; none of it ranks by the strongest region alone."""
+
+
+def top_mean_less_level(values: torch.Tensor, patch_area: float, patches: int = TOP_PATCHES) -> torch.Tensor:
+    """(..., P) map values -> (...,) `top_mean` less `LEVEL_SHARE` x their `LEVEL_QUANTILE` quantile (the lower
+    value at that rank; `kthvalue`, since `torch.quantile` refuses inputs of more than 2^24 values)."""
+    rank = int(min(values.shape[-1], max(1, math.ceil(LEVEL_QUANTILE * values.shape[-1]))))
+    level = values.kthvalue(rank, dim=-1).values
+    return top_mean(values, patch_area, patches) - LEVEL_SHARE * level
+
+
 @dataclass(frozen=True)
 class ImageScore:
     """A rule for an image's score before re-scoring: `run(map_maxima (N,), view_values (V, N), finest) -> (N,)`,
@@ -165,6 +187,7 @@ IMAGE_SCORES: dict[str, ImageScore] = {
     "finest-max": ImageScore("finest-max", finest_max, True),
     "z-blend": ImageScore("z-blend", z_blend, True),
     "finest-top3": ImageScore("finest-top3", finest_max, True, top_mean),
+    "finest-top3-level": ImageScore("finest-top3-level", finest_max, True, top_mean_less_level),
 }
 
 
@@ -184,4 +207,4 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
 
 __all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "finest_max",
            "z_blend", "robust_z", "peak",
-           "top_mean", "TOP_PATCHES", "ImageScore", "IMAGE_SCORES", "get_image_score"]
+           "top_mean", "top_mean_less_level", "TOP_PATCHES", "LEVEL_QUANTILE", "LEVEL_SHARE", "ImageScore", "IMAGE_SCORES", "get_image_score"]
