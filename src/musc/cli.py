@@ -89,7 +89,9 @@ def score_options(func: Callable) -> Callable:
                      help="An image's score before re-scoring: max = its map's maximum (the paper), scale-max = "
                           "its strongest per-r map maximum, each r's scaled over the batch, finest-max = the "
                           "maximum of the smallest r's map, z-blend = each r's maxima as robust z-scores over the "
-                          "batch, the smallest r's weighted 2/3 (small round defects). Default: the method's."),
+                          "batch, the smallest r's weighted 2/3 (small round defects), finest-top3 = the smallest r's "
+                          "map over its strongest three patches' area, finest-top3-level = that less half the image's "
+                          "own level (the map's 0.9 quantile). Default: the method's."),
         click.option("--rscin-windows", type=IntList(), default=None,
                      help="Re-scoring window sizes k. Default: the method's (musc 1,2,3; muscv2 1,7)."),
         click.option("--no-rscin", is_flag=True,
