@@ -20,8 +20,8 @@ An image's score before refinement is picked by name (`MuScConfig.image_score`, 
 - `finest-top3-level` (this project): `finest-top3` less half the image's own level (LEVEL_SHARE x the
   LEVEL_QUANTILE quantile of the same map). The default preset's for tiled batches: normal images of one product
   differ as a whole (lighting, the part's own surface) and a high level raises their strongest region with it;
-  taking all of the level off also scores down defects that raise a whole image, half of it ranked every tiled
-  set measured at least as well (README, How it works).
+  taking all of the level off also scores down defects that raise a whole image; half of it ranked KolektorSDD
+  higher and the other tiled sets measured within a few tenths of a point (README, How it works).
 
 Images that look alike should have alike scores: each image's score is replaced by the similarity-weighted
 mean of the scores of its k most similar images (itself included), averaged over several window sizes k.
@@ -207,4 +207,5 @@ def salient_patch_vectors(patch_vectors: np.ndarray, patch_scores: np.ndarray) -
 
 __all__ = ["rscin", "cosine_similarity", "knn_smoothing", "minmax", "salient_patch_vectors", "scale_max", "finest_max",
            "z_blend", "robust_z", "peak",
-           "top_mean", "top_mean_less_level", "TOP_PATCHES", "LEVEL_QUANTILE", "LEVEL_SHARE", "ImageScore", "IMAGE_SCORES", "get_image_score"]
+           "top_mean", "top_mean_less_level", "TOP_PATCHES", "LEVEL_QUANTILE", "LEVEL_SHARE", "ImageScore",
+           "IMAGE_SCORES", "get_image_score"]
