@@ -25,7 +25,7 @@ from .backbones import Backbone
 from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb, upright
-from .rescoring import get_image_score, rscin
+from .rescoring import get_image_score, peak, rscin
 from .scoring import (finest_view_index, get_map_rule, mutual_scores, random_projection, reference_scores,
                       subtract_image_baseline)
 from .types import Features, Result, TiledFeatures
@@ -287,8 +287,9 @@ class MuSc:
         maps = self.upsample(get_map_rule(self.config.map_rule)(view_grids, self.views()))
         timings["upsampling"] = time.perf_counter() - t0
         flat = view_grids.flatten(2)  # (V, N, h*w): each view's values on the patch grid, one patch apiece
+        reduce = get_image_score(self.config.image_score).reduce
         return self.finish_maps(maps, embeddings, timings, pairs, flat.amax(dim=2),
-                                get_image_score(self.config.image_score).reduce(flat, 1.0))
+                                None if reduce is peak else reduce(flat, 1.0))
 
     def finish_maps(self, maps: torch.Tensor, embeddings: torch.Tensor, timings: dict[str, float],
                     pairs: dict[tuple[int, int], torch.Tensor] | None = None,

@@ -35,12 +35,13 @@ A tiled batch may use another variant, or none (`MuScConfig.tile_rescoring`; mus
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from .scoring import lower_quantile
 
 
 def minmax(scores: np.ndarray) -> np.ndarray:
@@ -160,11 +161,9 @@ image; none of it ranks by the strongest region alone."""
 
 
 def top_mean_less_level(values: torch.Tensor, patch_area: float, patches: int = TOP_PATCHES) -> torch.Tensor:
-    """(..., P) map values -> (...,) `top_mean` less `LEVEL_SHARE` x their `LEVEL_QUANTILE` quantile (the lower
-    value at that rank; `kthvalue`, since `torch.quantile` refuses inputs of more than 2^24 values)."""
-    rank = int(min(values.shape[-1], max(1, math.ceil(LEVEL_QUANTILE * values.shape[-1]))))
-    level = values.kthvalue(rank, dim=-1).values
-    return top_mean(values, patch_area, patches) - LEVEL_SHARE * level
+    """(..., P) map values -> (...,) `top_mean` less `LEVEL_SHARE` x their `LEVEL_QUANTILE` quantile
+    (`musc.scoring.lower_quantile`)."""
+    return top_mean(values, patch_area, patches) - LEVEL_SHARE * lower_quantile(values, LEVEL_QUANTILE)
 
 
 @dataclass(frozen=True)

@@ -335,14 +335,19 @@ def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     return view_grids.select(-4, finest_view_index(views))
 
 
+def lower_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
+    """(..., P) -> (...,) the `quantile` of the last axis as the k-th smallest value, k = ceil(quantile x P) (at
+    least 1); `kthvalue`, since `torch.quantile` refuses inputs of more than 2^24 values."""
+    return values.kthvalue(max(1, math.ceil(quantile * values.shape[-1])), dim=-1).values
+
+
 def image_levels(view_grids: torch.Tensor, quantile: float) -> torch.Tensor:
-    """(..., V, N, h, w) per-view patch scores -> (V, N) each (view, image)'s own `quantile` of its scores (the k-th
-    smallest, k = ceil(quantile x count)), pooled over h, w and any tile positions in front of V: the image's level."""
+    """(..., V, N, h, w) per-view patch scores -> (V, N) each (view, image)'s own `quantile` of its scores
+    (`lower_quantile`), pooled over h, w and any tile positions in front of V: the image's level."""
     lead = view_grids.dim() - 4
     order = [lead, lead + 1, *range(lead), lead + 2, lead + 3]  # (V, N, ..., h, w)
     flat = view_grids.permute(order).reshape(view_grids.shape[lead], view_grids.shape[lead + 1], -1)
-    k = max(1, math.ceil(quantile * flat.shape[-1]))
-    return flat.kthvalue(k, dim=-1).values
+    return lower_quantile(flat, quantile)
 
 
 def subtract_image_baseline(view_grids: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -368,4 +373,4 @@ __all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_
            "mutual_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
            "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule",
-           "subtract_image_baseline", "image_levels"]
+           "subtract_image_baseline", "image_levels", "lower_quantile"]

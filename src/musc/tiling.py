@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError
 from .io import upright_size
-from .rescoring import get_image_score
+from .rescoring import get_image_score, peak
 from .scoring import finest_view_index, get_map_rule, image_levels, mutual_scores, subtract_image_baseline
 from .types import Features, TiledFeatures
 
@@ -330,7 +330,8 @@ class TiledScorer:
 
         def view_stats(v: int) -> tuple[torch.Tensor, torch.Tensor]:  # one view's blended map at a time: its maxima
             view = blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts, canvas).flatten(1)
-            return view.amax(dim=1), rule.reduce(view, patch_area)  # and what the image score reads of it
+            maxima = view.amax(dim=1)
+            return maxima, maxima if rule.reduce is peak else rule.reduce(view, patch_area)  # what the score reads
 
         finest = finest_view_index(self.model.views())
         view_maxima = view_values = None
