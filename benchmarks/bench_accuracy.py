@@ -24,6 +24,8 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        finest-top3-level); +tilefinesttop3 = the image score finest-top3 on tiled runs (the r = 1 map's strongest 3
        patches' area; the default's until finest-top3-level took half the image's level off it);
        +tilescalemax = the image score scale-max on tiled runs (the default's until finest-top3);
+       +tileblocksshallow = tile_image_blocks 'shallow' (the tiled image score reads the r = 1 view of all tapped
+       blocks but the deepest);
        +baseline0.9 = --map-baseline 0.9 (each image's own 0.9 quantile of its scores taken off);
        --methods '' rewrites both tables from the kept runs)
 """
@@ -87,6 +89,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"},
                 "tilefinesttop3": {"tile_image_score": "finest-top3"},
                 "tilescalemax": {"tile_image_score": "scale-max"},
+                "tileblocksshallow": {"tile_image_blocks": "shallow"},
                 "zblend": {"image_score": "z-blend"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
@@ -256,7 +259,9 @@ def main() -> None:
              "half the image's level, that map's 0.9 quantile (maps and pixel metrics unchanged); `+tilefinesttop3` = "
              "that mean alone, `finest-top3`, the default's until `finest-top3-level` (its tiled rows run before the "
              "switch carry it); `+tilescalemax` = the image score of tiled batches `scale-max`, the default's "
-             "until `finest-top3` (every tiled row run before that switch carries it); "
+             "until `finest-top3` (every tiled row run before that switch carries it); `+tileblocksshallow` = "
+             "`tile_image_blocks` 'shallow' (the image score of tiled batches reads the r = 1 view of all tapped "
+             "blocks but the deepest, 2, 5, 8; maps and evidence keep all four); "
              "`+baselineQ` = `--map-baseline Q` (each "
              "image's own Q quantile of each view's patch scores taken off before the map rule, on whole images and "
              "tiles alike). mtd-TYPE: 80 normal "

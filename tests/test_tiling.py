@@ -112,11 +112,11 @@ def shuffled_tiles(n_images=4, seed=0, side=4):
 def test_all_matching_finds_a_tile_wherever_it_sits(aggregation):
     positions, _ = shuffled_tiles()
     model = MuSc(MuScConfig(**TINY, aggregation=aggregation, layers=(0, 1)))
-    anywhere = score_all(model, positions, progress=False)
+    anywhere, finest = score_all(model, positions, progress=False)
     views = len(model.views())  # (positions, views, images, h, w)
-    assert anywhere.shape == (3, views, 4, 4, 4)
+    assert anywhere.shape == (3, views, 4, 4, 4) and finest is None  # tile_image_blocks 'all': no extra view
     assert anywhere.abs().max() < 1e-3  # each tile has an exact copy elsewhere
-    same_place = score_aligned(model, positions, progress=False)
+    same_place = score_aligned(model, positions, progress=False)[0]
     assert same_place.shape == (3, views, 4, 4, 4) and same_place.mean() > 0.1  # aligned: other tiles sit there
 
 
@@ -126,13 +126,13 @@ def test_all_matching_with_references_finds_a_tile_wherever_it_sits(mode):
     test = [Features([t[:4] for t in f.tokens], f.embeddings[:4]) for f in positions]
     refs = [Features([t[4:] for t in f.tokens], f.embeddings[4:]) for f in positions]
     model = MuSc(MuScConfig(**TINY, layers=(0, 1), mode=mode))
-    anywhere = score_all(model, test, progress=False, references=refs)
+    anywhere = score_all(model, test, progress=False, references=refs)[0]
     assert anywhere.shape == (3, 3, 4, 4, 4) and anywhere.abs().max() < 1e-3  # every tile sits in each reference
-    same_place = score_aligned(model, test, progress=False, references=refs)
+    same_place = score_aligned(model, test, progress=False, references=refs)[0]
     assert same_place.amax() > 0.1  # aligned: some tile's content is at no other image's same position
     gen = torch.Generator().manual_seed(7)  # references unlike the tests
     far_refs = [Features([torch.randn(t.shape, generator=gen) for t in f.tokens], f.embeddings) for f in refs]
-    scores = score_all(model, test, progress=False, references=far_refs)
+    scores = score_all(model, test, progress=False, references=far_refs)[0]
     if mode == "musc":
         assert scores.abs().max() < 1e-3  # few-shot: the test images still score each other
     else:
@@ -153,10 +153,10 @@ def test_all_matching_with_reference_images_and_one_tile_equals_the_whole_image(
 def test_all_matching_keeps_its_result_under_a_memory_budget_and_splits_subsets():
     positions, _ = shuffled_tiles(n_images=6, seed=1, side=16)  # a pair's products: 768 x 768 floats > 1 MiB
     positions = [Features([t + 0.3 * torch.randn_like(t) for t in f.tokens], f.embeddings) for f in positions]
-    plain = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1))), positions, progress=False)
-    tight = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1), memory_budget_mb=1)), positions, progress=False)
+    plain = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1))), positions, progress=False)[0]
+    tight = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1), memory_budget_mb=1)), positions, progress=False)[0]
     assert torch.allclose(plain, tight, atol=1e-5)
-    halves = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1), subsets=2)), positions, progress=False)
+    halves = score_all(MuSc(MuScConfig(**TINY, layers=(0, 1), subsets=2)), positions, progress=False)[0]
     assert halves.shape == plain.shape and not torch.allclose(halves, plain)
 
 
@@ -237,6 +237,10 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert config_of("--tile-image-score", "finest-max")["tile_image_score"] == "finest-max"
     res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-image-score", "mean")
     assert res.exit_code != 0 and "--tile-image-score" in res.output and not (tmp_path / "bad").exists()
+    assert preset["tile_image_blocks"] == "all"
+    assert config_of("--tile-image-blocks", "shallow")["tile_image_blocks"] == "shallow"
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-image-blocks", "deep")
+    assert res.exit_code != 0 and "--tile-image-blocks" in res.output and not (tmp_path / "bad").exists()
 
 
 def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
@@ -597,3 +601,40 @@ def test_relative_evidence_is_the_evidence_less_the_images_own_level():
     np.testing.assert_allclose(batch.finish(based, batch.grids).evidence, a.relative_evidence, atol=1e-5)
     square = [Image.fromarray(textured(i, 56)) for i in range(4)]
     assert MuSc(MuScConfig(**TINY), backbone=model.backbone).score(square, progress=False).relative_evidence is None
+
+
+@pytest.mark.parametrize("matching", ["aligned", "all"])
+def test_shallow_tile_image_blocks_score_tiled_images_by_the_finest_view_of_all_blocks_but_the_deepest(matching):
+    """`tile_image_blocks` 'shallow': a tiled image's score is what a run tapping all but the deepest block gives,
+    while its maps, evidence and view maxima stay those of every tapped block."""
+    from musc.backbones import Backbone
+
+    images = tall_images(70, 6)
+    base = dict(**TINY, tile_scale=1.0, tile_matching=matching, image_score="scale-max",
+                tile_image_score="finest-top3-level", rscin_windows=())
+    full = MuSc(MuScConfig(**base, layers=(0, 1, 2)))
+    bb = full.backbone
+    with torch.no_grad():  # random blocks barely change the tokens: make block 2 see the images its own way
+        for param in bb.model.blocks[2].parameters():
+            param.mul_(8.0)
+    fewer = Backbone(bb.preset, bb.model, bb.image_size, (0, 1), bb.device)  # the same weights, blocks 0 and 1
+    shallow = MuSc(MuScConfig(**base, layers=(0, 1, 2), tile_image_blocks="shallow"), backbone=bb)
+    a, b = full.score(images, progress=False), shallow.score(images, progress=False)
+    c = MuSc(MuScConfig(**base, layers=(0, 1)), backbone=fewer).score(images, progress=False)
+    np.testing.assert_allclose(b.raw_scores, c.raw_scores, atol=1e-6)  # the score of blocks 0 and 1
+    assert not np.allclose(b.raw_scores, a.raw_scores, atol=1e-4)
+    np.testing.assert_allclose(b.maps, a.maps, atol=1e-6)  # the maps, evidence and maxima of all three blocks
+    np.testing.assert_allclose(b.evidence, a.evidence, atol=1e-6)
+    np.testing.assert_allclose(b.relative_evidence, a.relative_evidence, atol=1e-6)
+    np.testing.assert_allclose(b.view_maxima, a.view_maxima, atol=1e-6)
+    assert "blocks 0, 1 (tile_image_blocks)" in b.notes[0] and "tile_image_blocks" not in a.notes[0]
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]  # whole images: every block, as before
+    whole = [MuSc(full.config.replace(tile_scale="auto", tile_image_blocks=blocks), backbone=bb).score(
+        square, progress=False) for blocks in ("all", "shallow")]
+    np.testing.assert_allclose(whole[1].raw_scores, whole[0].raw_scores, atol=1e-12)
+    one_block = Backbone(bb.preset, bb.model, bb.image_size, (1,), bb.device)
+    one, alone = (MuSc(MuScConfig(**base, layers=(1,), tile_image_blocks=blocks), backbone=one_block).score(
+        images, progress=False) for blocks in ("shallow", "all"))
+    np.testing.assert_allclose(one.raw_scores, alone.raw_scores, atol=1e-6)  # one tapped block: that block
+    with pytest.raises(ConfigError, match="tile_image_blocks"):
+        MuScConfig(**TINY, tile_image_blocks="deep").validate()

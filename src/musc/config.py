@@ -20,6 +20,7 @@ TILE_RESCORINGS = (*RESCORINGS, "none")
 IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend", "finest-top3", "finest-top3-level")
 MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
+TILE_IMAGE_BLOCKS = ("all", "shallow")
 METHODS: dict[str, dict[str, Any]] = {
     "musc": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscin",
              "rscin_windows": (1, 2, 3)},
@@ -121,6 +122,11 @@ class MuScConfig:
     three patches' area and ranked all three tiled sets measured higher; 'finest-top3-level' (the default preset's)
     takes half the image's own level (the 0.9 quantile of that map) off it, so that normal images whose whole map
     stands high rank lower (README, How it works)."""
+    tile_image_blocks: str = "all"
+    """The tapped blocks whose finest view a tiled image's score reads: 'all' of them (the finest view the maps and
+    decisions use), or 'shallow' (an option): all but the deepest, so a thin defect a fraction of one tile wide is
+    ranked by the blocks that still see it sharply. Only the image score changes: maps, evidence and decisions keep
+    every tapped block; with one tapped block it reads that one (README, How it works)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None
@@ -197,6 +203,9 @@ class MuScConfig:
         if self.tile_image_score is not None and self.tile_image_score not in IMAGE_SCORES:
             raise ConfigError(f"tile_image_score must be one of {', '.join(IMAGE_SCORES)} or None, "
                               f"got {self.tile_image_score!r}")
+        if self.tile_image_blocks not in TILE_IMAGE_BLOCKS:
+            raise ConfigError(f"tile_image_blocks must be one of {', '.join(TILE_IMAGE_BLOCKS)}, "
+                              f"got {self.tile_image_blocks!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
         if self.tile_rescoring is not None and self.tile_rescoring not in TILE_RESCORINGS:
@@ -268,4 +277,4 @@ class MuScConfig:
 
 
 __all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "DEFAULT_METHOD", "AGGREGATIONS", "RESCORINGS",
-           "TILE_RESCORINGS", "IMAGE_SCORES", "MAP_RULES"]
+           "TILE_RESCORINGS", "IMAGE_SCORES", "MAP_RULES", "TILE_IMAGE_BLOCKS"]

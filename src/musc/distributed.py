@@ -389,6 +389,7 @@ class RayEngine:
         batch (aligned tiles), maps blended and finished on the driver as the local engine does."""
         from tqdm.auto import tqdm
 
+        from .scoring import finest_of_blocks, score_blocks
         from .tiling import TiledScorer, image_sizes
 
         c = self.config
@@ -413,14 +414,21 @@ class RayEngine:
             h = w = self.model.backbone.grid
             grids: list[torch.Tensor] = []
             salient: list[torch.Tensor] | None = [] if c.rescoring_for(tiled=True) == "rscon" else None
+            shallow = c.tile_image_blocks == "shallow"
+            finest: list[torch.Tensor] = []
             for p in range(n_pos):
                 at_p = [refs[p] for refs in token_refs]
-                grid, _ = self._mutual_scores(ray, spec, n, at_p, shards,
-                                              None if ref_positions is None else ref_positions[p], progress_bar, False)
+                grid, pairs = self._mutual_scores(ray, spec, n, at_p, shards,
+                                                  None if ref_positions is None else ref_positions[p], progress_bar,
+                                                  shallow)
                 grids.append(grid.view(len(grid), n, h, w))
+                if shallow:
+                    blocks = score_blocks(self.model.backbone.layers, "shallow")
+                    finest.append(finest_of_blocks(pairs, self.model.views(), blocks).view(n, h, w))
                 if salient is not None:
                     salient.append(self._salient(ray, spec, grid.mean(dim=0), at_p, shards))
-        result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0)
+        result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0,
+                              torch.stack(finest) if shallow else None)
         return self.model.describe_inputs(result, images, sizes)
 
     def _mutual_scores(self, ray: Any, spec: dict, n: int, token_refs: list, shards: list[np.ndarray],

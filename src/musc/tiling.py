@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score, peak
-from .scoring import finest_view_index, get_map_rule, image_levels, mutual_scores, subtract_image_baseline
+from .scoring import (finest_of_blocks, finest_view_index, get_map_rule, image_levels, mutual_scores, score_blocks,
+                      subtract_image_baseline)
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
@@ -129,21 +130,30 @@ def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tu
 
 
 def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
-                  references: Sequence["Features"] | None = None) -> torch.Tensor:
+                  references: Sequence["Features"] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per tile position p, MSM of tile p against tile p of the other images: (P, V, N, h, w) patch scores per
-    stage-1 view (`MuSc.patch_scores`).
+    stage-1 view (`MuSc.patch_scores`), and with `tile_image_blocks` 'shallow' the finest view over the blocks the
+    image score reads (P, N, h, w; else None).
 
     `positions[p]`: the features of every image's tile at position p; `references[p]`: the reference images'
     tiles at p (few-shot MuSc or MuSc+, as config.mode says)."""
-    grids = [model.patch_scores(features, progress=False, references=None if references is None else references[k])[0]
-             for k, features in enumerate(tqdm(positions, desc="scoring tile positions", unit="tile",
-                                               disable=not progress, leave=False))]
-    return torch.stack(grids)
+    shallow = model.config.tile_image_blocks == "shallow"
+    grids, finest = [], []
+    for k, features in enumerate(tqdm(positions, desc="scoring tile positions", unit="tile", disable=not progress,
+                                      leave=False)):
+        total, pairs, _ = model.patch_scores(features, progress=False, keep_pairs=shallow,
+                                             references=None if references is None else references[k])
+        grids.append(total)
+        if shallow:
+            blocks = score_blocks(model._tap_layers(len(features.tokens)), "shallow")
+            finest.append(finest_of_blocks(pairs, model.views(), blocks))
+    return torch.stack(grids), torch.stack(finest) if shallow else None
 
 
 def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
               references: Sequence["Features"] | None = None) -> torch.Tensor:
-    """Every tile against all tiles of the other images: (P, V, N, h, w) patch scores per stage-1 view.
+    """Every tile against all tiles of the other images: (P, V, N, h, w) patch scores per stage-1 view (and the
+    finest view over the blocks the image score reads, as `score_aligned`).
 
     Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
     nearest-patch distance to image j is its distance to the closest patch anywhere in j. `references[p]`: the
@@ -166,14 +176,20 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
         for tiles in zip(*per_tile):  # one view of every tile at a time
             yield torch.cat(tiles, dim=1)  # (n, P*h*w, C)
 
-    total, _, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, False, device,
-                                    "scoring all tiles")
-    return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4)
+    shallow = model.config.tile_image_blocks == "shallow"
+    total, pairs, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, shallow,
+                                        device, "scoring all tiles")
+    finest = None
+    if shallow:
+        finest = finest_of_blocks(pairs, model.views(), score_blocks(layers, "shallow"))
+        finest = finest.view(n, n_pos, h, w).permute(1, 0, 2, 3)
+    return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4), finest
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 """How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
-features per position) -> (P, V, N, h, w) scores."""
+features per position) -> (P, V, N, h, w) scores, and the finest view over the blocks the image score reads
+(P, N, h, w) with `tile_image_blocks` 'shallow' (else None)."""
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
@@ -293,19 +309,19 @@ class TiledScorer:
         ref_positions = self.reference_positions(references, plan, progress)
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
-        grids = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)  # (P, V, N, h, w)
+        grids, shallow = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)
         salient = None
         if c.rescoring_for(tiled=True) == "rscon":
             salient = [self.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
                        for k, position in enumerate(test.positions)]
         embeddings = torch.stack([position.embeddings for position in test.positions])
         del test, ref_positions
-        result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0)
+        result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0, shallow)
         return self.model.describe_inputs(result, images, sizes)
 
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
-               plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float
-               ) -> "Result":
+               plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float,
+               shallow: torch.Tensor | None = None) -> "Result":
         """Tile patch scores per view (P, V, N, h, w) -> (less each image's baseline over all its tiles with
         `map_baseline`) one blended map per image (`map_rule_for(tiled=True)` over
         all positions at once), each view's blended map maxima, then the image scores (`MuSc.finish_maps`). The
@@ -316,11 +332,15 @@ class TiledScorer:
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
-        timings. Shared by the local and the Ray engine."""
+        timings; `shallow`: the finest view over the blocks `tile_image_blocks` names (P, N, h, w), which the image
+        score then reads in place of the finest view (maps, evidence and maxima keep every block). Shared by the
+        local and the Ray engine."""
         canvas, starts = plan
         map_rule, image_score = self.config.map_rule_for(tiled=True), self.config.image_score_for(tiled=True)
         if self.config.map_baseline is not None:  # each image's level over all its tiles
             grids = subtract_image_baseline(grids, self.config.map_baseline)
+            if shallow is not None:
+                shallow = subtract_image_baseline(shallow[:, None], self.config.map_baseline)[:, 0]
         fused = get_map_rule(map_rule)(grids, self.model.views())  # (P, N, h, w)
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
@@ -328,10 +348,14 @@ class TiledScorer:
         rule = get_image_score(image_score)
         patch_area = (self.model.backbone.image_size / grids.shape[-1]) ** 2  # pixels of one patch on the canvas
 
+        def blended(position_grids: torch.Tensor) -> torch.Tensor:  # (P, N, h, w) -> (N, H*W) on the canvas
+            return blend(torch.stack([self.model.upsample(grid) for grid in position_grids]), starts, canvas).flatten(1)
+
         def view_stats(v: int) -> tuple[torch.Tensor, torch.Tensor]:  # one view's blended map at a time: its maxima
-            view = blend(torch.stack([self.model.upsample(grid[v]) for grid in grids]), starts, canvas).flatten(1)
+            view = blended(grids[:, v])
             maxima = view.amax(dim=1)
-            return maxima, maxima if rule.reduce is peak else rule.reduce(view, patch_area)  # what the score reads
+            read = blended(shallow) if shallow is not None and v == finest and rule.uses_views else view
+            return maxima, read.amax(dim=1) if rule.reduce is peak else rule.reduce(read, patch_area)  # what it reads
 
         finest = finest_view_index(self.model.views())
         view_maxima = view_values = None
@@ -357,6 +381,9 @@ class TiledScorer:
             plan_note += f"; maps by the map rule {map_rule!r} (tile_map_rule)"
         if image_score != self.config.image_score:
             plan_note += f"; images scored by {image_score!r} (tile_image_score)"
+        if shallow is not None and rule.uses_views:
+            blocks = score_blocks(self.model.backbone.layers, "shallow")
+            plan_note += f"; image scores read the finest view of blocks {', '.join(map(str, blocks))} (tile_image_blocks)"
         result.notes.insert(0, plan_note)
         return result
 
