@@ -389,8 +389,8 @@ class RayEngine:
         batch (aligned tiles), maps blended and finished on the driver as the local engine does."""
         from tqdm.auto import tqdm
 
-        from .scoring import finest_of_blocks, score_blocks
-        from .tiling import TiledScorer, image_sizes
+        from .scoring import shallow_finest
+        from .tiling import TiledScorer, image_sizes, reads_shallow_blocks
 
         c = self.config
         if c.tile_matching != "aligned":
@@ -414,7 +414,7 @@ class RayEngine:
             h = w = self.model.backbone.grid
             grids: list[torch.Tensor] = []
             salient: list[torch.Tensor] | None = [] if c.rescoring_for(tiled=True) == "rscon" else None
-            shallow = c.tile_image_blocks == "shallow"
+            shallow = reads_shallow_blocks(c)
             finest: list[torch.Tensor] = []
             for p in range(n_pos):
                 at_p = [refs[p] for refs in token_refs]
@@ -423,8 +423,7 @@ class RayEngine:
                                                   shallow)
                 grids.append(grid.view(len(grid), n, h, w))
                 if shallow:
-                    blocks = score_blocks(self.model.backbone.layers, "shallow")
-                    finest.append(finest_of_blocks(pairs, self.model.views(), blocks).view(n, h, w))
+                    finest.append(shallow_finest(pairs, self.model.views(), self.model.backbone.layers).view(n, h, w))
                 if salient is not None:
                     salient.append(self._salient(ray, spec, grid.mean(dim=0), at_p, shards))
         result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0,

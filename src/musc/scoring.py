@@ -335,19 +335,19 @@ def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     return view_grids.select(-4, finest_view_index(views))
 
 
-def score_blocks(layers: Sequence[int], blocks: str) -> tuple[int, ...]:
-    """The tapped blocks (`layers`) an image score reads (`MuScConfig.tile_image_blocks`): 'all', or 'shallow' = all
-    but the deepest (the one tapped block when there is only one)."""
+def shallow_blocks(layers: Sequence[int]) -> tuple[int, ...]:
+    """The tapped blocks (`layers`) but the deepest (`MuScConfig.tile_image_blocks` 'shallow'); the one tapped block
+    when there is only one."""
     ordered = tuple(sorted(layers))
-    return ordered[:-1] if blocks == "shallow" and len(ordered) > 1 else ordered
+    return ordered[:-1] if len(ordered) > 1 else ordered
 
 
-def finest_of_blocks(pairs: dict[tuple[int, Any], torch.Tensor], views: Sequence, blocks: Sequence[int]
-                     ) -> torch.Tensor:
+def shallow_finest(pairs: dict[tuple[int, Any], torch.Tensor], views: Sequence, layers: Sequence[int]
+                   ) -> torch.Tensor:
     """Per-(block, view) patch scores (`MuSc.patch_scores(..., keep_pairs=True)`) -> the finest view's scores
-    averaged over `blocks` (`score_blocks`), as the views average over every tapped block."""
+    averaged over `shallow_blocks(layers)`, as the views average over every tapped block."""
     finest = views[finest_view_index(views)]
-    return torch.stack([pairs[(block, finest)] for block in blocks]).mean(dim=0)
+    return torch.stack([pairs[(block, finest)] for block in shallow_blocks(layers)]).mean(dim=0)
 
 
 def lower_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -388,4 +388,4 @@ __all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_
            "mutual_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
            "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule",
-           "subtract_image_baseline", "image_levels", "lower_quantile", "score_blocks", "finest_of_blocks"]
+           "subtract_image_baseline", "image_levels", "lower_quantile", "shallow_blocks", "shallow_finest"]

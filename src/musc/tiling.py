@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score, peak
-from .scoring import (finest_of_blocks, finest_view_index, get_map_rule, image_levels, mutual_scores, score_blocks,
+from .scoring import (finest_view_index, get_map_rule, image_levels, mutual_scores, shallow_blocks, shallow_finest,
                       subtract_image_baseline)
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
+    from .config import MuScConfig
     from .pipeline import ImageSource, MuSc
     from .types import Result
 
@@ -129,15 +130,21 @@ def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tu
     return total / weight
 
 
+def reads_shallow_blocks(config: "MuScConfig") -> bool:
+    """Whether a tiled image score reads the finest view of the shallower blocks (`tile_image_blocks` 'shallow' and
+    a tiled image score that reads views): only then do the engines keep the per-block scores it needs."""
+    return config.tile_image_blocks == "shallow" and get_image_score(config.image_score_for(tiled=True)).uses_views
+
+
 def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
                   references: Sequence["Features"] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per tile position p, MSM of tile p against tile p of the other images: (P, V, N, h, w) patch scores per
-    stage-1 view (`MuSc.patch_scores`), and with `tile_image_blocks` 'shallow' the finest view over the blocks the
-    image score reads (P, N, h, w; else None).
+    stage-1 view (`MuSc.patch_scores`), and the finest view of the shallower blocks (P, N, h, w) when the image
+    score reads it (`reads_shallow_blocks`; else None).
 
     `positions[p]`: the features of every image's tile at position p; `references[p]`: the reference images'
     tiles at p (few-shot MuSc or MuSc+, as config.mode says)."""
-    shallow = model.config.tile_image_blocks == "shallow"
+    shallow = reads_shallow_blocks(model.config)
     grids, finest = [], []
     for k, features in enumerate(tqdm(positions, desc="scoring tile positions", unit="tile", disable=not progress,
                                       leave=False)):
@@ -145,8 +152,7 @@ def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool
                                              references=None if references is None else references[k])
         grids.append(total)
         if shallow:
-            blocks = score_blocks(model._tap_layers(len(features.tokens)), "shallow")
-            finest.append(finest_of_blocks(pairs, model.views(), blocks))
+            finest.append(shallow_finest(pairs, model.views(), model._tap_layers(len(features.tokens))))
     return torch.stack(grids), torch.stack(finest) if shallow else None
 
 
@@ -176,20 +182,17 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
         for tiles in zip(*per_tile):  # one view of every tile at a time
             yield torch.cat(tiles, dim=1)  # (n, P*h*w, C)
 
-    shallow = model.config.tile_image_blocks == "shallow"
+    shallow = reads_shallow_blocks(model.config)
     total, pairs, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, shallow,
                                         device, "scoring all tiles")
-    finest = None
-    if shallow:
-        finest = finest_of_blocks(pairs, model.views(), score_blocks(layers, "shallow"))
-        finest = finest.view(n, n_pos, h, w).permute(1, 0, 2, 3)
+    finest = shallow_finest(pairs, model.views(), layers).view(n, n_pos, h, w).permute(1, 0, 2, 3) if shallow else None
     return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4), finest
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 """How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
-features per position) -> (P, V, N, h, w) scores, and the finest view over the blocks the image score reads
-(P, N, h, w) with `tile_image_blocks` 'shallow' (else None)."""
+features per position) -> (P, V, N, h, w) scores, and the finest view of the shallower blocks (P, N, h, w) when
+the image score reads it (`reads_shallow_blocks`; else None)."""
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
@@ -332,9 +335,9 @@ class TiledScorer:
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
-        timings; `shallow`: the finest view over the blocks `tile_image_blocks` names (P, N, h, w), which the image
-        score then reads in place of the finest view (maps, evidence and maxima keep every block). Shared by the
-        local and the Ray engine."""
+        timings; `shallow`: the finest view of the shallower blocks (P, N, h, w; `reads_shallow_blocks`), which the
+        image score then reads in place of the finest view (maps, evidence and maxima keep every block). Shared by
+        the local and the Ray engine."""
         canvas, starts = plan
         map_rule, image_score = self.config.map_rule_for(tiled=True), self.config.image_score_for(tiled=True)
         if self.config.map_baseline is not None:  # each image's level over all its tiles
@@ -354,7 +357,7 @@ class TiledScorer:
         def view_stats(v: int) -> tuple[torch.Tensor, torch.Tensor]:  # one view's blended map at a time: its maxima
             view = blended(grids[:, v])
             maxima = view.amax(dim=1)
-            read = blended(shallow) if shallow is not None and v == finest and rule.uses_views else view
+            read = blended(shallow) if shallow is not None and v == finest else view
             return maxima, read.amax(dim=1) if rule.reduce is peak else rule.reduce(read, patch_area)  # what it reads
 
         finest = finest_view_index(self.model.views())
@@ -381,13 +384,13 @@ class TiledScorer:
             plan_note += f"; maps by the map rule {map_rule!r} (tile_map_rule)"
         if image_score != self.config.image_score:
             plan_note += f"; images scored by {image_score!r} (tile_image_score)"
-        if shallow is not None and rule.uses_views:
-            blocks = score_blocks(self.model.backbone.layers, "shallow")
+        if shallow is not None:
+            blocks = shallow_blocks(self.model.backbone.layers)
             plan_note += f"; image scores read the finest view of blocks {', '.join(map(str, blocks))} (tile_image_blocks)"
         result.notes.insert(0, plan_note)
         return result
 
 
 __all__ = ["elongated_note", "tile_subset_count", "MIN_TILE_SUBSET", "TiledScorer", "TILE_MATCHING", "image_sizes",
-           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "score_aligned", "score_all", "tile_starts", "canvas_size", "blend",
-           "blend_window"]
+           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "reads_shallow_blocks", "score_aligned", "score_all", "tile_starts",
+           "canvas_size", "blend", "blend_window"]
