@@ -29,11 +29,11 @@ import torch
 
 from bench_decision import f1
 from bench_draws import BATCH, CATEGORIES, TableScorer, draw_batches, pooled_category, pooled_tables
-from common import publish
+from common import MTD_ROOT, publish
 
 from musc import MuSc, MuScConfig
 from musc.config import DEFAULT_METHOD
-from musc.datasets import load_mask, resize_mask
+from musc.datasets import get_reader, load_mask, resize_mask
 from musc.decision import decide, decide_from_maps, pixel_masks
 from musc.metrics import f1_max
 from musc.tiling import image_sizes
@@ -62,9 +62,6 @@ The fixed all-normal `mtd-normal` (Free 301-400) is mostly exp3."""
 
 def all_normal(model: MuSc, args: argparse.Namespace) -> None:
     """The share of images each rule flags on random all-normal batches of 100 from each pool in NORMAL_POOLS."""
-    from common import MTD_ROOT
-    from musc.datasets import get_reader
-
     free = sorted((s for s in get_reader("mtd").load(MTD_ROOT).samples if s.defect_type == "Free"),
                   key=lambda s: s.path.name)
     rows = []
