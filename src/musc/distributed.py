@@ -423,7 +423,7 @@ class RayEngine:
                                                   shallow)
                 grids.append(grid.view(len(grid), n, h, w))
                 if shallow:
-                    finest.append(shallow_finest(pairs, self.model.views(), self.model.backbone.layers).view(n, h, w))
+                    finest.append(shallow_finest(pairs, self.model.views()).view(n, h, w))
                 if salient is not None:
                     salient.append(self._salient(ray, spec, grid.mean(dim=0), at_p, shards))
         result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0,

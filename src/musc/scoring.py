@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -335,19 +335,19 @@ def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
     return view_grids.select(-4, finest_view_index(views))
 
 
-def shallow_blocks(layers: Sequence[int]) -> tuple[int, ...]:
+def shallow_blocks(layers: Iterable[int]) -> tuple[int, ...]:
     """The tapped blocks (`layers`) but the deepest (`MuScConfig.tile_image_blocks` 'shallow'); the one tapped block
     when there is only one."""
     ordered = tuple(sorted(layers))
     return ordered[:-1] if len(ordered) > 1 else ordered
 
 
-def shallow_finest(pairs: dict[tuple[int, Any], torch.Tensor], views: Sequence, layers: Sequence[int]
-                   ) -> torch.Tensor:
+def shallow_finest(pairs: dict[tuple[int, Any], torch.Tensor], views: Sequence) -> torch.Tensor:
     """Per-(block, view) patch scores (`MuSc.patch_scores(..., keep_pairs=True)`) -> the finest view's scores
-    averaged over `shallow_blocks(layers)`, as the views average over every tapped block."""
+    averaged over `shallow_blocks` of the blocks they hold, as the views average over every tapped block."""
     finest = views[finest_view_index(views)]
-    return torch.stack([pairs[(block, finest)] for block in shallow_blocks(layers)]).mean(dim=0)
+    blocks = shallow_blocks({block for block, _ in pairs})
+    return torch.stack([pairs[(block, finest)] for block in blocks]).mean(dim=0)
 
 
 def lower_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:

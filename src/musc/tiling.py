@@ -152,12 +152,12 @@ def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool
                                              references=None if references is None else references[k])
         grids.append(total)
         if shallow:
-            finest.append(shallow_finest(pairs, model.views(), model._tap_layers(len(features.tokens))))
+            finest.append(shallow_finest(pairs, model.views()))
     return torch.stack(grids), torch.stack(finest) if shallow else None
 
 
 def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
-              references: Sequence["Features"] | None = None) -> torch.Tensor:
+              references: Sequence["Features"] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every tile against all tiles of the other images: (P, V, N, h, w) patch scores per stage-1 view (and the
     finest view over the blocks the image score reads, as `score_aligned`).
 
@@ -185,7 +185,7 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
     shallow = reads_shallow_blocks(model.config)
     total, pairs, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, shallow,
                                         device, "scoring all tiles")
-    finest = shallow_finest(pairs, model.views(), layers).view(n, n_pos, h, w).permute(1, 0, 2, 3) if shallow else None
+    finest = shallow_finest(pairs, model.views()).view(n, n_pos, h, w).permute(1, 0, 2, 3) if shallow else None
     return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4), finest
 
 
