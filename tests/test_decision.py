@@ -490,3 +490,62 @@ def test_balanced_count_is_zero_where_balanced_flags_nothing():
     assert balanced_count(rng.normal(0.3, 0.02, 100)) == 0  # all normal: the test finds nothing (here)
     assert balanced_count(np.r_[rng.normal(0.3, 0.02, 20), rng.normal(0.9, 0.02, 80)]) == 0  # mostly defective
     assert balanced_count(np.r_[rng.normal(0.3, 0.02, 95), rng.normal(0.9, 0.02, 5)]) == 5
+
+
+from musc.decision import MIN_REFERENCES, decide_against_references, reference_null  # noqa: E402
+from musc.errors import InputError  # noqa: E402
+
+
+def peaked_maps(values: np.ndarray) -> np.ndarray:
+    """(N, 4, 4) maps at 0 with each image's value at one pixel: its map maximum (values above 0)."""
+    maps = np.zeros((values.size, 4, 4))
+    maps[:, 1, 2] = values
+    return maps
+
+
+def test_reference_null_flags_its_level_of_normal_images():
+    rng = np.random.default_rng(0)
+    flagged = []
+    for _ in range(200):  # new normal images and references from one Gaussian: the predictive t is exact
+        null = reference_null(rng.normal(5.0, 1.0, 12))
+        flagged.append(null.tail(rng.normal(5.0, 1.0, 500)) <= 0.05)
+    assert abs(np.mean(flagged) - 0.05) < 0.005
+
+
+def test_decide_against_references_one_image_at_a_time():
+    null = reference_null([1.0, 1.1, 0.9, 1.05, 0.95])
+    maps = peaked_maps(np.array([1.0, 3.0, 1.02]))
+    maps[1, 0, 0] = 2.9  # a second pixel of the defect
+    both = decide_against_references(maps, null)
+    assert both.image.defective.tolist() == [False, True, False] and both.image.method == "reference"
+    assert both.image.on == "map_max" and both.image.threshold == pytest.approx(null.quantile_of_tail(0.05))
+    assert (both.masks.any(axis=(1, 2)) == both.image.defective).all() and both.masks[1, 0, 0] and both.masks[1, 1, 2]
+    for i in range(3):  # each image alone: the same decision (nothing is read from the batch)
+        alone = decide_against_references(maps[i:i + 1], null)
+        assert alone.image.defective[0] == both.image.defective[i]
+        assert alone.image.p_values[0] == pytest.approx(both.image.p_values[i])
+    tested = decide_against_references(maps, null, evidence=[3.0, 1.0, 1.0])
+    assert tested.image.defective.tolist() == [True, False, False] and tested.image.on == "evidence"
+    assert decide_against_references(maps, null, level=1e-9).image.count == 0
+    for method in PIXEL_METHODS:
+        out = decide_against_references(maps, null, pixel_method=method)
+        assert (out.masks.any(axis=(1, 2)) == out.image.defective).all()
+
+
+def test_reference_null_from_identical_references_and_bad_input():
+    same = reference_null([2.0] * MIN_REFERENCES)
+    decided = decide_against_references(peaked_maps(np.array([2.0, 2.001])), same)
+    assert decided.image.defective.tolist() == [False, True]
+    with pytest.raises(InputError, match="at least 3 references"):
+        reference_null([1.0, 2.0])
+    with pytest.raises(InputError, match="not finite"):
+        reference_null([1.0, np.nan, 2.0])
+    with pytest.raises(InputError, match="as many map maxima"):
+        reference_null([1.0, 2.0, 3.0], map_max=[1.0, 2.0])
+    null = reference_null([1.0, 2.0, 3.0])
+    with pytest.raises(ConfigError, match="level must be between 0 and 1"):
+        decide_against_references(peaked_maps(np.ones(2)), null, level=0.0)
+    with pytest.raises(ConfigError, match="one value per map"):
+        decide_against_references(peaked_maps(np.ones(2)), null, evidence=[1.0])
+    with pytest.raises(ConfigError, match="pixel method"):
+        decide_against_references(peaked_maps(np.ones(2)), null, pixel_method="nope")

@@ -94,6 +94,31 @@ def test_bank_round_trip_gives_the_same_maps(tmp_path):
     np.testing.assert_array_equal(direct.scores, via_bank.scores)
 
 
+def test_bank_keeps_each_references_score_against_the_others(tmp_path):
+    model = MuSc(TINY.replace(mode="musc+"))
+    refs = [Image.fromarray(textured(300 + i)) for i in range(4)]
+    bank = build_bank(MuSc(TINY), refs, progress=False)  # leave-one-out runs MuSc+ whatever the model's mode
+    for i in range(4):
+        alone = model.score([refs[i]], progress=False, references=[r for j, r in enumerate(refs) if j != i])
+        assert bank.reference_evidence[i] == pytest.approx(float(alone.maps[0].max()), rel=1e-6)
+        assert bank.reference_map_max[i] == pytest.approx(float(alone.maps[0].max()), rel=1e-6)
+    loaded = Bank.load(bank.save(tmp_path / "good.bank"))
+    np.testing.assert_array_equal(loaded.reference_evidence, bank.reference_evidence)
+    np.testing.assert_array_equal(loaded.reference_map_max, bank.reference_map_max)
+    null = loaded.reference_null
+    assert null.count == 4 and null.mean == pytest.approx(float(np.mean(bank.reference_evidence)))
+    from musc.decision import decide_against_references
+
+    new = model.score([Image.fromarray(planted(textured(99))), Image.fromarray(textured(99))], progress=False,
+                      references=loaded.features)
+    decided = decide_against_references(new.maps, null)
+    assert decided.image.p_values[0] < decided.image.p_values[1]  # the planted defect stands further out
+    assert (decided.masks.any(axis=(1, 2)) == decided.image.defective).all()
+    few = build_bank(MuSc(TINY), refs[:2], progress=False)
+    assert few.reference_evidence is None and few.reference_null is None
+    assert Bank.load(few.save(tmp_path / "few.bank")).reference_null is None
+
+
 def test_bank_mismatch_and_damage_refused(tmp_path):
     bank = build_bank(MuSc(TINY), [Image.fromarray(textured(1))], progress=False)
     path = bank.save(tmp_path / "b.bank")
@@ -136,8 +161,29 @@ def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
     res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "one"), "--bank", str(bank_file),
                                *CLI_TINY[:-1]])
     assert res.exit_code == 0, res.output
-    assert "RsCIN skipped" in res.output and "no label-free decision" in res.output
+    assert "RsCIN skipped" in res.output and "(reference, threshold" in res.output  # decided against the bank alone
     assert (tmp_path / "one" / "maps" / "odd.npy").is_file()
+    facts = json.loads((tmp_path / "one" / "config.json").read_text())
+    null = Bank.load(bank_file).reference_null
+    assert facts["reference_null"]["count"] == 3 and facts["reference_null"]["mean"] == pytest.approx(null.mean)
+    first = json.loads((tmp_path / "one" / "decision.json").read_text())
+    assert first["image"]["method"] == "reference" and first["image"]["threshold"] == pytest.approx(
+        null.quantile_of_tail(0.05))
+    res = runner.invoke(main, ["decide", str(tmp_path / "one"), "--fdr", "0.2", "-q"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "one" / "decision.json").read_text())["image"]
+    assert again["method"] == "reference" and again["threshold"] == pytest.approx(null.quantile_of_tail(0.2))
+    res = runner.invoke(main, ["decide", str(tmp_path / "one"), "--decision", "balanced", "-q"])
+    assert res.exit_code != 0 and "fewer than 3 images" in res.output  # an explicit batch method stays one
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "asked"), "--bank", str(bank_file),
+                               "--decision", "balanced", *CLI_TINY[:-1]])
+    assert res.exit_code == 0 and "no label-free decision" in res.output and "build the bank again" not in res.output
+    (refs / "r2.png").unlink()
+    small = tmp_path / "small.bank"
+    assert runner.invoke(main, ["bank", "build", str(refs), "--out", str(small), *CLI_TINY]).exit_code == 0
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "small"), "--bank", str(small),
+                               *CLI_TINY[:-1]])
+    assert res.exit_code == 0 and "build the bank again with three references or more" in res.output
     res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "two"), "--bank", str(bank_file),
                                *[a if a != "56" else "112" for a in CLI_TINY]])
     assert res.exit_code != 0 and "other settings" in res.output

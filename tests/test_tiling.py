@@ -317,6 +317,10 @@ def test_a_tiled_bank_gives_the_result_of_its_reference_images(tmp_path, mode):
     assert isinstance(bank.features, TiledFeatures) and len(bank.features.starts) == 10  # 84 x 224: 2 x 5 tiles of 56
     loaded = Bank.load(bank.save(tmp_path / "tiled.bank"))
     assert loaded.tiled and loaded.features.canvas == (84, 224) and loaded.features.starts == bank.features.starts
+    plus = MuSc(MuScConfig(**TINY, mode="musc+", tile_scale=1.0, tile_overlap=0.25))
+    alone = plus.score([refs[0]], references=refs[1:], progress=False)  # leave-one-out: the bank's first reference
+    assert alone.evidence is not None and loaded.reference_evidence.shape == (3,)
+    assert loaded.reference_evidence[0] == pytest.approx(float(alone.evidence[0]), rel=1e-5)
     direct = model.score(images, references=refs, progress=False)
     via_bank = model.score(images, references=loaded.features, progress=False)
     np.testing.assert_allclose(via_bank.maps, direct.maps, atol=1e-6)

@@ -9,6 +9,10 @@ SHA-256 checksum over the tensors guards against a damaged file.
 Built with tiles (`--tiles`), the bank holds every tile position's tokens and the plan the references were cut
 on (canvas and tile positions); new images are cut on that plan, so the result is the one with the reference
 images themselves when the images have the references' size.
+
+With at least three references, the bank also holds each reference's evidence and map maximum when it is scored
+against the others as MuSc+ scores a new image (leave one out): what a normal image's evidence looks like against
+this bank, the null of `musc.decision.decide_against_references` (`Bank.reference_null`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
+from .decision import MIN_REFERENCES
 from .errors import InputError
 from .types import Features, TiledFeatures
 
@@ -43,6 +49,11 @@ class Bank:
     features: Features | TiledFeatures
     settings: dict[str, Any]
     paths: list[str]
+    reference_evidence: np.ndarray | None = None
+    """(K,) each reference's evidence scored against the others with MuSc+ (`leave_one_out`); None in banks of fewer
+    than three references or built before musc kept it."""
+    reference_map_max: np.ndarray | None = None
+    """(K,) the same runs' map maxima."""
 
     @property
     def size(self) -> int:
@@ -60,6 +71,9 @@ class Bank:
             prefix = f"tiles.{k}." if tiled else ""
             tensors.update({f"{prefix}tokens.{i}": t.detach().cpu().float().contiguous() for i, t in enumerate(part.tokens)})
             tensors[f"{prefix}embeddings"] = part.embeddings.detach().cpu().float().contiguous()
+        if self.reference_evidence is not None and self.reference_map_max is not None:
+            tensors["reference.evidence"] = torch.as_tensor(np.asarray(self.reference_evidence, dtype=np.float64))
+            tensors["reference.map_max"] = torch.as_tensor(np.asarray(self.reference_map_max, dtype=np.float64))
         meta = {"format": FORMAT, "settings": json.dumps(self.settings), "paths": json.dumps(self.paths),
                 "sha256": _checksum(tensors)}
         if tiled:
@@ -100,7 +114,18 @@ class Bank:
                                      tuple(plan["canvas"]), [tuple(xy) for xy in plan["starts"]])
         else:
             features = part("")
-        return cls(features, json.loads(meta["settings"]), json.loads(meta["paths"]))
+        held = [tensors[k].numpy() if k in tensors else None for k in ("reference.evidence", "reference.map_max")]
+        return cls(features, json.loads(meta["settings"]), json.loads(meta["paths"]), *held)
+
+    @property
+    def reference_null(self) -> Any:
+        """The null of `musc.decision.decide_against_references` from the references' leave-one-out evidence, or
+        None when the bank holds none."""
+        if self.reference_evidence is None:
+            return None
+        from .decision import reference_null
+
+        return reference_null(self.reference_evidence, self.reference_map_max)
 
     @property
     def tiled(self) -> bool:
@@ -141,9 +166,37 @@ def _cpu(features: Features) -> Features:
     return Features([t.cpu() for t in features.tokens], features.embeddings.cpu())
 
 
+def without(features: Features | TiledFeatures, i: int) -> Features | TiledFeatures:
+    """`features` less image i (at every tile position of tiled features)."""
+    keep = [j for j in range(features.num_images) if j != i]
+    if isinstance(features, TiledFeatures):
+        return TiledFeatures([p.subset(keep) for p in features.positions], features.canvas, features.starts)
+    return features.subset(keep)
+
+
+def leave_one_out(model: Any, images: Sequence[Any], features: Features | TiledFeatures, progress: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Each reference image scored against the features of the others as MuSc+ scores a new image against a bank:
+    its evidence (`Result.decision_evidence`) and its map maximum, (K,) each."""
+    from tqdm.auto import tqdm
+
+    plus = type(model)(model.config.replace(mode="musc+", engine="local", ray_address=None),
+                       backbone=model.backbone)  # one image per call: no cluster needed
+    evidence, peaks = [], []
+    for i, image in enumerate(tqdm(images, desc="references against the others", unit="img", disable=not progress,
+                                   leave=False)):
+        others = without(features, i)
+        result = (plus.score([image], progress=False, references=others) if isinstance(features, TiledFeatures)
+                  else plus.score_features(features.subset([i]), progress=False, references=others))
+        evidence.append(float(result.decision_evidence()[0]))
+        peaks.append(float(np.asarray(result.maps[0]).max()))
+    return np.array(evidence), np.array(peaks)
+
+
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
     """Extract the reference images' features once (every tile's, on the references' own plan, with tiles; whole
-    images when tiles 'auto' would not cut them)."""
+    images when tiles 'auto' would not cut them), and with at least three references their leave-one-out evidence
+    (`leave_one_out`), which lets a bank decide new images one at a time."""
     if len(images) < 1:
         raise InputError("a bank needs at least one reference image")
     from .tiling import TiledScorer
@@ -157,7 +210,10 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
         features = TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
     else:
         features = _cpu(model.extract(images, progress)[0])
-    return Bank(features, run_settings(model), [str(p) for p in images])
+    held: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    if len(images) >= MIN_REFERENCES:
+        held = leave_one_out(model, images, features, progress)
+    return Bank(features, run_settings(model), [str(p) for p in images], *held)
 
 
-__all__ = ["Bank", "build_bank", "run_settings", "tiles_setting"]
+__all__ = ["Bank", "build_bank", "leave_one_out", "run_settings", "tiles_setting", "without"]

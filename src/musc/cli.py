@@ -354,7 +354,8 @@ def decision_options(func: Callable) -> Callable:
                      help="How images are marked normal/defective without labels (see README: Decisions)."),
         click.option("--fdr", type=float, default=DEFAULT_FDR, show_default=True,
                      help="fdr: the false-discovery rate over images (the expected share of normal images among "
-                          "those flagged); balanced: the level of the test that the batch holds any defect."),
+                          "those flagged); balanced: the level of the test that the batch holds any defect; against "
+                          "a bank: the share of normal images flagged."),
         click.option("--mad-k", type=float, default=3.0, show_default=True,
                      help="mad: robust z-score above which an image is defective."),
         click.option("--expected-defect-rate", type=float, default=None,
@@ -371,6 +372,27 @@ def decision_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def default_decision(decision_method: str) -> bool:
+    """Whether the decision is the default one, --decision not given (nor --threshold or --expected-defect-rate):
+    a bank's null then decides (`decide_reference`)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("decision_method")
+    return decision_method == "balanced" and source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def decide_reference(maps: Any, null: Any, fdr: float, evidence: Any, pixel_decision: str,
+                     pixel_threshold: float | None) -> Any:
+    """Each image against the bank's references (`decide_against_references`, at the level --fdr), masks by
+    --pixel-decision or --pixel-threshold."""
+    from .decision import decide_against_references
+
+    decided = decide_against_references(maps, null, fdr, evidence=evidence, pixel_method=pixel_decision)
+    if pixel_threshold is not None:
+        decided.masks, decided.pixel = maps > pixel_threshold, {"method": "fixed", "threshold": float(pixel_threshold)}
+    return decided
 
 
 def chosen_decision(decision_method: str, fdr: float, expected_defect_rate: float | None,
@@ -417,7 +439,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
           pixel_decision: str, pixel_threshold: float | None, make_report: bool, quiet: bool, **kwargs: Any) -> None:
     """Score every image in INPUTS (folders and/or image files) against the others; write the results to --out.
 
-    With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored.
+    With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored, and
+    against a bank of three references or more each image is decided on its own (README: Decisions against a bank).
 
     Writes scores.csv (rank, path, score, raw_score, map_max, evidence, relative_evidence (tiled batches), name,
     decision and, from balanced or fdr, tail_probability and q_value; rank 1 = most anomalous),
@@ -446,6 +469,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     paths = check_images(found, skip_unreadable, progress, skipped, masks_found)
     warn_ground_truth_like(paths, root, str(inputs[0]) if len(inputs) == 1 else "the inputs", masks_found)
     references: Any = None
+    bank_null: Any = None
+    no_null = False  # a bank that could decide each image but holds no null (built earlier, or too few references)
     model = MuSc(config)
     if reference is not None:
         masks_found = []
@@ -458,6 +483,9 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         loaded = Bank.load(bank)
         loaded.check_matches(run_settings(model))
         references = loaded.features
+        if config.mode == "musc+" and default_decision(decision_method):
+            bank_null = loaded.reference_null
+            no_null = bank_null is None
     if references is None and len(paths) < 2:
         where = inputs[0] if len(inputs) == 1 else "the inputs"
         raise InputError(f"MuSc needs at least 2 readable images in {where}, found {len(paths)} "
@@ -474,9 +502,13 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
                 result.notes.append(note)
         for note in result.notes:  # in config.json and the summary; in the log with -v
             log.info(note)
-        if len(paths) < 3 and decision_method in LABEL_FREE_METHODS:
+        if bank_null is not None:
+            decided = decide_reference(result.maps, bank_null, fdr, result.evidence, pixel_decision, pixel_threshold)
+            decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
+        elif len(paths) < 3 and decision_method in LABEL_FREE_METHODS:
             decision, masks, pixel_info = None, None, None
-            result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide")
+            result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide"
+                                + (" (or build the bank again with three references or more)" if no_null else ""))
         else:
             decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
                              threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
@@ -485,6 +517,12 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
                  "skipped_unreadable": skipped, "exclude": list(exclude)}
+        if bank_null is not None:
+            from dataclasses import asdict
+
+            from .export import REFERENCE_NULL
+
+            extra[REFERENCE_NULL] = asdict(bank_null)
         scores_path = write_result(result, folder, root=root, save_maps=not no_maps, save_images=not no_images,
                                    progress=progress, decision=decision, masks=masks, pixel_info=pixel_info,
                                    extra=extra)
@@ -634,12 +672,17 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
     progress = show_progress(quiet)
     saved = read_saved_result(results, progress=progress)
     n = len(saved.rows)
-    if n < 3 and decision_method in LABEL_FREE_METHODS:
+    if saved.reference_null is not None and default_decision(decision_method):
+        decided = decide_reference(saved.maps, saved.reference_null, fdr,
+                                   saved.evidence if saved.evidence is not None else saved.map_max, pixel_decision,
+                                   pixel_threshold)
+    elif n < 3 and decision_method in LABEL_FREE_METHODS:
         raise ConfigError(f"{results} holds {plural(n, 'image')}: no label-free decision for fewer than 3 images; "
                           "give --threshold to decide")
-    decided = decide(saved.scores, saved.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
-                     threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
-                     evidence=saved.evidence, map_max=saved.map_max, relative_evidence=saved.relative_evidence)
+    else:
+        decided = decide(saved.scores, saved.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
+                         threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
+                         evidence=saved.evidence, map_max=saved.map_max, relative_evidence=saved.relative_evidence)
     scores_path = write_decision(saved, decided.image, decided.masks, decided.pixel, progress=progress)
     if make_report or (results / "report.html").is_file():
         from .report import write_report

@@ -12,18 +12,23 @@ are normal. Each image gets a tail probability under that null (averaged over bo
 its estimation uncertainty is carried into it), and Benjamini-Hochberg tests the images at a false-discovery rate
 (`fdr`, default 0.05).
 
-`balanced` (default): when that test finds any defect (Simes' test that every image is normal, so an
-all-normal batch is left alone with probability about 1 - fdr), it flags as many images as maximise the F1
-estimated from the null: above each cut-off, the null predicts how many normal images reach it and the
-excess is the defects found. This balances missed defects against false alarms where `fdr` only bounds the
-false alarms, and finds far more of the defects when defective and normal images overlap. Given the batch's
-final image scores, the flagged images are that many at the top of their ranking (which ranks better than
-the map maxima: RsCIN, and the default preset's image score), so the flagged images are the ranking's first
-rows. Given a `relative_evidence` as well (tiled batches: `Result.relative_evidence`, each image's strongest
-region less its own level), `balanced` flags no more images than the same count on it finds, when it finds any:
-an image whose whole map stands high (lighting, the surface of that part) raises its absolute evidence, not its
-relative one. When it finds none, the count stands: a defect that raises a whole image has no relative evidence.
-`fdr`: the images Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
+`balanced` (default): when that test finds any defect (Simes' test that every image is normal: were the null exact,
+an all-normal batch would be left alone with probability about 1 - fdr), it flags as many images as maximise the F1
+estimated from the null: above each cut-off, the null predicts how many normal images reach it and the excess is the
+defects found. This balances missed defects against false alarms where `fdr` only bounds the false alarms, and finds
+far more of the defects when defective and normal images overlap. Given the batch's final image scores, the flagged
+images are that many at the top of their ranking (which ranks better than the map maxima: RsCIN, and the default
+preset's image score), so the flagged images are the ranking's first rows. Given a `relative_evidence` as well
+(tiled batches: `Result.relative_evidence`, each image's strongest region less its own level), `balanced` flags no
+more images than the same count on it finds, when it finds any: an image whose whole map stands high (lighting, the
+surface of that part) raises its absolute evidence, not its relative one. When it finds none, the count stands: a
+defect that raises a whole image has no relative evidence. `fdr`: the images Benjamini-Hochberg flags, about `fdr`
+of them expected to be normal.
+
+Against known-normal references (`decide_against_references`, a bank's own references each scored against the
+others: `Bank.reference_null`): each image is decided on its own, flagged when its evidence's tail probability
+under the references' null is at most a level; nothing is estimated from the batch, so one new image can be
+decided.
 
 Masks (`pixel_method`, for every image method): `half-peak` (default) marks, in each flagged image, the pixels
 at least half-way from the batch's median map maximum (a typical normal image's strongest region) up to the
@@ -52,7 +57,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 MAP_METHODS = ("balanced", "fdr")
 """Methods that decide from the anomaly maps (their maxima and pixels) rather than the final image scores."""
@@ -700,9 +705,98 @@ def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np
     return masks, {"method": "mebin", "thresholds": per_image, "floor": floor}
 
 
+MIN_REFERENCES = 3
+"""Fewest references whose leave-one-out evidence gives a null (`reference_null`): a spread needs two, and the
+predictive t one degree of freedom more."""
+
+
+@dataclass(frozen=True)
+class ReferenceNull:
+    """Normal images' evidence as `count` known-normal references show it, each scored against the others.
+
+    Under a Gaussian model of the references' evidence, a new normal image's evidence x follows the predictive
+    Student t: (x - mean) / (sd * sqrt(1 + 1 / count)) ~ t(count - 1), which carries the uncertainty of a null read
+    from a few references. `floor`: the references' median map maximum, where `half-peak` and `mebin` masks start.
+    """
+
+    mean: float
+    sd: float
+    count: int
+    floor: float
+
+    @property
+    def scale(self) -> float:
+        return self.sd * float(np.sqrt(1.0 + 1.0 / self.count))
+
+    def tail(self, x: np.ndarray | float) -> np.ndarray:
+        """P(evidence of a new normal image >= x)."""
+        from scipy.stats import t
+
+        return t.sf((np.asarray(x, dtype=np.float64) - self.mean) / self.scale, self.count - 1)
+
+    def quantile_of_tail(self, p: float) -> float:
+        """The evidence value whose tail probability is p."""
+        from scipy.stats import t
+
+        return float(self.mean + self.scale * t.isf(p, self.count - 1))
+
+
+def reference_null(evidence: Sequence[float], map_max: Sequence[float] | None = None) -> ReferenceNull:
+    """The null of `decide_against_references` from the references' leave-one-out `evidence` (K,) and map maxima
+    (K,; the evidence itself when not given). InputError for fewer than MIN_REFERENCES or non-finite values."""
+    x = np.asarray(evidence, dtype=np.float64)
+    peaks = x if map_max is None else np.asarray(map_max, dtype=np.float64)
+    if x.ndim != 1 or x.size < MIN_REFERENCES or peaks.shape != x.shape:
+        raise InputError(f"a null from references needs the evidence of at least {MIN_REFERENCES} references, one "
+                         f"value each (and as many map maxima), got shapes {x.shape} and {peaks.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(peaks).all()):
+        raise InputError("the references' evidence holds values that are not finite")
+    mean = float(x.mean())
+    sd = max(float(x.std(ddof=1)), 1e-12 * max(1.0, abs(mean)))  # identical references: any higher value stands out
+    return ReferenceNull(mean, sd, int(x.size), float(np.median(peaks)))
+
+
+def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: float = DEFAULT_FDR,
+                              evidence: Sequence[float] | None = None, pixel_method: str = PIXEL_METHODS[0]
+                              ) -> Decisions:
+    """Decide each image on its own against known-normal references: flagged when its evidence (the map maximum, or
+    `evidence`, `Result.evidence` on tiled images) has a tail probability of at most `level` under `null`.
+
+    `level` is the share of normal images expected to be flagged (per image, not over the batch: no batch is needed,
+    so a single new image scored against a bank is decided). The threshold is on that evidence. Masks are drawn in
+    the flagged images by `pixel_method`, from the references' median map maximum (`ReferenceNull.floor`) for
+    `half-peak` and `mebin`, and above the lowest map maximum of the flagged images for `image`.
+    """
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"the level must be between 0 and 1, got {level}")
+    check_pixel_method(pixel_method)
+    maps = np.asarray(maps)
+    n = maps.shape[0]
+    map_max = maps.reshape(n, -1).max(axis=1).astype(np.float64)
+    tested = map_max if evidence is None else np.asarray(evidence, dtype=np.float64)
+    if tested.shape != (n,):
+        raise ConfigError(f"evidence must have one value per map ({n}), got shape {tested.shape}")
+    p = null.tail(tested)
+    flagged = p <= level
+    detail = (f"tail probability at most {level:g} under the references' null (mean {null.mean:.4g}, sd {null.sd:.3g} "
+              f"of the evidence of {null.count} references, each scored against the others)")
+    decision = Decision(flagged, null.quantile_of_tail(level), "reference", detail, p_values=p,
+                        on="map_max" if evidence is None else "evidence")
+    if pixel_method == "half-peak":
+        masks, pixel = half_peak_masks(maps, flagged, null.floor)
+    elif pixel_method == "mebin":
+        masks, pixel = mebin_masks(maps, flagged, null.floor)
+    else:
+        t = float(map_max[flagged].min()) if flagged.any() else float("inf")
+        masks = with_peaks((maps >= t) & flagged[:, None, None], maps, flagged)
+        pixel = {"method": "image", "threshold": t, "detail": "the lowest map maximum of the flagged images"}
+    return Decisions(decision, masks, pixel)
+
+
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",
-           "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR", "balanced_count", "upper_majority"]
+           "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR", "balanced_count", "upper_majority",
+           "MIN_REFERENCES", "ReferenceNull", "reference_null", "decide_against_references"]

@@ -32,6 +32,9 @@ MAP_SIZE = "map_size"
 INPUT_ORDER = "input_order"
 """config.json's key for the images' names in the order they were scored: `musc decide` reads the rows back in that
 order (the decision itself does not depend on the order: the null's bootstrap resamples the sorted evidence)."""
+REFERENCE_NULL = "reference_null"
+"""config.json's key for the bank's null a run decided with (`musc.decision.ReferenceNull`'s fields), which `musc
+decide` decides with again."""
 DECISION_COLUMNS = ("decision", "tail_probability", "q_value")
 FILE_COLUMNS = ("map", "mask", "heatmap", "overlay")
 
@@ -147,6 +150,8 @@ class SavedResult:
     maps: np.ndarray
     sizes: list[tuple[int, int]]
     relative_evidence: np.ndarray | None = None
+    reference_null: Any = None
+    """The bank's null the run decided with (`musc.decision.ReferenceNull`; config.json's `reference_null`), or None."""
 
 
 def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult:
@@ -190,8 +195,16 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
     except ValueError as e:
         raise InputError(f"{scores_csv}: a score or evidence value is not a number ({e})") from None
     whole = all(r["evidence"] == r["map_max"] for r in rows)  # whole images: the decisions test the map maxima
+    null = None
+    if facts.get(REFERENCE_NULL):
+        from .decision import ReferenceNull
+
+        try:
+            null = ReferenceNull(**facts[REFERENCE_NULL])
+        except TypeError as e:
+            raise InputError(f"{config}: its {REFERENCE_NULL} is not a bank's null ({e})") from None
     return SavedResult(folder, header, rows, scores, None if whole else evidence, map_max, maps, sizes,
-                       None if whole else relative)
+                       None if whole else relative, null)
 
 
 def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pixel_info: dict[str, Any] | None,
@@ -221,4 +234,4 @@ def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pi
 
 
 __all__ = ["write_result", "run_facts", "read_saved_result", "write_decision", "SavedResult", "save_mask",
-           "decision_columns", "SCORES_FILE", "CONFIG_FILE", "MAP_SIZE", "INPUT_ORDER"]
+           "decision_columns", "SCORES_FILE", "CONFIG_FILE", "MAP_SIZE", "INPUT_ORDER", "REFERENCE_NULL"]
