@@ -37,7 +37,6 @@ from musc.datasets import get_reader, load_mask, resize_mask
 from musc.decision import decide, decide_from_maps, pixel_masks
 from musc.metrics import f1_max
 from musc.tiling import image_sizes
-from musc.types import Features
 
 RULES = ("balanced", "balanced/map-order", "balanced/mebin", "gmm")
 
@@ -78,7 +77,7 @@ def all_normal(model: MuSc, args: argparse.Namespace) -> None:
         for _ in range(args.draws):
             idx = np.sort(rng.choice(len(chosen), sum(BATCH), replace=False))
             index = torch.as_tensor(idx)
-            features = Features([t[index] for t in pooled.tokens], pooled.embeddings[index])
+            features = pooled.subset(index)
             result = model.score_features(features, progress=False, scorer=TableScorer(tables, index))
             for rule in NORMAL_RULES:
                 flagged[rule].append(100 * float(np.mean(decide(result.scores, result.maps, rule).image.defective)))
@@ -128,7 +127,7 @@ def main() -> None:
             if model.config_for([paths[i] for i in idx])[0].tile_scale is not None:
                 raise SystemExit(f"the default preset would tile a batch of mtd-{category}: these draws score whole "
                                  "images")
-            features = Features([t[index] for t in pooled.tokens], pooled.embeddings[index])
+            features = pooled.subset(index)
             result = model.score_features(features, progress=False, scorer=TableScorer(tables, index))
             maps, scores, lab, gt = result.maps, result.scores, labels[idx], truth[idx]
             image_oracle, pixel_oracle = f1_max(lab, scores), f1_max(gt.ravel(), maps.ravel())

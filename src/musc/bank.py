@@ -166,14 +166,6 @@ def _cpu(features: Features) -> Features:
     return Features([t.cpu() for t in features.tokens], features.embeddings.cpu())
 
 
-def without(features: Features | TiledFeatures, i: int) -> Features | TiledFeatures:
-    """`features` less image i (at every tile position of tiled features)."""
-    keep = [j for j in range(features.num_images) if j != i]
-    if isinstance(features, TiledFeatures):
-        return TiledFeatures([p.subset(keep) for p in features.positions], features.canvas, features.starts)
-    return features.subset(keep)
-
-
 def leave_one_out(model: Any, images: Sequence[Any], features: Features | TiledFeatures, progress: bool = True
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Each reference image scored against the features of the others as MuSc+ scores a new image against a bank:
@@ -185,7 +177,7 @@ def leave_one_out(model: Any, images: Sequence[Any], features: Features | TiledF
     evidence, peaks = [], []
     for i, image in enumerate(tqdm(images, desc="references against the others", unit="img", disable=not progress,
                                    leave=False)):
-        others = without(features, i)
+        others = features.subset([j for j in range(features.num_images) if j != i])
         result = (plus.score([image], progress=False, references=others) if isinstance(features, TiledFeatures)
                   else plus.score_features(features.subset([i]), progress=False, references=others))
         evidence.append(float(result.decision_evidence()[0]))
@@ -216,4 +208,4 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     return Bank(features, run_settings(model), [str(p) for p in images], *held)
 
 
-__all__ = ["Bank", "build_bank", "leave_one_out", "run_settings", "tiles_setting", "without"]
+__all__ = ["Bank", "build_bank", "leave_one_out", "run_settings", "tiles_setting"]

@@ -376,23 +376,11 @@ def decision_options(func: Callable) -> Callable:
 
 def default_decision(decision_method: str) -> bool:
     """Whether the decision is the default one, --decision not given (nor --threshold or --expected-defect-rate):
-    a bank's null then decides (`decide_reference`)."""
+    a bank's null then decides (`decide_against_references`)."""
     from click.core import ParameterSource
 
     source = click.get_current_context().get_parameter_source("decision_method")
     return decision_method == "balanced" and source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-
-
-def decide_reference(maps: Any, null: Any, fdr: float, evidence: Any, pixel_decision: str,
-                     pixel_threshold: float | None) -> Any:
-    """Each image against the bank's references (`decide_against_references`, at the level --fdr), masks by
-    --pixel-decision or --pixel-threshold."""
-    from .decision import decide_against_references
-
-    decided = decide_against_references(maps, null, fdr, evidence=evidence, pixel_method=pixel_decision)
-    if pixel_threshold is not None:
-        decided.masks, decided.pixel = maps > pixel_threshold, {"method": "fixed", "threshold": float(pixel_threshold)}
-    return decided
 
 
 def chosen_decision(decision_method: str, fdr: float, expected_defect_rate: float | None,
@@ -448,7 +436,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
     """
-    from .decision import decide
+    from .decision import decide, decide_against_references
     from .export import write_result
     from .io import ResultFolder, check_output_folder, find_images
     from .pipeline import MuSc
@@ -503,7 +491,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         for note in result.notes:  # in config.json and the summary; in the log with -v
             log.info(note)
         if bank_null is not None:
-            decided = decide_reference(result.maps, bank_null, fdr, result.evidence, pixel_decision, pixel_threshold)
+            decided = decide_against_references(result.maps, bank_null, fdr, evidence=result.evidence,
+                                                pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         elif len(paths) < 3 and decision_method in LABEL_FREE_METHODS:
             decision, masks, pixel_info = None, None, None
@@ -663,9 +652,11 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
 
     Reads scores.csv and the raw maps (maps/*.npy; a folder scored with --no-maps cannot be decided again) and
     replaces the decision: scores.csv's decision, tail_probability and q_value columns, decision.json,
-    masks/NAME.png and, when there is one, report.html. Scores, maps and images are left as they are.
+    masks/NAME.png and, when there is one, report.html. Scores, maps and images are left as they are. A folder
+    scored against a bank's null (config.json's reference_null) is decided against it again unless --decision says
+    otherwise.
     """
-    from .decision import decide
+    from .decision import decide, decide_against_references
     from .export import read_saved_result, write_decision
 
     decision_method = chosen_decision(decision_method, fdr, expected_defect_rate, threshold)
@@ -673,9 +664,9 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
     saved = read_saved_result(results, progress=progress)
     n = len(saved.rows)
     if saved.reference_null is not None and default_decision(decision_method):
-        decided = decide_reference(saved.maps, saved.reference_null, fdr,
-                                   saved.evidence if saved.evidence is not None else saved.map_max, pixel_decision,
-                                   pixel_threshold)
+        decided = decide_against_references(saved.maps, saved.reference_null, fdr,
+                                            evidence=saved.evidence if saved.evidence is not None else saved.map_max,
+                                            pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
     elif n < 3 and decision_method in LABEL_FREE_METHODS:
         raise ConfigError(f"{results} holds {plural(n, 'image')}: no label-free decision for fewer than 3 images; "
                           "give --threshold to decide")
@@ -709,7 +700,11 @@ def bank() -> None:
 @EXCLUDE_OPTION
 @click.option("--quiet", "-q", is_flag=True)
 def bank_build(folder: Path, out: Path, exclude: tuple[str, ...], quiet: bool, **kwargs: Any) -> None:
-    """Extract the features of the known-good images in FOLDER once and store them in a bank file."""
+    """Extract the features of the known-good images in FOLDER once and store them in a bank file.
+
+    With three references or more, each is also scored against the others (MuSc+) and the bank keeps those values:
+    `musc score --bank` then decides each new image on its own against them (README: Decisions against a bank).
+    """
     from .bank import build_bank
     from .io import check_output_file, find_images
     from .pipeline import MuSc

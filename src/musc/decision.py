@@ -61,6 +61,9 @@ from .errors import ConfigError, InputError
 
 MAP_METHODS = ("balanced", "fdr")
 """Methods that decide from the anomaly maps (their maxima and pixels) rather than the final image scores."""
+TESTED_METHODS = (*MAP_METHODS, "reference")
+"""Decisions that test each image's evidence (the map-based ones and `decide_against_references`): their `image`
+masks start at the lowest map maximum of the flagged images."""
 LABEL_FREE_METHODS = (*MAP_METHODS, "gmm", "mad", "otsu")
 """Methods that set their threshold from the batch alone (not from the user's rate or threshold)."""
 IMAGE_METHODS = (*LABEL_FREE_METHODS, "rate", "fixed")
@@ -633,23 +636,24 @@ def check_pixel_method(method: str) -> None:
 
 
 def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, method: str = PIXEL_METHODS[0],
-                image_method: str = "gmm", k: float = 3.0, threshold: float | None = None
-                ) -> tuple[np.ndarray, dict]:
+                image_method: str = "gmm", k: float = 3.0, threshold: float | None = None,
+                floor: float | None = None) -> tuple[np.ndarray, dict]:
     """Binary defect masks (N, H, W) in the flagged images and a description of the pixel threshold(s).
 
-    `raw_scores` are the maps' maxima. `half-peak` and `mebin` set a threshold per flagged image above the batch's
-    median map maximum (`half_peak_masks`, `mebin_masks`); `image` marks the pixels above the image cut-off on the
-    map maxima (the lowest one among a map-based decision's flagged images, or `image_method` applied to them).
+    `raw_scores` are the maps' maxima. `half-peak` and `mebin` set a threshold per flagged image above `floor` (the
+    batch's median map maximum unless given: what a normal image's strongest region reaches; `half_peak_masks`,
+    `mebin_masks`); `image` marks the pixels above the image cut-off on the map maxima (the lowest one among the
+    flagged images of a decision that tests each image, or `image_method` applied to them).
     """
     check_pixel_method(method)
     if threshold is not None:
         return maps > threshold, {"method": "fixed", "threshold": float(threshold)}
-    floor = float(np.median(raw_scores))
+    floor = float(np.median(raw_scores)) if floor is None else floor
     if method == "half-peak":
         return half_peak_masks(maps, decision.defective, floor)
     if method == "mebin":
         return mebin_masks(maps, decision.defective, floor)
-    if decision.method in MAP_METHODS:  # the lowest map maximum among the flagged images (their cut-off on the maxima)
+    if decision.method in TESTED_METHODS:  # the lowest map maximum of the flagged images (their cut-off on the maxima)
         flagged = decision.defective
         t = float(np.asarray(raw_scores)[flagged].min()) if flagged.any() else float("inf")
         return with_peaks((maps >= t) & flagged[:, None, None], maps, flagged), {
@@ -757,15 +761,16 @@ def reference_null(evidence: Sequence[float], map_max: Sequence[float] | None = 
 
 
 def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: float = DEFAULT_FDR,
-                              evidence: Sequence[float] | None = None, pixel_method: str = PIXEL_METHODS[0]
-                              ) -> Decisions:
+                              evidence: Sequence[float] | None = None, pixel_method: str = PIXEL_METHODS[0],
+                              pixel_threshold: float | None = None) -> Decisions:
     """Decide each image on its own against known-normal references: flagged when its evidence (the map maximum, or
     `evidence`, `Result.evidence` on tiled images) has a tail probability of at most `level` under `null`.
 
     `level` is the share of normal images expected to be flagged (per image, not over the batch: no batch is needed,
     so a single new image scored against a bank is decided). The threshold is on that evidence. Masks are drawn in
     the flagged images by `pixel_method`, from the references' median map maximum (`ReferenceNull.floor`) for
-    `half-peak` and `mebin`, and above the lowest map maximum of the flagged images for `image`.
+    `half-peak` and `mebin`, and above the lowest map maximum of the flagged images for `image` (`pixel_masks`);
+    `pixel_threshold` overrides it with a fixed map value.
     """
     if not 0.0 < level < 1.0:
         raise ConfigError(f"the level must be between 0 and 1, got {level}")
@@ -782,14 +787,7 @@ def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: floa
               f"of the evidence of {null.count} references, each scored against the others)")
     decision = Decision(flagged, null.quantile_of_tail(level), "reference", detail, p_values=p,
                         on="map_max" if evidence is None else "evidence")
-    if pixel_method == "half-peak":
-        masks, pixel = half_peak_masks(maps, flagged, null.floor)
-    elif pixel_method == "mebin":
-        masks, pixel = mebin_masks(maps, flagged, null.floor)
-    else:
-        t = float(map_max[flagged].min()) if flagged.any() else float("inf")
-        masks = with_peaks((maps >= t) & flagged[:, None, None], maps, flagged)
-        pixel = {"method": "image", "threshold": t, "detail": "the lowest map maximum of the flagged images"}
+    masks, pixel = pixel_masks(maps, map_max, decision, pixel_method, threshold=pixel_threshold, floor=null.floor)
     return Decisions(decision, masks, pixel)
 
 

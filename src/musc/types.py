@@ -45,6 +45,10 @@ class TiledFeatures:
     def num_images(self) -> int:
         return self.positions[0].num_images
 
+    def subset(self, index: torch.Tensor | list[int]) -> "TiledFeatures":
+        """The same plan with these images only, at every tile position."""
+        return TiledFeatures([p.subset(index) for p in self.positions], self.canvas, self.starts)
+
 
 @dataclass
 class Result:
