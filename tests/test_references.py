@@ -94,6 +94,21 @@ def test_bank_round_trip_gives_the_same_maps(tmp_path):
     np.testing.assert_array_equal(direct.scores, via_bank.scores)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(rescoring="rscon", map_baseline=0.5, projection_dim=16),
+                                     dict(aggregation="snamd", map_rule="z-max", memory_budget_mb=1)])
+def test_each_image_against_the_others_equals_scoring_it_alone(options):
+    model = MuSc(TINY.replace(mode="musc+", **options))
+    features = model.extract([Image.fromarray(textured(300 + i)) for i in range(5)], progress=False)[0]
+    held_out = model.score_each_against_others(features, progress=False)
+    for i in range(5):
+        alone = model.score_features(features.subset([i]), progress=False,
+                                     references=features.subset([j for j in range(5) if j != i]))
+        np.testing.assert_allclose(held_out[i].maps, alone.maps, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(held_out[i].scores, alone.scores, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="at least 2 images"):
+        model.score_each_against_others(features.subset([0]))
+
+
 def test_bank_keeps_each_references_score_against_the_others(tmp_path):
     model = MuSc(TINY.replace(mode="musc+"))
     refs = [Image.fromarray(textured(300 + i)) for i in range(4)]
@@ -154,6 +169,7 @@ def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
                                "--mode", "musc+", *CLI_TINY])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "few" / "config.json").read_text())["mode"] == "musc+"
+    assert json.loads((tmp_path / "few" / "decision.json").read_text())["image"]["method"] == "reference"
     bank_file = tmp_path / "good.bank"
     res = runner.invoke(main, ["bank", "build", str(refs), "--out", str(bank_file), *CLI_TINY])
     assert res.exit_code == 0 and bank_file.is_file()
@@ -173,6 +189,13 @@ def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "one" / "decision.json").read_text())["image"]
     assert again["method"] == "reference" and again["threshold"] == pytest.approx(null.quantile_of_tail(0.2))
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "refs_plus"), "--reference", str(refs),
+                               "--mode", "musc+", *CLI_TINY[:-1]])  # the null a bank of these references holds
+    assert res.exit_code == 0, res.output
+    same = json.loads((tmp_path / "refs_plus" / "decision.json").read_text())
+    assert same["image"]["method"] == "reference" and same["image"]["threshold"] == pytest.approx(first["image"]["threshold"])
+    np.testing.assert_allclose(np.load(tmp_path / "refs_plus" / "maps" / "odd.npy"),
+                               np.load(tmp_path / "one" / "maps" / "odd.npy"), atol=1e-6)
     res = runner.invoke(main, ["decide", str(tmp_path / "one"), "--decision", "balanced", "-q"])
     assert res.exit_code != 0 and "fewer than 3 images" in res.output  # an explicit batch method stays one
     res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "asked"), "--bank", str(bank_file),

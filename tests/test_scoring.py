@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from musc.scoring import (MAP_RULES, cross_nearest_distances, distances_to_references, get_map_rule, half_inputs,
                           interval_bounds, interval_count, interval_mean, interval_mean_excluding_self, mutual_scores,
-                          nearest_patch_distances, robust_z_max, view_mean, finest_view, finest_view_index,
+                          nearest_other_scores, nearest_patch_distances, reference_scores, robust_z_max, view_mean, finest_view, finest_view_index,
                           subtract_image_baseline)
 
 
@@ -293,3 +293,13 @@ def test_image_baseline_pools_every_tile_position_of_an_image():
     joined = tiles.permute(1, 2, 0, 3, 4).reshape(2, 4, 15, 5)  # the positions side by side in one grid per image
     expected = subtract_image_baseline(joined, 0.6).view(2, 4, 3, 5, 5).permute(2, 0, 1, 3, 4)
     assert torch.allclose(subtract_image_baseline(tiles, 0.6), expected)
+
+
+@pytest.mark.parametrize("budget", [None, 4 * 3 * 16 * 7])  # the table, or rows of images against all others
+def test_each_image_against_the_others_is_musc_plus_with_the_others_as_references(budget):
+    z = unit(7, 16, 8, seed=3)
+    held_out = nearest_other_scores(z, 0.3, budget, skip=0.05)  # the interval and skip do not apply
+    for i in range(7):
+        others = torch.cat([z[:i], z[i + 1:]])
+        torch.testing.assert_close(held_out[i:i + 1], reference_scores(z[i:i + 1], others), atol=1e-6, rtol=0)
+    torch.testing.assert_close(held_out, naive_scores(z, 1e-9), atol=1e-5, rtol=0)  # the nearest of the N - 1

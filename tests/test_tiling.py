@@ -332,6 +332,24 @@ def test_a_tiled_bank_gives_the_result_of_its_reference_images(tmp_path, mode):
     assert one.maps.shape == (1, 224, 84) and abs(y - 153) <= 14 and abs(x - 43) <= 14
 
 
+@pytest.mark.parametrize("options", [dict(tile_matching="aligned"), dict(tile_matching="all"),
+                                     dict(tile_image_blocks="shallow", rescoring="rscon", map_baseline=0.5, tile_map_rule="z-max")])
+def test_a_tiled_banks_leave_one_out_is_each_reference_scored_against_the_others(options):
+    from musc.bank import leave_one_out
+
+    config = MuScConfig(**TINY, mode="musc+", tile_scale=1.0, tile_overlap=0.25, **options)
+    model = MuSc(config)
+    refs = tall_images(80, 4)
+    tiled = TiledScorer(model).features(refs, progress=False)
+    evidence, peaks = leave_one_out(MuSc(config.replace(mode="musc"), backbone=model.backbone), tiled, progress=False)
+    for i in range(4):
+        alone = model.score([refs[i]], references=tiled.subset([j for j in range(4) if j != i]), progress=False)
+        assert evidence[i] == pytest.approx(float(alone.evidence[0]), rel=1e-5)
+        assert peaks[i] == pytest.approx(float(alone.maps[0].max()), rel=1e-5)
+    with pytest.raises(InputError, match="at least 2 images"):
+        TiledScorer(model).score_each_against_others(tiled.subset([0]))
+
+
 def test_tiled_bank_settings_are_checked():
     from musc.bank import build_bank, run_settings
 

@@ -166,23 +166,34 @@ def _cpu(features: Features) -> Features:
     return Features([t.cpu() for t in features.tokens], features.embeddings.cpu())
 
 
-def leave_one_out(model: Any, images: Sequence[Any], features: Features | TiledFeatures, progress: bool = True
+def leave_one_out(model: Any, features: Features | TiledFeatures, progress: bool = True
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Each reference image scored against the features of the others as MuSc+ scores a new image against a bank:
-    its evidence (`Result.decision_evidence`) and its map maximum, (K,) each."""
-    from tqdm.auto import tqdm
+    its evidence (`Result.decision_evidence`) and its map maximum, (K,) each. All K at once on the local engine
+    (`MuSc.score_each_against_others`): stage 1 once, one pair-symmetric distance table per (block, view)."""
+    from .tiling import TiledScorer
 
-    plus = type(model)(model.config.replace(mode="musc+", engine="local", ray_address=None),
-                       backbone=model.backbone)  # one image per call: no cluster needed
-    evidence, peaks = [], []
-    for i, image in enumerate(tqdm(images, desc="references against the others", unit="img", disable=not progress,
-                                   leave=False)):
-        others = features.subset([j for j in range(features.num_images) if j != i])
-        result = (plus.score([image], progress=False, references=others) if isinstance(features, TiledFeatures)
-                  else plus.score_features(features.subset([i]), progress=False, references=others))
-        evidence.append(float(result.decision_evidence()[0]))
-        peaks.append(float(np.asarray(result.maps[0]).max()))
-    return np.array(evidence), np.array(peaks)
+    local = type(model)(model.config.replace(engine="local", ray_address=None), backbone=model.backbone)
+    results = (TiledScorer(local).score_each_against_others(features, progress)
+               if isinstance(features, TiledFeatures) else local.score_each_against_others(features, progress))
+    return (np.array([float(r.decision_evidence()[0]) for r in results]),
+            np.array([float(r.map_maxima()[0]) for r in results]))
+
+
+def reference_features(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True
+                       ) -> Features | TiledFeatures:
+    """The reference images' features as `model.score(images, references=references)` uses them: whole images, or
+    tiles cut on the plan of `images` (tiles 'auto' resolved for them). Scoring `images` against these gives that
+    result, and `leave_one_out` on them the references' null without extracting them twice."""
+    from .tiling import TiledScorer, image_sizes
+
+    config, _ = model.config_for(images, references)
+    resolved = type(model)(config, backbone=model.backbone)
+    if config.tile_scale is None:
+        return _cpu(resolved.extract(references, progress)[0])
+    scorer = TiledScorer(resolved)
+    tiled = scorer.features(references, progress, scorer.plan(image_sizes(images)))
+    return TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
 
 
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
@@ -204,8 +215,8 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
         features = _cpu(model.extract(images, progress)[0])
     held: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
     if len(images) >= MIN_REFERENCES:
-        held = leave_one_out(model, images, features, progress)
+        held = leave_one_out(model, features, progress)
     return Bank(features, run_settings(model), [str(p) for p in images], *held)
 
 
-__all__ = ["Bank", "build_bank", "leave_one_out", "run_settings", "tiles_setting"]
+__all__ = ["Bank", "build_bank", "leave_one_out", "reference_features", "run_settings", "tiles_setting"]

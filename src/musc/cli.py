@@ -14,7 +14,7 @@ from .backbones import PRESETS, get_preset
 from .config import (DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_IMAGE_BLOCKS,
                      TILE_MATCHINGS, TILE_RESCORINGS, MuScConfig)
 from .datasets.readers import READERS
-from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, PIXEL_METHODS
+from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, MIN_REFERENCES, PIXEL_METHODS
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 from .tiling import MIN_TILE_SUBSET
 
@@ -428,7 +428,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     """Score every image in INPUTS (folders and/or image files) against the others; write the results to --out.
 
     With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored, and
-    against a bank of three references or more each image is decided on its own (README: Decisions against a bank).
+    against a bank of three references or more (or three reference images or more with --mode musc+) each image is
+    decided on its own (README: Decisions against a bank).
 
     Writes scores.csv (rank, path, score, raw_score, map_max, evidence, relative_evidence (tiled batches), name,
     decision and, from balanced or fdr, tail_probability and q_value; rank 1 = most anomalous),
@@ -480,6 +481,13 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
                          "(or give --reference/--bank to score a single image)")
     if not paths:
         raise InputError("no readable images to score")
+    if (reference is not None and config.mode == "musc+" and default_decision(decision_method)
+            and len(references) >= MIN_REFERENCES):  # the null a bank of these references would hold
+        from .bank import leave_one_out, reference_features
+        from .decision import reference_null
+
+        references = reference_features(model, references, paths, progress)
+        bank_null = reference_null(*leave_one_out(model, references, progress))
     with ResultFolder(out) as folder:
         result = model.score(paths, progress=progress, references=references)
         if config.tile_scale is None:

@@ -26,8 +26,8 @@ from .config import MuScConfig
 from .errors import ConfigError, InputError
 from .io import read_image, to_rgb, upright
 from .rescoring import get_image_score, peak, rscin
-from .scoring import (finest_view_index, get_map_rule, mutual_scores, random_projection, reference_scores,
-                      subtract_image_baseline)
+from .scoring import (finest_view_index, get_map_rule, mutual_scores, nearest_other_scores, random_projection,
+                      reference_scores, subtract_image_baseline)
 from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,23 @@ class MuSc:
         if c.rescoring == "rscon":  # the arg-max of the mean over views, on every engine and map rule
             embeddings = self.salient_vectors(features.tokens, view_grids.mean(dim=0))
         return self.finish(view_grids, embeddings, timings, pairs if keep_pairs else None)
+
+    def score_each_against_others(self, features: Features, progress: bool = True) -> list[Result]:
+        """MuSc+ of every image against all the others (a bank's leave-one-out): one Result per image, equal to
+        scoring it alone against the other images' features (`score_features(features.subset([i]),
+        references=features.subset(others))` with mode 'musc+'), for stage 1 run once and one pair-symmetric
+        distance table per (block, view) instead of N scorings against N - 1 references. Each image is finished
+        alone, so batch-wide rules (`z-max` maps, re-scoring) see what they see when it is scored alone."""
+        if features.num_images < 2:
+            raise InputError(f"scoring each image against the others needs at least 2 images, got "
+                             f"{features.num_images}")
+        alone = type(self)(self.config.replace(mode="musc+", subsets=1, tile_subsets=False), backbone=self.backbone)
+        view_grids, _, timings = alone.patch_scores(features, progress, scorer=nearest_other_scores)
+        embeddings = features.embeddings
+        if alone.config.rescoring == "rscon":
+            embeddings = alone.salient_vectors(features.tokens, view_grids.mean(dim=0))
+        return [alone.finish(view_grids[:, i:i + 1], embeddings[i:i + 1], dict(timings))
+                for i in range(features.num_images)]
 
     def salient_tap(self, count: int) -> tuple[int, int]:
         """RsCon's tapped block among `count`: (its position, its block number), the second-to-last one."""

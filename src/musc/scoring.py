@@ -290,6 +290,17 @@ def mutual_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | N
     return _scores_by_row_blocks(z, fraction, budget, matmul_dtype, progress, skip)
 
 
+def nearest_other_scores(z: torch.Tensor, fraction: float = 0.3, memory_budget: int | None = None,
+                         matmul_dtype: torch.dtype | None = None, progress: Callable[[int], None] | None = None,
+                         skip: float = 0.0) -> torch.Tensor:
+    """MuSc+ of each image against all the others of the set, for one (block, r) pair: (N, L, C) -> (N, L), each
+    patch's distance to its nearest patch in any other image. This is what `reference_scores` gives one image against
+    the other N - 1 as references (a bank's leave-one-out), from one pair-symmetric table: MSM's interval mean of one
+    value (`fraction` and `skip` are ignored; the signature is `mutual_scores`', so `MuSc.patch_scores` takes it
+    as its scorer)."""
+    return mutual_scores(z, 0.0, memory_budget, matmul_dtype=matmul_dtype, progress=progress)
+
+
 def random_projection(z: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     """Approximate fast mode: project unit patch vectors (N, L, C) to `dim` random Gaussian directions, renormalise.
 
@@ -385,7 +396,7 @@ def get_map_rule(name: str) -> Callable[[torch.Tensor, Sequence], torch.Tensor]:
 
 
 __all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_distances", "cross_nearest_distances",
-           "mutual_scores", "default_memory_budget", "interval_mean_excluding_self",
+           "mutual_scores", "nearest_other_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
            "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule",
            "subtract_image_baseline", "image_levels", "lower_quantile", "shallow_blocks", "shallow_finest"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score, peak
-from .scoring import (finest_view_index, get_map_rule, image_levels, mutual_scores, shallow_blocks, shallow_finest,
-                      subtract_image_baseline)
+from .scoring import (finest_view_index, get_map_rule, image_levels, mutual_scores, nearest_other_scores,
+                      shallow_blocks, shallow_finest, subtract_image_baseline)
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
@@ -137,18 +137,20 @@ def reads_shallow_blocks(config: "MuScConfig") -> bool:
 
 
 def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
-                  references: Sequence["Features"] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  references: Sequence["Features"] | None = None, scorer: Callable[..., torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per tile position p, MSM of tile p against tile p of the other images: (P, V, N, h, w) patch scores per
     stage-1 view (`MuSc.patch_scores`), and the finest view of the shallower blocks (P, N, h, w) when the image
     score reads it (`reads_shallow_blocks`; else None).
 
     `positions[p]`: the features of every image's tile at position p; `references[p]`: the reference images'
-    tiles at p (few-shot MuSc or MuSc+, as config.mode says)."""
+    tiles at p (few-shot MuSc or MuSc+, as config.mode says); `scorer`: what scores a position without references
+    (`MuSc.patch_scores`; None = MSM)."""
     shallow = reads_shallow_blocks(model.config)
     grids, finest = [], []
     for k, features in enumerate(tqdm(positions, desc="scoring tile positions", unit="tile", disable=not progress,
                                       leave=False)):
-        total, pairs, _ = model.patch_scores(features, progress=False, keep_pairs=shallow,
+        total, pairs, _ = model.patch_scores(features, progress=False, keep_pairs=shallow, scorer=scorer,
                                              references=None if references is None else references[k])
         grids.append(total)
         if shallow:
@@ -157,14 +159,15 @@ def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool
 
 
 def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
-              references: Sequence["Features"] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              references: Sequence["Features"] | None = None, scorer: Callable[..., torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every tile against all tiles of the other images: (P, V, N, h, w) patch scores per stage-1 view (and the
     finest view over the blocks the image score reads, as `score_aligned`).
 
     Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
     nearest-patch distance to image j is its distance to the closest patch anywhere in j. `references[p]`: the
     reference images' tiles at p, joined the same way (few-shot MuSc or MuSc+, as config.mode says). Subsets,
-    the memory budget, fast mode and the product precision apply as in `MuSc.patch_scores`.
+    the memory budget, fast mode and the product precision apply as in `MuSc.patch_scores`, and so does `scorer`.
     """
     tokens = [features.tokens for features in positions]
     n_pos, n = len(tokens), tokens[0][0].shape[0]
@@ -183,16 +186,16 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
             yield torch.cat(tiles, dim=1)  # (n, P*h*w, C)
 
     shallow = reads_shallow_blocks(model.config)
-    total, pairs, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, mutual_scores, progress, shallow,
-                                        device, "scoring all tiles")
+    total, pairs, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, scorer or mutual_scores, progress,
+                                        shallow, device, "scoring all tiles")
     finest = shallow_finest(pairs, model.views()).view(n, n_pos, h, w).permute(1, 0, 2, 3) if shallow else None
     return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4), finest
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 """How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
-features per position) -> (P, V, N, h, w) scores, and the finest view of the shallower blocks (P, N, h, w) when
-the image score reads it (`reads_shallow_blocks`; else None)."""
+features per position, scorer) -> (P, V, N, h, w) scores, and the finest view of the shallower blocks (P, N, h, w)
+when the image score reads it (`reads_shallow_blocks`; else None)."""
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
@@ -321,6 +324,31 @@ class TiledScorer:
         del test, ref_positions
         result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0, shallow)
         return self.model.describe_inputs(result, images, sizes)
+
+    def score_each_against_others(self, features: TiledFeatures, progress: bool = True) -> list["Result"]:
+        """MuSc+ of every tiled image against all the others (a tiled bank's leave-one-out), as
+        `MuSc.score_each_against_others` does for whole images: one Result per image, equal to scoring it alone
+        against the others' tiles, from stage 1 run once and one distance table per (block, view) and position."""
+        if features.num_images < 2:
+            raise InputError(f"scoring each image against the others needs at least 2 images, got "
+                             f"{features.num_images}")
+        from .pipeline import MuSc
+
+        alone = TiledScorer(MuSc(self.config.replace(mode="musc+", subsets=1, tile_subsets=False),
+                                 backbone=self.model.backbone))
+        t0 = time.perf_counter()
+        grids, shallow = TILE_MATCHING[alone.config.tile_matching](alone.model, features.positions, progress,
+                                                                   scorer=nearest_other_scores)
+        salient = None
+        if alone.config.rescoring_for(tiled=True) == "rscon":
+            salient = [alone.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
+                       for k, position in enumerate(features.positions)]
+        embeddings = torch.stack([position.embeddings for position in features.positions])
+        plan = (features.canvas, list(features.starts))
+        return [alone.finish(grids[:, :, i:i + 1], embeddings[:, i:i + 1],
+                             None if salient is None else [s[i:i + 1] for s in salient], plan, {}, t0,
+                             None if shallow is None else shallow[:, i:i + 1])
+                for i in range(features.num_images)]
 
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
                plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float,
