@@ -159,6 +159,63 @@ def test_bank_mismatch_and_damage_refused(tmp_path):
         build_bank(MuSc(TINY), [], progress=False)
 
 
+def test_few_shot_null_scores_the_references_as_the_test_images_are():
+    from musc.bank import few_shot_null
+
+    model = MuSc(TINY)  # few-shot MuSc; no subsets
+    refs = [Image.fromarray(textured(600 + i)) for i in range(4)]
+    tests = [Image.fromarray(textured(700 + i)) for i in range(5)] + [Image.fromarray(planted(textured(99)))]
+    union = MuSc(TINY).score(tests + refs, progress=False)  # zero-shot: every image against all the others
+    few_shot = model.score(tests, progress=False, references=refs)
+    np.testing.assert_allclose(few_shot.maps, union.maps[:6], rtol=0, atol=1e-6)  # each test image against the rest
+    null = few_shot_null(model, refs, tests, progress=False)
+    ref_peaks = union.maps[6:].reshape(4, -1).max(axis=1)  # each reference against the rest of the same union
+    assert null.count == 4 and null.mean == pytest.approx(ref_peaks.mean(), abs=1e-6)
+    assert null.sd == pytest.approx(ref_peaks.std(ddof=1), abs=1e-6)
+    with pytest.raises(InputError, match="at least 3 reference images"):
+        few_shot_null(model, refs[:2], tests, progress=False)
+
+
+def test_cli_few_shot_decision_against_the_references(image_folder, tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        Image.fromarray(textured(400 + i)).save(refs / f"r{i}.png")
+    runner = CliRunner()
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "few"), "--reference", str(refs),
+                               "--decision", "reference", *CLI_TINY])
+    assert res.exit_code == 0, res.output
+    facts = json.loads((tmp_path / "few" / "config.json").read_text())
+    assert facts["mode"] == "musc" and facts["reference_null"]["count"] == 3
+    decided = json.loads((tmp_path / "few" / "decision.json").read_text())["image"]
+    assert decided["method"] == "reference"
+    rows = (tmp_path / "few" / "scores.csv").read_text().splitlines()
+    assert "tail_probability" in rows[0] and len(rows) == 8
+    res = runner.invoke(main, ["decide", str(tmp_path / "few"), "--fdr", "0.3", "-q"])  # again against the null
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "few" / "decision.json").read_text())["image"]
+    assert again["method"] == "reference" and again["threshold"] < decided["threshold"]
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "plain"), "--reference", str(refs),
+                               *CLI_TINY])  # few-shot keeps the batch's decision unless asked
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "plain" / "decision.json").read_text())["image"]["method"] == "balanced"
+    res = runner.invoke(main, ["decide", str(tmp_path / "plain"), "--decision", "reference", "-q"])
+    assert res.exit_code != 0 and "no reference_null" in res.output
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "x"), "--decision", "reference",
+                               *CLI_TINY])
+    assert res.exit_code != 0 and "give --reference DIR or --bank BANK" in res.output
+    bank_file = tmp_path / "good.bank"
+    assert runner.invoke(main, ["bank", "build", str(refs), "--out", str(bank_file), *CLI_TINY]).exit_code == 0
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "y"), "--bank", str(bank_file),
+                               "--mode", "musc", "--decision", "reference", *CLI_TINY])
+    assert res.exit_code != 0 and "needs --mode musc+" in res.output
+    (refs / "r2.png").unlink()
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "z"), "--reference", str(refs),
+                               "--decision", "reference", *CLI_TINY])
+    assert res.exit_code != 0 and "at least 3 reference images, found 2" in res.output
+    assert not any((tmp_path / name).exists() for name in ("x", "y", "z"))
+
+
 def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
     refs = tmp_path / "refs"
     refs.mkdir()

@@ -12,7 +12,9 @@ images themselves when the images have the references' size.
 
 With at least three references, the bank also holds each reference's evidence and map maximum when it is scored
 against the others as MuSc+ scores a new image (leave one out): what a normal image's evidence looks like against
-this bank, the null of `musc.decision.decide_against_references` (`Bank.reference_null`).
+this bank, the null of `musc.decision.decide_against_references` (`Bank.reference_null`). Reference images given
+without a bank get the same kind of null: `leave_one_out` on their features for MuSc+, `few_shot_null` for few-shot
+MuSc.
 """
 
 from __future__ import annotations
@@ -196,6 +198,22 @@ def reference_features(model: Any, references: Sequence[Any], images: Sequence[A
     return TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
 
 
+def few_shot_null(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True) -> Any:
+    """Few-shot MuSc's null (mode 'musc'): each reference image scored as the test `images` are, against all the
+    others: the other references and the test images (`model.score(references, references=images)`). Without
+    subsets both passes are the zero-shot MSM of the union, each image against all the others, so a normal test
+    image's evidence and a reference's come from one distribution: the references' evidence is a sample of what a
+    normal image's looks like in this batch (`musc.decision.reference_null`; at least MIN_REFERENCES of them)."""
+    from .decision import reference_null
+
+    if len(references) < MIN_REFERENCES:
+        raise InputError(f"a null from references needs at least {MIN_REFERENCES} reference images, got "
+                         f"{len(references)}")
+    few_shot = type(model)(model.config.replace(mode="musc"), backbone=model.backbone)
+    result = few_shot.score(references, progress=progress, references=images)
+    return reference_null(result.decision_evidence(), result.map_maxima())
+
+
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
     """Extract the reference images' features once (every tile's, on the references' own plan, with tiles; whole
     images when tiles 'auto' would not cut them), and with at least three references their leave-one-out evidence
@@ -219,4 +237,5 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     return Bank(features, run_settings(model), [str(p) for p in images], *held)
 
 
-__all__ = ["Bank", "build_bank", "leave_one_out", "reference_features", "run_settings", "tiles_setting"]
+__all__ = ["Bank", "build_bank", "few_shot_null", "leave_one_out", "reference_features", "run_settings",
+           "tiles_setting"]

@@ -14,7 +14,7 @@ from .backbones import PRESETS, get_preset
 from .config import (DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_IMAGE_BLOCKS,
                      TILE_MATCHINGS, TILE_RESCORINGS, MuScConfig)
 from .datasets.readers import READERS
-from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, MIN_REFERENCES, PIXEL_METHODS
+from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, MIN_REFERENCES, PIXEL_METHODS, REFERENCE_METHOD
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 from .tiling import MIN_TILE_SUBSET
 
@@ -349,13 +349,15 @@ def collect_images(inputs: tuple[Path, ...], recursive: bool, exclude: tuple[str
 def decision_options(func: Callable) -> Callable:
     """The options that say how images are decided and masks drawn (`musc score`, `musc decide`)."""
     options = [
-        click.option("--decision", "decision_method", type=click.Choice(list(IMAGE_METHODS)),
+        click.option("--decision", "decision_method", type=click.Choice([*IMAGE_METHODS, REFERENCE_METHOD]),
                      default="balanced", show_default=True,
-                     help="How images are marked normal/defective without labels (see README: Decisions)."),
+                     help="How images are marked normal/defective without labels (see README: Decisions); "
+                          "reference: each image on its own against the null of known-normal references "
+                          "(--reference or --bank; the default against a bank)."),
         click.option("--fdr", type=float, default=DEFAULT_FDR, show_default=True,
                      help="fdr: the false-discovery rate over images (the expected share of normal images among "
-                          "those flagged); balanced: the level of the test that the batch holds any defect; against "
-                          "a bank: the share of normal images flagged."),
+                          "those flagged); balanced: the level of the test that the batch holds any defect; "
+                          "reference: the share of normal images flagged."),
         click.option("--mad-k", type=float, default=3.0, show_default=True,
                      help="mad: robust z-score above which an image is defective."),
         click.option("--expected-defect-rate", type=float, default=None,
@@ -461,28 +463,42 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     bank_null: Any = None
     no_null = False  # a bank that could decide each image but holds no null (built earlier, or too few references)
     model = MuSc(config)
+    asked_null = decision_method == REFERENCE_METHOD  # else the default against a bank or MuSc+ references
+    use_null = asked_null or (config.mode == "musc+" and default_decision(decision_method))
+    if asked_null and reference is None and bank is None:
+        raise ConfigError("--decision reference needs known-normal images to read the null from: give --reference "
+                          "DIR or --bank BANK")
     if reference is not None:
         masks_found = []
         references = check_images(find_images(reference, recursive=not no_recursive, exclude=exclude),
                                   skip_unreadable, progress, skipped, masks_found)
         warn_ground_truth_like(references, reference, f"--reference {reference}", masks_found)
+        if asked_null and len(references) < MIN_REFERENCES:
+            raise InputError(f"--decision reference needs at least {MIN_REFERENCES} reference images, found "
+                             f"{len(references)} in {reference}")
+        use_null = use_null and len(references) >= MIN_REFERENCES
     elif bank is not None:
         from .bank import Bank, run_settings
 
+        if asked_null and config.mode != "musc+":
+            raise ConfigError("--decision reference with --bank needs --mode musc+: the bank's null is its "
+                              "references scored as MuSc+ scores (give --reference DIR for few-shot MuSc)")
         loaded = Bank.load(bank)
         loaded.check_matches(run_settings(model))
         references = loaded.features
-        if config.mode == "musc+" and default_decision(decision_method):
+        if use_null:
             bank_null = loaded.reference_null
             no_null = bank_null is None
+            if asked_null and no_null:
+                raise InputError(f"{bank} holds no null (built by an earlier version or of fewer than "
+                                 f"{MIN_REFERENCES} references): build it again to use --decision reference")
     if references is None and len(paths) < 2:
         where = inputs[0] if len(inputs) == 1 else "the inputs"
         raise InputError(f"MuSc needs at least 2 readable images in {where}, found {len(paths)} "
                          "(or give --reference/--bank to score a single image)")
     if not paths:
         raise InputError("no readable images to score")
-    if (reference is not None and config.mode == "musc+" and default_decision(decision_method)
-            and len(references) >= MIN_REFERENCES):  # the null a bank of these references would hold
+    if reference is not None and use_null and config.mode == "musc+":  # the null a bank of them would hold
         from .bank import leave_one_out, reference_features
         from .decision import reference_null
 
@@ -490,6 +506,10 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         bank_null = reference_null(*leave_one_out(model, references, progress))
     with ResultFolder(out) as folder:
         result = model.score(paths, progress=progress, references=references)
+        if reference is not None and use_null and config.mode == "musc":
+            from .bank import few_shot_null
+
+            bank_null = few_shot_null(model, references, paths, progress)
         if config.tile_scale is None:
             from .tiling import elongated_note
 
@@ -661,8 +681,8 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
     Reads scores.csv and the raw maps (maps/*.npy; a folder scored with --no-maps cannot be decided again) and
     replaces the decision: scores.csv's decision, tail_probability and q_value columns, decision.json,
     masks/NAME.png and, when there is one, report.html. Scores, maps and images are left as they are. A folder
-    scored against a bank's null (config.json's reference_null) is decided against it again unless --decision says
-    otherwise.
+    decided against its references' null (config.json's reference_null: a bank's, or --decision reference) is
+    decided against it again unless --decision names a batch method.
     """
     from .decision import decide, decide_against_references
     from .export import read_saved_result, write_decision
@@ -671,7 +691,10 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
     progress = show_progress(quiet)
     saved = read_saved_result(results, progress=progress)
     n = len(saved.rows)
-    if saved.reference_null is not None and default_decision(decision_method):
+    if decision_method == REFERENCE_METHOD and saved.reference_null is None:
+        raise ConfigError(f"{results} was not decided against references (config.json has no reference_null): "
+                          "--decision reference needs a folder scored with --reference or --bank")
+    if saved.reference_null is not None and (decision_method == REFERENCE_METHOD or default_decision(decision_method)):
         decided = decide_against_references(saved.maps, saved.reference_null, fdr,
                                             evidence=saved.evidence if saved.evidence is not None else saved.map_max,
                                             pixel_method=pixel_decision, pixel_threshold=pixel_threshold)

@@ -61,7 +61,9 @@ from .errors import ConfigError, InputError
 
 MAP_METHODS = ("balanced", "fdr")
 """Methods that decide from the anomaly maps (their maxima and pixels) rather than the final image scores."""
-TESTED_METHODS = (*MAP_METHODS, "reference")
+REFERENCE_METHOD = "reference"
+"""Each image on its own against a null read from known-normal references (`decide_against_references`)."""
+TESTED_METHODS = (*MAP_METHODS, REFERENCE_METHOD)
 """Decisions that test each image's evidence (the map-based ones and `decide_against_references`): their `image`
 masks start at the lowest map maximum of the flagged images."""
 LABEL_FREE_METHODS = (*MAP_METHODS, "gmm", "mad", "otsu")
@@ -785,7 +787,7 @@ def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: floa
     flagged = p <= level
     detail = (f"tail probability at most {level:g} under the references' null (mean {null.mean:.4g}, sd {null.sd:.3g} "
               f"of the evidence of {null.count} references, each scored against the others)")
-    decision = Decision(flagged, null.quantile_of_tail(level), "reference", detail, p_values=p,
+    decision = Decision(flagged, null.quantile_of_tail(level), REFERENCE_METHOD, detail, p_values=p,
                         on="map_max" if evidence is None else "evidence")
     masks, pixel = pixel_masks(maps, map_max, decision, pixel_method, threshold=pixel_threshold, floor=null.floor)
     return Decisions(decision, masks, pixel)
@@ -797,4 +799,4 @@ __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "deci
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",
            "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR", "balanced_count", "upper_majority",
-           "MIN_REFERENCES", "ReferenceNull", "reference_null", "decide_against_references"]
+           "MIN_REFERENCES", "REFERENCE_METHOD", "ReferenceNull", "reference_null", "decide_against_references"]
