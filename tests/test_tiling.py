@@ -350,6 +350,19 @@ def test_a_tiled_banks_leave_one_out_is_each_reference_scored_against_the_others
         TiledScorer(model).score_each_against_others(tiled.subset([0]))
 
 
+def test_few_shot_null_on_tiles_reads_the_references_as_the_union_scores_them():
+    from musc.bank import few_shot_null
+
+    model = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_overlap=0.25))  # few-shot; no tile subsets
+    refs, tests = tall_images(40, 3), tall_images(60, 3)
+    union = model.score(tests + refs, progress=False)  # zero-shot: every image against all the others
+    few_shot = model.score(tests, references=refs, progress=False)
+    np.testing.assert_allclose(few_shot.maps, union.maps[:3], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(few_shot.evidence, union.evidence[:3], rtol=0, atol=1e-6)
+    null = few_shot_null(model, refs, tests, progress=False)
+    assert null.count == 3 and null.mean == pytest.approx(float(union.evidence[3:].mean()), abs=1e-6)
+
+
 def test_tiled_bank_settings_are_checked():
     from musc.bank import build_bank, run_settings
 
