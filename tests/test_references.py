@@ -263,7 +263,10 @@ def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
     assert runner.invoke(main, ["bank", "build", str(refs), "--out", str(small), *CLI_TINY]).exit_code == 0
     res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "small"), "--bank", str(small),
                                *CLI_TINY[:-1]])
-    assert res.exit_code == 0 and "build the bank again with three references or more" in res.output
+    assert res.exit_code == 0 and "build the bank again with 3 references or more" in res.output
+    res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "two_refs"), "--reference", str(refs),
+                               "--mode", "musc+", *CLI_TINY[:-1]])
+    assert res.exit_code == 0 and "no label-free decision" in res.output and "give 3 reference images" in res.output
     res = runner.invoke(main, ["score", str(one), "--out", str(tmp_path / "two"), "--bank", str(bank_file),
                                *[a if a != "56" else "112" for a in CLI_TINY]])
     assert res.exit_code != 0 and "other settings" in res.output

@@ -461,7 +461,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     warn_ground_truth_like(paths, root, str(inputs[0]) if len(inputs) == 1 else "the inputs", masks_found)
     references: Any = None
     bank_null: Any = None
-    no_null = False  # a bank that could decide each image but holds no null (built earlier, or too few references)
+    null_hint = ""  # how a run that could decide each image against its references would get a null
     model = MuSc(config)
     asked_null = decision_method == REFERENCE_METHOD  # else the default against a bank or MuSc+ references
     use_null = asked_null or (config.mode == "musc+" and default_decision(decision_method))
@@ -476,7 +476,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         if asked_null and len(references) < MIN_REFERENCES:
             raise InputError(f"--decision reference needs at least {MIN_REFERENCES} reference images, found "
                              f"{len(references)} in {reference}")
-        use_null = use_null and len(references) >= MIN_REFERENCES
+        if use_null and len(references) < MIN_REFERENCES:
+            use_null, null_hint = False, f" (or give {MIN_REFERENCES} reference images or more)"
     elif bank is not None:
         from .bank import Bank, run_settings
 
@@ -488,8 +489,9 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         references = loaded.features
         if use_null:
             bank_null = loaded.reference_null
-            no_null = bank_null is None
-            if asked_null and no_null:
+            if bank_null is None:
+                null_hint = f" (or build the bank again with {MIN_REFERENCES} references or more)"
+            if asked_null and bank_null is None:
                 raise InputError(f"{bank} holds no null (built by an earlier version or of fewer than "
                                  f"{MIN_REFERENCES} references): build it again to use --decision reference")
     if references is None and len(paths) < 2:
@@ -525,7 +527,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         elif len(paths) < 3 and decision_method in LABEL_FREE_METHODS:
             decision, masks, pixel_info = None, None, None
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide"
-                                + (" (or build the bank again with three references or more)" if no_null else ""))
+                                + null_hint)
         else:
             decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
                              threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
