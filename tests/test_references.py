@@ -159,6 +159,15 @@ def test_bank_mismatch_and_damage_refused(tmp_path):
         build_bank(MuSc(TINY), [], progress=False)
 
 
+def reference_folder(tmp_path):
+    """Three textured known-normal images in tmp_path/refs."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        Image.fromarray(textured(400 + i)).save(refs / f"r{i}.png")
+    return refs
+
+
 def test_few_shot_null_scores_the_references_as_the_test_images_are():
     from musc.bank import few_shot_null
 
@@ -177,10 +186,7 @@ def test_few_shot_null_scores_the_references_as_the_test_images_are():
 
 
 def test_cli_few_shot_decision_against_the_references(image_folder, tmp_path):
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    for i in range(3):
-        Image.fromarray(textured(400 + i)).save(refs / f"r{i}.png")
+    refs = reference_folder(tmp_path)
     runner = CliRunner()
     res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "few"), "--reference", str(refs),
                                "--decision", "reference", *CLI_TINY])
@@ -217,10 +223,7 @@ def test_cli_few_shot_decision_against_the_references(image_folder, tmp_path):
 
 
 def test_cli_reference_bank_and_single_image(image_folder, tmp_path):
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    for i in range(3):
-        Image.fromarray(textured(400 + i)).save(refs / f"r{i}.png")
+    refs = reference_folder(tmp_path)
     runner = CliRunner()
     res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "few"), "--reference", str(refs),
                                "--mode", "musc+", *CLI_TINY])

@@ -164,7 +164,9 @@ def run_settings(model: Any) -> dict[str, Any]:
             "r_values": list(model.config.r_values), "weights": bb.weights_source, "tiles": tiles_setting(model.config)}
 
 
-def _cpu(features: Features) -> Features:
+def _cpu(features: Features | TiledFeatures) -> Features | TiledFeatures:
+    if isinstance(features, TiledFeatures):
+        return TiledFeatures([_cpu(f) for f in features.positions], features.canvas, features.starts)
     return Features([t.cpu() for t in features.tokens], features.embeddings.cpu())
 
 
@@ -172,12 +174,12 @@ def leave_one_out(model: Any, features: Features | TiledFeatures, progress: bool
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Each reference image scored against the features of the others as MuSc+ scores a new image against a bank:
     its evidence (`Result.decision_evidence`) and its map maximum, (K,) each. All K at once on the local engine
-    (`MuSc.score_each_against_others`): stage 1 once, one pair-symmetric distance table per (block, view)."""
+    (`MuSc.score_each_against_others`, on this process whatever the engine): stage 1 once, one pair-symmetric
+    distance table per (block, view)."""
     from .tiling import TiledScorer
 
-    local = type(model)(model.config.replace(engine="local", ray_address=None), backbone=model.backbone)
-    results = (TiledScorer(local).score_each_against_others(features, progress)
-               if isinstance(features, TiledFeatures) else local.score_each_against_others(features, progress))
+    results = (TiledScorer(model).score_each_against_others(features, progress)
+               if isinstance(features, TiledFeatures) else model.score_each_against_others(features, progress))
     return (np.array([float(r.decision_evidence()[0]) for r in results]),
             np.array([float(r.map_maxima()[0]) for r in results]))
 
@@ -194,8 +196,7 @@ def reference_features(model: Any, references: Sequence[Any], images: Sequence[A
     if config.tile_scale is None:
         return _cpu(resolved.extract(references, progress)[0])
     scorer = TiledScorer(resolved)
-    tiled = scorer.features(references, progress, scorer.plan(image_sizes(images)))
-    return TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
+    return _cpu(scorer.features(references, progress, scorer.plan(image_sizes(images))))
 
 
 def few_shot_null(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True) -> Any:
@@ -227,8 +228,7 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     if resolved.tile_scale is None and model.config.tile_scale is not None:  # tiles 'auto', near-square: whole
         model = type(model)(resolved, backbone=model.backbone)
     if tiles_setting(model.config) is not None:
-        tiled = TiledScorer(model).features(images, progress)
-        features = TiledFeatures([_cpu(f) for f in tiled.positions], tiled.canvas, tiled.starts)
+        features = _cpu(TiledScorer(model).features(images, progress))
     else:
         features = _cpu(model.extract(images, progress)[0])
     held: tuple[np.ndarray | None, np.ndarray | None] = (None, None)

@@ -489,11 +489,11 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         references = loaded.features
         if use_null:
             bank_null = loaded.reference_null
-            if bank_null is None:
-                null_hint = f" (or build the bank again with {MIN_REFERENCES} references or more)"
-            if asked_null and bank_null is None:
+            if bank_null is None and asked_null:
                 raise InputError(f"{bank} holds no null (built by an earlier version or of fewer than "
                                  f"{MIN_REFERENCES} references): build it again to use --decision reference")
+            if bank_null is None:
+                null_hint = f" (or build the bank again with {MIN_REFERENCES} references or more)"
     if references is None and len(paths) < 2:
         where = inputs[0] if len(inputs) == 1 else "the inputs"
         raise InputError(f"MuSc needs at least 2 readable images in {where}, found {len(paths)} "

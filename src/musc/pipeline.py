@@ -254,10 +254,15 @@ class MuSc:
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
                              f"{features.num_images} (give reference images to score a single one)")
         view_grids, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
-        embeddings = features.embeddings
-        if c.rescoring == "rscon":  # the arg-max of the mean over views, on every engine and map rule
-            embeddings = self.salient_vectors(features.tokens, view_grids.mean(dim=0))
-        return self.finish(view_grids, embeddings, timings, pairs if keep_pairs else None)
+        return self.finish(view_grids, self.image_embeddings(features, view_grids), timings,
+                           pairs if keep_pairs else None)
+
+    def image_embeddings(self, features: Features, view_grids: torch.Tensor) -> torch.Tensor:
+        """What stage 3 compares images by: the class tokens, or with RsCon each image's salient patch vector (the
+        arg-max of the mean over views, on every engine and map rule)."""
+        if self.config.rescoring == "rscon":
+            return self.salient_vectors(features.tokens, view_grids.mean(dim=0))
+        return features.embeddings
 
     def score_each_against_others(self, features: Features, progress: bool = True) -> list[Result]:
         """MuSc+ of every image against all the others (a bank's leave-one-out): one Result per image, equal to
@@ -270,9 +275,7 @@ class MuSc:
                              f"{features.num_images}")
         alone = type(self)(self.config.replace(mode="musc+", subsets=1, tile_subsets=False), backbone=self.backbone)
         view_grids, _, timings = alone.patch_scores(features, progress, scorer=nearest_other_scores)
-        embeddings = features.embeddings
-        if alone.config.rescoring == "rscon":
-            embeddings = alone.salient_vectors(features.tokens, view_grids.mean(dim=0))
+        embeddings = alone.image_embeddings(features, view_grids)
         return [alone.finish(view_grids[:, i:i + 1], embeddings[i:i + 1], dict(timings))
                 for i in range(features.num_images)]
 

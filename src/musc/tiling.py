@@ -316,14 +316,20 @@ class TiledScorer:
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
         grids, shallow = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)
-        salient = None
-        if c.rescoring_for(tiled=True) == "rscon":
-            salient = [self.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
-                       for k, position in enumerate(test.positions)]
-        embeddings = torch.stack([position.embeddings for position in test.positions])
+        salient, embeddings = self.image_embeddings(test.positions, grids)
         del test, ref_positions
         result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0, shallow)
         return self.model.describe_inputs(result, images, sizes)
+
+    def image_embeddings(self, positions: Sequence["Features"], grids: torch.Tensor
+                         ) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
+        """What stage 3 compares tiled images by (`finish`): RsCon's salient vectors per position (None without
+        RsCon), and every tile's class token (P, N, D)."""
+        salient = None
+        if self.config.rescoring_for(tiled=True) == "rscon":
+            salient = [self.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
+                       for k, position in enumerate(positions)]
+        return salient, torch.stack([position.embeddings for position in positions])
 
     def score_each_against_others(self, features: TiledFeatures, progress: bool = True) -> list["Result"]:
         """MuSc+ of every tiled image against all the others (a tiled bank's leave-one-out), as
@@ -339,11 +345,7 @@ class TiledScorer:
         t0 = time.perf_counter()
         grids, shallow = TILE_MATCHING[alone.config.tile_matching](alone.model, features.positions, progress,
                                                                    scorer=nearest_other_scores)
-        salient = None
-        if alone.config.rescoring_for(tiled=True) == "rscon":
-            salient = [alone.model.salient_vectors(position.tokens, grids[k].mean(dim=0))
-                       for k, position in enumerate(features.positions)]
-        embeddings = torch.stack([position.embeddings for position in features.positions])
+        salient, embeddings = alone.image_embeddings(features.positions, grids)
         plan = (features.canvas, list(features.starts))
         return [alone.finish(grids[:, :, i:i + 1], embeddings[:, i:i + 1],
                              None if salient is None else [s[i:i + 1] for s in salient], plan, {}, t0,
