@@ -82,6 +82,14 @@ def test_ray_equals_local_with_references(cluster, mode):
     tests = [p for p in paths if p not in refs]
     config = MuScConfig(**TINY, memory_budget_mb=1, mode=mode)
     assert_same(*both(config, tests, references=refs))
+    if mode == "musc":  # few-shot scores and their references' null: one extraction locally, two scorings on Ray
+        from musc.bank import few_shot_scores
+
+        local = MuSc(config)
+        on_ray = MuSc(config.replace(engine="ray"), backbone=local.backbone)
+        (a, null_a), (b, null_b) = (few_shot_scores(m, refs, tests, progress=False) for m in (local, on_ray))
+        assert_same(a, b)
+        assert (null_a.count, null_a.mean, null_a.sd) == pytest.approx((null_b.count, null_b.mean, null_b.sd), abs=1e-6)
 
 
 @pytest.mark.skipif(not (Path.home() / ".cache" / "musc" / "weights" / "dinov2_vits14.safetensors").is_file()

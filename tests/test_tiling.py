@@ -363,6 +363,47 @@ def test_few_shot_null_on_tiles_reads_the_references_as_the_union_scores_them():
     assert null.count == 3 and null.mean == pytest.approx(float(union.evidence[3:].mean()), abs=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"tile_scale": 1.0, "tile_overlap": 0.25}, {"tile_scale": "auto"},
+                                     {"tile_scale": "auto", "rescoring": "rscon", "map_baseline": 0.9}])
+def test_few_shot_scores_extracts_once_and_equals_the_two_passes(options):
+    from musc.bank import few_shot_null, few_shot_scores
+
+    model = MuSc(MuScConfig(**TINY, **options))
+    refs, tests = tall_images(40, 3), tall_images(60, 4)
+    result, null = few_shot_scores(model, refs, tests, progress=False)
+    expected = model.score(tests, references=refs, progress=False)
+    np.testing.assert_allclose(result.maps, expected.maps, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.scores, expected.scores, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.decision_evidence(), expected.decision_evidence(), rtol=0, atol=1e-6)
+    assert result.notes == expected.notes and result.config == model.config
+    assert result.original_sizes == expected.original_sizes and "extraction" in result.timings
+    twice = few_shot_null(model, refs, tests, progress=False)
+    assert null.count == 3 and null.mean == pytest.approx(twice.mean, abs=1e-6)
+    assert null.sd == pytest.approx(twice.sd, abs=1e-6) and null.floor == pytest.approx(twice.floor, abs=1e-6)
+    with pytest.raises(InputError, match="at least 3 reference images"):
+        few_shot_scores(model, refs[:2], tests, progress=False)
+
+
+def test_score_features_on_tiles_needs_tiles_cut_on_one_plan():
+    from musc.errors import ConfigError
+
+    model = MuSc(MuScConfig(**TINY, tile_scale=1.0, tile_overlap=0.25))
+    scorer = TiledScorer(model)
+    tests = scorer.features(tall_images(60, 3), progress=False)
+    refs = scorer.features(tall_images(40, 3), progress=False, plan=(tests.canvas, tests.starts))
+    direct = model.score_features(tests, progress=False, references=refs)
+    assert direct.maps.shape[0] == 3 and direct.evidence is not None
+    other = scorer.features(tall_images(40, 3), progress=False, plan=(tests.canvas, tests.starts[:1]))
+    with pytest.raises(ConfigError, match="another plan"):
+        model.score_features(tests, progress=False, references=other)
+    with pytest.raises(ConfigError, match="both cut on one plan"):
+        model.score_features(tests.positions[0], progress=False, references=refs)
+    with pytest.raises(ConfigError, match="per-pair maps"):
+        model.score_features(tests, progress=False, keep_pairs=True)
+    with pytest.raises(InputError, match="at least 2 images"):
+        model.score_features(tests.subset([0]), progress=False)
+
+
 def test_tiled_bank_settings_are_checked():
     from musc.bank import build_bank, run_settings
 

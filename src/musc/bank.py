@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -207,12 +208,52 @@ def few_shot_null(model: Any, references: Sequence[Any], images: Sequence[Any], 
     normal image's looks like in this batch (`musc.decision.reference_null`; at least MIN_REFERENCES of them)."""
     from .decision import reference_null
 
-    if len(references) < MIN_REFERENCES:
-        raise InputError(f"a null from references needs at least {MIN_REFERENCES} reference images, got "
-                         f"{len(references)}")
+    _check_reference_count(references)
     few_shot = type(model)(model.config.replace(mode="musc"), backbone=model.backbone)
     result = few_shot.score(references, progress=progress, references=images)
     return reference_null(result.decision_evidence(), result.map_maxima())
+
+
+def few_shot_scores(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True
+                    ) -> tuple[Any, Any]:
+    """Few-shot MuSc of `images` against `references` (`model.score(images, references=references)` with mode
+    'musc') and the references' null (`few_shot_null`), every image extracted once: both passes score the same
+    features (`MuSc.score_features`). The Ray engine extracts on its workers, so there the two passes are two
+    scorings."""
+    _check_reference_count(references)
+    model.config.validate()
+    if model.config.engine == "ray":
+        return model.score(images, progress=progress, references=references), few_shot_null(model, references,
+                                                                                          images, progress)
+    from .decision import reference_null
+    from .tiling import TiledScorer, image_sizes
+
+    config, note = model.config_for(images, references)
+    few_shot = type(model)(config.replace(mode="musc"), backbone=model.backbone)
+    t0 = time.perf_counter()
+    test: Features | TiledFeatures
+    refs: Features | TiledFeatures
+    if config.tile_scale is None:
+        test, sizes = few_shot.extract(images, progress)
+        refs = few_shot.extract(references, progress)[0]
+    else:
+        scorer, sizes = TiledScorer(few_shot), image_sizes(images)
+        plan = scorer.plan(sizes)
+        test, refs = scorer.features(images, progress, plan), scorer.features(references, progress, plan)
+    t_extract = time.perf_counter() - t0
+    result = few_shot.score_features(test, progress, references=refs)
+    result.timings = {"extraction": t_extract, **result.timings}
+    own = few_shot.score_features(refs, progress, references=test)  # each reference against all the others
+    result.config = model.config
+    if note:
+        result.notes.append(note)
+    return model.describe_inputs(result, images, sizes), reference_null(own.decision_evidence(), own.map_maxima())
+
+
+def _check_reference_count(references: Sequence[Any]) -> None:
+    if len(references) < MIN_REFERENCES:
+        raise InputError(f"a null from references needs at least {MIN_REFERENCES} reference images, got "
+                         f"{len(references)}")
 
 
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
@@ -237,5 +278,5 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     return Bank(features, run_settings(model), [str(p) for p in images], *held)
 
 
-__all__ = ["Bank", "build_bank", "few_shot_null", "leave_one_out", "reference_features", "run_settings",
-           "tiles_setting"]
+__all__ = ["Bank", "build_bank", "few_shot_null", "few_shot_scores", "leave_one_out", "reference_features",
+           "run_settings", "tiles_setting"]

@@ -507,11 +507,12 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         references = reference_features(model, references, paths, progress)
         bank_null = reference_null(*leave_one_out(model, references, progress))
     with ResultFolder(out) as folder:
-        result = model.score(paths, progress=progress, references=references)
         if reference is not None and use_null and config.mode == "musc":
-            from .bank import few_shot_null
+            from .bank import few_shot_scores
 
-            bank_null = few_shot_null(model, references, paths, progress)
+            result, bank_null = few_shot_scores(model, references, paths, progress)
+        else:
+            result = model.score(paths, progress=progress, references=references)
         if config.tile_scale is None:
             from .tiling import elongated_note
 

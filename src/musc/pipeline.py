@@ -246,9 +246,19 @@ class MuSc:
         size = self.backbone.image_size
         return F.interpolate(patch_scores[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
-    def score_features(self, features: Features, progress: bool = True, keep_pairs: bool = False,
-                       scorer: Callable[..., torch.Tensor] | None = None, references: Features | None = None) -> Result:
-        """Maps and scores from already extracted features (and optional reference features)."""
+    def score_features(self, features: Features | TiledFeatures, progress: bool = True, keep_pairs: bool = False,
+                       scorer: Callable[..., torch.Tensor] | None = None,
+                       references: Features | TiledFeatures | None = None) -> Result:
+        """Maps and scores from already extracted features (and optional reference features): whole images, or
+        tiles (`TiledScorer.score_features`, references cut on the same plan; no per-pair maps or scorer there)."""
+        if isinstance(features, TiledFeatures) or isinstance(references, TiledFeatures):
+            from .tiling import TiledScorer
+
+            if not isinstance(features, TiledFeatures) or not isinstance(references, (TiledFeatures, type(None))):
+                raise ConfigError("tiled features are scored against tiled references: both cut on one plan")
+            if keep_pairs or scorer is not None:
+                raise ConfigError("per-pair maps and another scorer are not available on tiles")
+            return TiledScorer(self).score_features(features, progress, references)
         c = self.config
         if features.num_images < 1 or (references is None and features.num_images < 2):
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "

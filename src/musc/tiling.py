@@ -307,19 +307,35 @@ class TiledScorer:
         """Maps and scores of `images` on tiles. `references`: reference images (cut on the test images' plan) or
         a tiled bank's `TiledFeatures` (the test images are cut on the bank's plan)."""
         self.check(references, keep_pairs)
-        c = self.config
         t0 = time.perf_counter()
         sizes = image_sizes(images)
         plan = self.plan_for(sizes, references)
         test = self.features(images, progress, plan)
-        ref_positions = self.reference_positions(references, plan, progress)
+        if references is not None and not isinstance(references, TiledFeatures):
+            references = self.features(references, progress, plan)
         t_extract = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        grids, shallow = TILE_MATCHING[c.tile_matching](self.model, test.positions, progress, ref_positions)
-        salient, embeddings = self.image_embeddings(test.positions, grids)
-        del test, ref_positions
-        result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0, shallow)
+        result = self.score_features(test, progress, references)
+        result.timings = {"extraction": t_extract, **result.timings}
         return self.model.describe_inputs(result, images, sizes)
+
+    def score_features(self, features: TiledFeatures, progress: bool = True,
+                       references: TiledFeatures | None = None) -> "Result":
+        """Maps and scores of images already cut into tiles (`features`), against reference tiles cut on the same
+        plan (few-shot MuSc or MuSc+, as config.mode says): `score` without the extraction, as
+        `MuSc.score_features` is for whole images."""
+        if references is not None and (references.canvas != features.canvas
+                                       or list(references.starts) != list(features.starts)):
+            raise ConfigError(f"the reference tiles were cut on another plan (canvas {references.canvas}, "
+                              f"{len(references.starts)} tiles) than the images' (canvas {features.canvas}, "
+                              f"{len(features.starts)} tiles)")
+        if features.num_images < 1 or (references is None and features.num_images < 2):
+            raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
+                             f"{features.num_images} (give reference images to score a single one)")
+        t0 = time.perf_counter()
+        grids, shallow = TILE_MATCHING[self.config.tile_matching](
+            self.model, features.positions, progress, None if references is None else references.positions)
+        salient, embeddings = self.image_embeddings(features.positions, grids)
+        return self.finish(grids, embeddings, salient, (features.canvas, list(features.starts)), {}, t0, shallow)
 
     def image_embeddings(self, positions: Sequence["Features"], grids: torch.Tensor
                          ) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
