@@ -4,8 +4,9 @@ For each MTD defect type of the random draws (`bench_draws.py`'s pools: the accu
 normal and 40 defective images, 37 for crack), --draws times: K normal images drawn at random are the references,
 and the rest of the pool (160 - K normal and the defective ones) is scored with few-shot MuSc (the default preset,
 mode 'musc', as `musc score --reference` does). The same scores are decided two ways at --level: against the
-references' null (`musc.bank.few_shot_null`: each reference scored as the test images are, against the others and
-the test images; `decide_against_references`), and by the batch alone (`balanced`, the default of `musc score`).
+references' null (`musc.bank.few_shot_reference_null`: each reference scored as the test images are, against the
+others and the test images; `decide_against_references`), and by the batch alone (`balanced`, the default of `musc
+score`).
 The normal images of the rest, without the defective ones, are then scored and decided the same way: an all-normal
 batch, where every flag is a false alarm (the pools share their normal images, so this is done once per draw).
 
@@ -30,17 +31,17 @@ from common import publish
 
 from musc import MuSc, MuScConfig
 from musc.config import DEFAULT_METHOD
-from musc.decision import decide, decide_against_references, reference_null
+from musc.bank import few_shot_reference_null
+from musc.decision import decide, decide_against_references
 from musc.metrics import f1_max
 from musc.types import Features
 
 
 def decisions(model: MuSc, test: Features, refs: Features, level: float) -> dict[str, np.ndarray]:
     """`test` scored few-shot against `refs`, decided against the references' null and by `balanced`: the flags of
-    each, and the scores. The null's pass is `few_shot_null`'s, on features already extracted."""
+    each, and the scores (`musc.bank.few_shot_scores` on features already extracted)."""
     result = model.score_features(test, progress=False, references=refs)
-    own = model.score_features(refs, progress=False, references=test)  # each reference against all the others
-    null = reference_null(own.decision_evidence(), own.map_maxima())
+    null = few_shot_reference_null(model, refs, test, progress=False)  # each reference against all the others
     against = decide_against_references(result.maps, null, level, evidence=result.evidence)
     balanced = decide(result.scores, result.maps, "balanced", fdr=level, evidence=result.evidence,
                       relative_evidence=result.relative_evidence)

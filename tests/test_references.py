@@ -185,6 +185,28 @@ def test_few_shot_null_scores_the_references_as_the_test_images_are():
         few_shot_null(model, refs[:2], tests, progress=False)
 
 
+def test_few_shot_null_with_subsets_pools_each_reference_as_a_test_image():
+    from musc.bank import few_shot_null, few_shot_scores
+    from musc.pipeline import split_subsets
+
+    model = MuSc(TINY.replace(subsets=2, seed=3))
+    refs = [Image.fromarray(textured(600 + i)) for i in range(5)]
+    tests = [Image.fromarray(textured(700 + i)) for i in range(7)] + [Image.fromarray(planted(textured(99)))]
+    result, null = few_shot_scores(model, refs, tests, progress=False)
+    np.testing.assert_allclose(result.maps, model.score(tests, references=refs, progress=False).maps, atol=1e-6)
+    expected = np.empty(5)
+    for s, part in enumerate(split_subsets(8, 2, 3)):  # the test images' subsets, as the main pass splits them
+        pool = [tests[i] for i in part]
+        union = MuSc(TINY).score(pool + refs, progress=False)  # one subset and every reference, zero-shot
+        peaks = union.maps.reshape(len(union.maps), -1).max(axis=1)
+        np.testing.assert_allclose(result.maps[part], union.maps[:len(part)], atol=1e-6)  # a test image's pool
+        expected[s::2] = peaks[len(part):][s::2]  # reference i joins subset i mod 2: a pool of the same size
+    assert null.count == 5 and null.mean == pytest.approx(expected.mean(), abs=1e-6)
+    assert null.sd == pytest.approx(expected.std(ddof=1), abs=1e-6)
+    again = few_shot_null(model, refs, tests, progress=False)
+    assert (again.mean, again.sd) == pytest.approx((null.mean, null.sd), abs=1e-9)
+
+
 def test_cli_few_shot_decision_against_the_references(image_folder, tmp_path):
     refs = reference_folder(tmp_path)
     runner = CliRunner()
@@ -197,6 +219,10 @@ def test_cli_few_shot_decision_against_the_references(image_folder, tmp_path):
     assert decided["method"] == "reference"
     rows = (tmp_path / "few" / "scores.csv").read_text().splitlines()
     assert "tail_probability" in rows[0] and len(rows) == 8
+    res = runner.invoke(main, ["score", str(image_folder), "--out", str(tmp_path / "split"), "--reference", str(refs),
+                               "--decision", "reference", "--subsets", "2", *CLI_TINY])  # 3 references, 2 subsets
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["reference_null"]["count"] == 3
     res = runner.invoke(main, ["decide", str(tmp_path / "few"), "--fdr", "0.3", "-q"])  # again against the null
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "few" / "decision.json").read_text())["image"]

@@ -364,7 +364,8 @@ def test_few_shot_null_on_tiles_reads_the_references_as_the_union_scores_them():
 
 
 @pytest.mark.parametrize("options", [{}, {"tile_scale": 1.0, "tile_overlap": 0.25}, {"tile_scale": "auto"},
-                                     {"tile_scale": "auto", "rescoring": "rscon", "map_baseline": 0.9}])
+                                     {"tile_scale": "auto", "rescoring": "rscon", "map_baseline": 0.9},
+                                     {"tile_scale": 1.0, "subsets": 2}])
 def test_few_shot_scores_extracts_once_and_equals_the_two_passes(options):
     from musc.bank import few_shot_null, few_shot_scores
 

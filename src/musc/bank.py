@@ -201,59 +201,81 @@ def reference_features(model: Any, references: Sequence[Any], images: Sequence[A
 
 
 def few_shot_null(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True) -> Any:
-    """Few-shot MuSc's null (mode 'musc'): each reference image scored as the test `images` are, against all the
-    others: the other references and the test images (`model.score(references, references=images)`). Without
-    subsets both passes are the zero-shot MSM of the union, each image against all the others, so a normal test
+    """Few-shot MuSc's null (mode 'musc'): each reference image scored as the test `images` are, against the other
+    references and the test images (those of one of their subsets with config.subsets: `few_shot_reference_null`).
+    Without subsets both are the zero-shot MSM of the union, each image against all the others, so a normal test
     image's evidence and a reference's come from one distribution: the references' evidence is a sample of what a
     normal image's looks like in this batch (`musc.decision.reference_null`; at least MIN_REFERENCES of them)."""
-    from .decision import reference_null
-
-    _check_reference_count(references)
-    few_shot = type(model)(model.config.replace(mode="musc"), backbone=model.backbone)
-    result = few_shot.score(references, progress=progress, references=images)
-    return reference_null(result.decision_evidence(), result.map_maxima())
+    _check_few_shot(model, references, images)
+    few_shot, test, refs, _, _ = _few_shot_features(model, references, images, progress)
+    return few_shot_reference_null(few_shot, refs, test, progress)
 
 
 def few_shot_scores(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True
                     ) -> tuple[Any, Any]:
     """Few-shot MuSc of `images` against `references` (`model.score(images, references=references)` with mode
     'musc') and the references' null (`few_shot_null`), every image extracted once: both passes score the same
-    features (`MuSc.score_features`). The Ray engine extracts on its workers, so there the two passes are two
-    scorings."""
-    _check_reference_count(references)
-    model.config.validate()
+    features (`MuSc.score_features`). The Ray engine extracts on its workers, so there the test images are scored
+    on it and the null is read here from features extracted again."""
+    _check_few_shot(model, references, images)
     if model.config.engine == "ray":
         return model.score(images, progress=progress, references=references), few_shot_null(model, references,
                                                                                           images, progress)
+    t0 = time.perf_counter()
+    few_shot, test, refs, sizes, note = _few_shot_features(model, references, images, progress)
+    t_extract = time.perf_counter() - t0
+    result = few_shot.score_features(test, progress, references=refs)
+    result.timings = {"extraction": t_extract, **result.timings}
+    result.config = model.config
+    if note:
+        result.notes.append(note)
+    return model.describe_inputs(result, images, sizes), few_shot_reference_null(few_shot, refs, test, progress)
+
+
+def few_shot_reference_null(model: Any, references: Features | TiledFeatures, images: Features | TiledFeatures,
+                            progress: bool = True) -> Any:
+    """The references' null from features: each reference scored as a test image is, against the other references
+    and the test images its pool holds. With config.subsets the test images are split as `MuSc.patch_scores`
+    splits them (each scored against the others of its subset and every reference), and reference i joins subset
+    i mod S: it is scored against the other references and that subset's images, a pool of the same size."""
     from .decision import reference_null
+    from .pipeline import split_subsets
+
+    c, n, k = model.config, images.num_images, references.num_images
+    parts = split_subsets(n, c.subsets, c.seed) if n >= 2 * c.subsets else [np.arange(n)]
+    whole = type(model)(c.replace(mode="musc", subsets=1), backbone=model.backbone)
+    evidence, peaks = np.empty(k), np.empty(k)
+    for s, part in enumerate(parts):
+        pool = images if len(parts) == 1 else images.subset(part.tolist())
+        own = whole.score_features(references, progress, references=pool)  # every reference against the pool
+        joined = np.arange(s, k, len(parts))
+        evidence[joined], peaks[joined] = own.decision_evidence()[joined], own.map_maxima()[joined]
+    return reference_null(evidence, peaks)
+
+
+def _check_few_shot(model: Any, references: Sequence[Any], images: Sequence[Any]) -> None:
+    if len(references) < MIN_REFERENCES:
+        raise InputError(f"a null from references needs at least {MIN_REFERENCES} reference images, got "
+                         f"{len(references)}")
+    model.config.validate()
+    if len(images) < 1:
+        raise InputError("no images to score")
+
+
+def _few_shot_features(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True
+                       ) -> tuple[Any, Features | TiledFeatures, Features | TiledFeatures, list[tuple[int, int]], str]:
+    """The few-shot model of this batch (tiles 'auto' resolved as `model.score` resolves them), the test images'
+    and the references' features (tiles cut on the test images' plan), the images' sizes and the note."""
     from .tiling import TiledScorer, image_sizes
 
     config, note = model.config_for(images, references)
     few_shot = type(model)(config.replace(mode="musc"), backbone=model.backbone)
-    t0 = time.perf_counter()
-    test: Features | TiledFeatures
-    refs: Features | TiledFeatures
     if config.tile_scale is None:
         test, sizes = few_shot.extract(images, progress)
-        refs = few_shot.extract(references, progress)[0]
-    else:
-        scorer, sizes = TiledScorer(few_shot), image_sizes(images)
-        plan = scorer.plan(sizes)
-        test, refs = scorer.features(images, progress, plan), scorer.features(references, progress, plan)
-    t_extract = time.perf_counter() - t0
-    result = few_shot.score_features(test, progress, references=refs)
-    result.timings = {"extraction": t_extract, **result.timings}
-    own = few_shot.score_features(refs, progress, references=test)  # each reference against all the others
-    result.config = model.config
-    if note:
-        result.notes.append(note)
-    return model.describe_inputs(result, images, sizes), reference_null(own.decision_evidence(), own.map_maxima())
-
-
-def _check_reference_count(references: Sequence[Any]) -> None:
-    if len(references) < MIN_REFERENCES:
-        raise InputError(f"a null from references needs at least {MIN_REFERENCES} reference images, got "
-                         f"{len(references)}")
+        return few_shot, test, few_shot.extract(references, progress)[0], sizes, note
+    scorer, sizes = TiledScorer(few_shot), image_sizes(images)
+    plan = scorer.plan(sizes)
+    return few_shot, scorer.features(images, progress, plan), scorer.features(references, progress, plan), sizes, note
 
 
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:
@@ -278,5 +300,5 @@ def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank
     return Bank(features, run_settings(model), [str(p) for p in images], *held)
 
 
-__all__ = ["Bank", "build_bank", "few_shot_null", "few_shot_scores", "leave_one_out", "reference_features",
-           "run_settings", "tiles_setting"]
+__all__ = ["Bank", "build_bank", "few_shot_null", "few_shot_reference_null", "few_shot_scores", "leave_one_out",
+           "reference_features", "run_settings", "tiles_setting"]

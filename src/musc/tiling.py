@@ -314,8 +314,10 @@ class TiledScorer:
         if references is not None and not isinstance(references, TiledFeatures):
             references = self.features(references, progress, plan)
         t_extract = time.perf_counter() - t0
-        result = self.score_features(test, progress, references)
-        result.timings = {"extraction": t_extract, **result.timings}
+        t0 = time.perf_counter()
+        grids, shallow, salient, embeddings = self.match(test, references, progress)
+        del test, references  # finishing needs only the scores (less memory on large batches)
+        result = self.finish(grids, embeddings, salient, plan, {"extraction": t_extract}, t0, shallow)
         return self.model.describe_inputs(result, images, sizes)
 
     def score_features(self, features: TiledFeatures, progress: bool = True,
@@ -332,10 +334,16 @@ class TiledScorer:
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
                              f"{features.num_images} (give reference images to score a single one)")
         t0 = time.perf_counter()
+        grids, shallow, salient, embeddings = self.match(features, references, progress)
+        return self.finish(grids, embeddings, salient, (features.canvas, list(features.starts)), {}, t0, shallow)
+
+    def match(self, features: TiledFeatures, references: TiledFeatures | None, progress: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None, torch.Tensor]:
+        """The tiles scored as config.tile_matching says (`TILE_MATCHING`): patch scores (P, V, N, h, w), the
+        finest view of the shallower blocks (or None), and what stage 3 compares images by (`image_embeddings`)."""
         grids, shallow = TILE_MATCHING[self.config.tile_matching](
             self.model, features.positions, progress, None if references is None else references.positions)
-        salient, embeddings = self.image_embeddings(features.positions, grids)
-        return self.finish(grids, embeddings, salient, (features.canvas, list(features.starts)), {}, t0, shallow)
+        return (grids, shallow, *self.image_embeddings(features.positions, grids))
 
     def image_embeddings(self, positions: Sequence["Features"], grids: torch.Tensor
                          ) -> tuple[list[torch.Tensor] | None, torch.Tensor]:
