@@ -492,7 +492,8 @@ def test_balanced_count_is_zero_where_balanced_flags_nothing():
     assert balanced_count(np.r_[rng.normal(0.3, 0.02, 95), rng.normal(0.9, 0.02, 5)]) == 5
 
 
-from musc.decision import MIN_REFERENCES, decide_against_references, reference_null  # noqa: E402
+from musc.decision import (MIN_REFERENCES, STEADY_REFERENCES, decide_against_references,  # noqa: E402
+                           reference_null)
 from musc.errors import InputError  # noqa: E402
 
 
@@ -527,6 +528,9 @@ def test_decide_against_references_one_image_at_a_time():
     tested = decide_against_references(maps, null, evidence=[3.0, 1.0, 1.0])
     assert tested.image.defective.tolist() == [True, False, False] and tested.image.on == "evidence"
     assert decide_against_references(maps, null, level=1e-9).image.count == 0
+    assert len(both.image.warnings) == 1 and "comes from 5 references" in both.image.warnings[0]
+    steady = reference_null(np.linspace(0.9, 1.1, STEADY_REFERENCES))
+    assert decide_against_references(maps, steady).image.warnings == []
     for method in PIXEL_METHODS:
         out = decide_against_references(maps, null, pixel_method=method)
         assert (out.masks.any(axis=(1, 2)) == out.image.defective).all()

@@ -715,6 +715,11 @@ MIN_REFERENCES = 3
 """Fewest references whose leave-one-out evidence gives a null (`reference_null`): a spread needs two, and the
 predictive t one degree of freedom more."""
 
+STEADY_REFERENCES = 50
+"""References below which a decision against them warns that its level depends on which references were chosen:
+on MTD and KolektorSDD the share of normal images flagged at 5 % reached 13 to 21 % on some draws of 10 or 20
+references and at most 6 to 9 % with 50 (BENCHMARKS.md: the bank and few-shot reference decisions)."""
+
 
 @dataclass(frozen=True)
 class ReferenceNull:
@@ -787,7 +792,12 @@ def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: floa
     flagged = p <= level
     detail = (f"tail probability at most {level:g} under the references' null (mean {null.mean:.4g}, sd {null.sd:.3g} "
               f"of the evidence of {null.count} references, each scored against the others)")
-    decision = Decision(flagged, null.quantile_of_tail(level), REFERENCE_METHOD, detail, p_values=p,
+    warnings = []
+    if null.count < STEADY_REFERENCES:
+        warnings.append(f"the null comes from {null.count} references: with fewer than {STEADY_REFERENCES}, the share "
+                        "of normal images flagged depends on which references were chosen and can be several times "
+                        f"the level {level:g} (BENCHMARKS.md); more references make it steadier")
+    decision = Decision(flagged, null.quantile_of_tail(level), REFERENCE_METHOD, detail, warnings, p_values=p,
                         on="map_max" if evidence is None else "evidence")
     masks, pixel = pixel_masks(maps, map_max, decision, pixel_method, threshold=pixel_threshold, floor=null.floor)
     return Decisions(decision, masks, pixel)
@@ -799,4 +809,5 @@ __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "deci
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",
            "LABEL_FREE_METHODS", "PIXEL_METHODS", "DEFAULT_FDR", "balanced_count", "upper_majority",
-           "MIN_REFERENCES", "REFERENCE_METHOD", "ReferenceNull", "reference_null", "decide_against_references"]
+           "MIN_REFERENCES", "REFERENCE_METHOD", "ReferenceNull", "reference_null", "decide_against_references",
+           "STEADY_REFERENCES"]
