@@ -205,6 +205,8 @@ def test_few_shot_null_with_subsets_pools_each_reference_as_a_test_image():
     assert null.sd == pytest.approx(expected.std(ddof=1), abs=1e-6)
     again = few_shot_null(model, refs, tests, progress=False)
     assert (again.mean, again.sd) == pytest.approx((null.mean, null.sd), abs=1e-9)
+    with pytest.raises(InputError, match="3 images cannot be split into 2 subsets"):  # as model.score says
+        few_shot_scores(model, refs, tests[:3], progress=False)
 
 
 def test_cli_few_shot_decision_against_the_references(image_folder, tmp_path):

@@ -260,6 +260,9 @@ def _check_few_shot(model: Any, references: Sequence[Any], images: Sequence[Any]
     model.config.validate()
     if len(images) < 1:
         raise InputError("no images to score")
+    if model.config.subsets > 1 and len(images) // model.config.subsets < 2:  # as `MuSc.score` says
+        raise InputError(f"{len(images)} images cannot be split into {model.config.subsets} subsets of at least 2 "
+                         "images")
 
 
 def _few_shot_features(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True
