@@ -385,6 +385,22 @@ def test_few_shot_scores_extracts_once_and_equals_the_two_passes(options):
         few_shot_scores(model, refs[:2], tests, progress=False)
 
 
+def test_few_shot_null_on_tiles_with_subsets_pools_references_as_test_images():
+    from musc.bank import few_shot_scores
+    from musc.pipeline import split_subsets
+
+    config = MuScConfig(**TINY, tile_scale=1.0, tile_overlap=0.25)
+    refs, tests = tall_images(40, 3), tall_images(60, 5)
+    result, null = few_shot_scores(MuSc(config.replace(subsets=2, seed=1)), refs, tests, progress=False)
+    expected = np.empty(3)
+    for s, part in enumerate(split_subsets(5, 2, 1)):
+        union = MuSc(config).score([tests[i] for i in part] + refs, progress=False)  # zero-shot: subset + references
+        np.testing.assert_allclose(result.evidence[part], union.evidence[:len(part)], rtol=0, atol=1e-6)
+        expected[s::2] = union.evidence[len(part):][s::2]  # reference i joins subset i mod 2
+    assert null.count == 3 and null.mean == pytest.approx(expected.mean(), abs=1e-6)
+    assert null.sd == pytest.approx(expected.std(ddof=1), abs=1e-6)
+
+
 def test_score_features_on_tiles_needs_tiles_cut_on_one_plan():
     from musc.errors import ConfigError
 
