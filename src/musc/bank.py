@@ -35,6 +35,8 @@ from .types import Features, TiledFeatures
 
 FORMAT = "musc-bank/1"
 SETTINGS = ("backbone", "image_size", "layers", "r_values", "weights", "tiles")
+Plan = tuple[tuple[int, int], list[tuple[int, int]]]
+"""A tile plan: the canvas (width, height) and the tile positions (x, y)."""
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -190,14 +192,30 @@ def reference_features(model: Any, references: Sequence[Any], images: Sequence[A
     """The reference images' features as `model.score(images, references=references)` uses them: whole images, or
     tiles cut on the plan of `images` (tiles 'auto' resolved for them). Scoring `images` against these gives that
     result, and `leave_one_out` on them the references' null without extracting them twice."""
+    resolved, plan, _, _ = _batch_plan(model, images, references)
+    return _cpu(_extract_on(resolved, references, plan, progress))
+
+
+def _batch_plan(model: Any, images: Sequence[Any], references: Sequence[Any]
+                ) -> tuple[Any, Plan | None, list[tuple[int, int]] | None, str]:
+    """`model` as `model.score(images, references=references)` resolves it (tiles 'auto'), the tile plan of
+    `images` with their sizes (None, None for whole images), and the configuration's note."""
     from .tiling import TiledScorer, image_sizes
 
-    config, _ = model.config_for(images, references)
+    config, note = model.config_for(images, references)
     resolved = type(model)(config, backbone=model.backbone)
     if config.tile_scale is None:
-        return _cpu(resolved.extract(references, progress)[0])
-    scorer = TiledScorer(resolved)
-    return _cpu(scorer.features(references, progress, scorer.plan(image_sizes(images))))
+        return resolved, None, None, note
+    sizes = image_sizes(images)
+    return resolved, TiledScorer(resolved).plan(sizes), sizes, note
+
+
+def _extract_on(model: Any, images: Sequence[Any], plan: Plan | None, progress: bool = True
+                ) -> Features | TiledFeatures:
+    """The features of `images`: whole (no plan), or tiles cut on `plan`."""
+    from .tiling import TiledScorer
+
+    return model.extract(images, progress)[0] if plan is None else TiledScorer(model).features(images, progress, plan)
 
 
 def few_shot_null(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True) -> Any:
@@ -269,16 +287,13 @@ def _few_shot_features(model: Any, references: Sequence[Any], images: Sequence[A
                        ) -> tuple[Any, Features | TiledFeatures, Features | TiledFeatures, list[tuple[int, int]], str]:
     """The few-shot model of this batch (tiles 'auto' resolved as `model.score` resolves them), the test images'
     and the references' features (tiles cut on the test images' plan), the images' sizes and the note."""
-    from .tiling import TiledScorer, image_sizes
-
-    config, note = model.config_for(images, references)
-    few_shot = type(model)(config.replace(mode="musc"), backbone=model.backbone)
-    if config.tile_scale is None:
+    few_shot = type(model)(model.config.replace(mode="musc"), backbone=model.backbone)
+    few_shot, plan, sizes, note = _batch_plan(few_shot, images, references)
+    if plan is None:  # whole images: their sizes as they are read
         test, sizes = few_shot.extract(images, progress)
-        return few_shot, test, few_shot.extract(references, progress)[0], sizes, note
-    scorer, sizes = TiledScorer(few_shot), image_sizes(images)
-    plan = scorer.plan(sizes)
-    return few_shot, scorer.features(images, progress, plan), scorer.features(references, progress, plan), sizes, note
+    else:
+        test = _extract_on(few_shot, images, plan, progress)
+    return few_shot, test, _extract_on(few_shot, references, plan, progress), sizes, note
 
 
 def build_bank(model: Any, images: Sequence[Any], progress: bool = True) -> Bank:

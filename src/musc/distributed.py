@@ -408,7 +408,8 @@ class RayEngine:
             bar.total = math.ceil(n / self._shard_size())
             progress_bar = _Progress(bar)
             token_refs, shards, embeddings, sizes = self._extract(ray, spec, images, progress_bar, plan)
-            ref_positions = tiler.reference_positions(references, plan, progress=False)
+            ref_tiles = tiler.reference_tiles(references, plan, progress=False)
+            ref_positions = None if ref_tiles is None else ref_tiles.positions
             t_extract = time.perf_counter() - t0
             t0 = time.perf_counter()
             h = w = self.model.backbone.grid

@@ -259,7 +259,6 @@ class MuSc:
             if keep_pairs or scorer is not None:
                 raise ConfigError("per-pair maps and another scorer are not available on tiles")
             return TiledScorer(self).score_features(features, progress, references)
-        c = self.config
         if features.num_images < 1 or (references is None and features.num_images < 2):
             raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
                              f"{features.num_images} (give reference images to score a single one)")

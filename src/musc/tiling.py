@@ -293,14 +293,12 @@ class TiledScorer:
             return references.canvas, list(references.starts)
         return self.plan(sizes)
 
-    def reference_positions(self, references: Any, plan: tuple[tuple[int, int], list[tuple[int, int]]],
-                            progress: bool = True) -> list[Features] | None:
-        """The references' features per tile position: a tiled bank's own, or reference images cut on `plan`."""
-        if references is None:
-            return None
-        if isinstance(references, TiledFeatures):
-            return references.positions
-        return self.features(references, progress, plan).positions
+    def reference_tiles(self, references: Any, plan: tuple[tuple[int, int], list[tuple[int, int]]],
+                        progress: bool = True) -> TiledFeatures | None:
+        """The references' tiles: a tiled bank's own, or reference images cut on `plan`."""
+        if references is None or isinstance(references, TiledFeatures):
+            return references
+        return self.features(references, progress, plan)
 
     def score(self, images: Sequence["ImageSource"], progress: bool = True, references: Any = None,
               keep_pairs: bool = False) -> "Result":
@@ -311,8 +309,7 @@ class TiledScorer:
         sizes = image_sizes(images)
         plan = self.plan_for(sizes, references)
         test = self.features(images, progress, plan)
-        if references is not None and not isinstance(references, TiledFeatures):
-            references = self.features(references, progress, plan)
+        references = self.reference_tiles(references, plan, progress)
         t_extract = time.perf_counter() - t0
         t0 = time.perf_counter()
         grids, shallow, salient, embeddings = self.match(test, references, progress)
@@ -337,12 +334,14 @@ class TiledScorer:
         grids, shallow, salient, embeddings = self.match(features, references, progress)
         return self.finish(grids, embeddings, salient, (features.canvas, list(features.starts)), {}, t0, shallow)
 
-    def match(self, features: TiledFeatures, references: TiledFeatures | None, progress: bool = True
+    def match(self, features: TiledFeatures, references: TiledFeatures | None, progress: bool = True,
+              scorer: Callable[..., torch.Tensor] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None, torch.Tensor]:
-        """The tiles scored as config.tile_matching says (`TILE_MATCHING`): patch scores (P, V, N, h, w), the
-        finest view of the shallower blocks (or None), and what stage 3 compares images by (`image_embeddings`)."""
+        """The tiles scored as config.tile_matching says (`TILE_MATCHING`, with `scorer`): patch scores (P, V, N, h,
+        w), the finest view of the shallower blocks (or None), and what stage 3 compares images by
+        (`image_embeddings`)."""
         grids, shallow = TILE_MATCHING[self.config.tile_matching](
-            self.model, features.positions, progress, None if references is None else references.positions)
+            self.model, features.positions, progress, None if references is None else references.positions, scorer)
         return (grids, shallow, *self.image_embeddings(features.positions, grids))
 
     def image_embeddings(self, positions: Sequence["Features"], grids: torch.Tensor
@@ -367,9 +366,7 @@ class TiledScorer:
         alone = TiledScorer(MuSc(self.config.replace(mode="musc+", subsets=1, tile_subsets=False),
                                  backbone=self.model.backbone))
         t0 = time.perf_counter()
-        grids, shallow = TILE_MATCHING[alone.config.tile_matching](alone.model, features.positions, progress,
-                                                                   scorer=nearest_other_scores)
-        salient, embeddings = alone.image_embeddings(features.positions, grids)
+        grids, shallow, salient, embeddings = alone.match(features, None, progress, scorer=nearest_other_scores)
         plan = (features.canvas, list(features.starts))
         return [alone.finish(grids[:, :, i:i + 1], embeddings[:, i:i + 1],
                              None if salient is None else [s[i:i + 1] for s in salient], plan, {}, t0,
