@@ -460,7 +460,10 @@ def test_tile_subsets_keep_the_mutual_scoring_work_of_whole_images(monkeypatch):
                    backbone=model.backbone).score(images, progress=False)
     np.testing.assert_allclose(split.maps, by_hand.maps, atol=1e-6)
     np.testing.assert_allclose(split.scores, by_hand.scores, atol=1e-6)
-    assert any("3 random subsets of about 2 images" in n for n in split.notes)
+    assert any("3 random subsets of about 2 images drawn with seed 0" in n and "another --seed" in n
+               for n in split.notes)
+    reseeded = MuSc(MuScConfig.for_method("musc-scales-tiles", **TINY, seed=5), backbone=model.backbone)
+    assert any("drawn with seed 5" in n for n in reseeded.score(images, progress=False).notes)
     assert (split.config.tile_subsets, split.config.subsets) == (True, 1)  # the configuration asked for
     whole = MuSc(MuScConfig.for_method("musc-scales-tiles", **TINY, tile_subsets=False), backbone=model.backbone)
     assert not np.allclose(split.maps, whole.score(images, progress=False).maps, atol=1e-6)

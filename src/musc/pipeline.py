@@ -421,8 +421,9 @@ class MuSc:
         if subsets == 1:
             return c, ""
         return c.replace(subsets=subsets, tile_subsets=False), (
-            f"each tile position scored in {subsets} random subsets of about {len(images) // subsets} images "
-            "(tile_subsets: about the mutual-scoring work of whole images)")
+            f"each tile position scored in {subsets} random subsets of about {len(images) // subsets} images drawn "
+            f"with seed {c.seed} (tile_subsets: about the mutual-scoring work of whole images; another --seed draws "
+            "others, and the scores and the label-free decision move with it)")
 
     def describe_inputs(self, result: Result, images: Sequence[ImageSource], sizes: list[tuple[int, int]]) -> Result:
         """Record on a result what it was computed from: original sizes, weights, and paths when all are paths."""
