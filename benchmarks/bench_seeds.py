@@ -14,6 +14,7 @@ Usage: python benchmarks/bench_seeds.py [--datasets ksdd,mtd-tall,mtd-wide] [--s
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,13 +22,16 @@ from bench_accuracy import variant_settings
 from bench_rescoring import labelled
 from common import publish
 
+if TYPE_CHECKING:
+    from musc.types import Result
+
 COLUMNS = ("auroc_cls", "f1_max_cls", "ap_cls", "f1_max_segm", "pro_segm")
 TITLES = ("AUROC-cls", "F1-max-cls", "AP-cls", "F1-max-segm", "PRO")
 EXTRACTION_FIELDS = ("backbone", "image_size", "layers", "tile_scale", "tile_overlap", "weights")
 """The configuration fields that set what is extracted: variants that differ in them cannot share features."""
 
 
-def decision_share(result, labels: np.ndarray) -> float:
+def decision_share(result: Result, labels: np.ndarray) -> float:
     """`balanced`'s image F1 as a share of the oracle F1-max of the same scores, in %."""
     from musc.decision import decide
     from musc.metrics import f1_max
