@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bench_accuracy import variant_settings
+from bench_decision import f1
 from bench_rescoring import labelled
 from common import publish
 
@@ -38,10 +39,7 @@ def decision_share(result: Result, labels: np.ndarray) -> float:
 
     decided = decide(result.scores, result.maps, "balanced", evidence=result.evidence,
                      relative_evidence=result.relative_evidence)
-    flagged = decided.image.defective
-    tp = int((flagged & labels).sum())
-    f1 = 2 * tp / max(int(flagged.sum()) + int(labels.sum()), 1)
-    return 100 * f1 / f1_max(labels, result.scores)
+    return 100 * f1(decided.image.defective, labels) / f1_max(labels, result.scores)
 
 
 def main() -> None:

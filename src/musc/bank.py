@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,11 @@ from .decision import MIN_REFERENCES
 from .errors import InputError
 from .types import Features, TiledFeatures
 
+if TYPE_CHECKING:
+    from .tiling import Plan
+
 FORMAT = "musc-bank/1"
 SETTINGS = ("backbone", "image_size", "layers", "r_values", "weights", "tiles")
-Plan = tuple[tuple[int, int], list[tuple[int, int]]]
-"""A tile plan: the canvas (width, height) and the tile positions (x, y)."""
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -272,15 +273,14 @@ def few_shot_reference_null(model: Any, references: Features | TiledFeatures, im
 
 
 def _check_few_shot(model: Any, references: Sequence[Any], images: Sequence[Any]) -> None:
+    """InputError for too few references to read a null from, or a batch `model.score` would refuse."""
+    from .pipeline import check_batch
+
     if len(references) < MIN_REFERENCES:
         raise InputError(f"a null from references needs at least {MIN_REFERENCES} reference images, got "
                          f"{len(references)}")
     model.config.validate()
-    if len(images) < 1:
-        raise InputError("no images to score")
-    if model.config.subsets > 1 and len(images) // model.config.subsets < 2:  # as `MuSc.score` says
-        raise InputError(f"{len(images)} images cannot be split into {model.config.subsets} subsets of at least 2 "
-                         "images")
+    check_batch(len(images), True, model.config.subsets)
 
 
 def _few_shot_features(model: Any, references: Sequence[Any], images: Sequence[Any], progress: bool = True

@@ -39,6 +39,7 @@ from .errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from .pipeline import ImageSource, MuSc
+    from .tiling import Plan
     from .types import Features, Result, TiledFeatures
 
 log = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class RayEngine:
         return max(1, int(resources.get("GPU", 0)) or int(resources.get("CPU", 1)))
 
     def _extract(self, ray: Any, spec: dict, images: Sequence["ImageSource"], bar: _Progress,
-                 plan: tuple[tuple[int, int], list[tuple[int, int]]] | None = None) -> tuple[list, list, torch.Tensor, list]:
+                 plan: Plan | None = None) -> tuple[list, list, torch.Tensor, list]:
         """Submit one task per shard; returns (token refs per shard, shard index lists, embeddings, sizes).
 
         With a tile `plan` (canvas, starts): each shard's refs are a list, one per tile position, and the
@@ -322,8 +323,7 @@ class RayEngine:
         tokens = [torch.cat(parts) for parts in zip(*ray.get(refs))]
         return Features(tokens, embeddings), sizes
 
-    def tiled_features(self, images: Sequence["ImageSource"], plan: tuple[tuple[int, int], list[tuple[int, int]]],
-                       progress: bool = True) -> "TiledFeatures":
+    def tiled_features(self, images: Sequence["ImageSource"], plan: Plan, progress: bool = True) -> "TiledFeatures":
         """Every tile's features of all images, cut on `plan`, gathered on the driver (tiled banks, references)."""
         from tqdm.auto import tqdm
 

@@ -60,6 +60,26 @@ def split_subsets(n: int, subsets: int, seed: int) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(perm, subsets)]
 
 
+def check_batch(count: int, references: bool, subsets: int = 1) -> None:
+    """InputError for a batch of `count` images MuSc cannot score (`MuSc.score`, and the few-shot passes of musc.bank):
+    fewer than 2 without references, none with them, or too few to split into `subsets` of at least 2."""
+    if not references and count < 2:
+        raise InputError(f"MuSc needs at least 2 images to score them against each other, got {count} "
+                         "(give reference images to score a single one)")
+    if references and count < 1:
+        raise InputError("no images to score")
+    if subsets > 1 and count // subsets < 2:
+        raise InputError(f"{count} images cannot be split into {subsets} subsets of at least 2 images")
+
+
+def check_features(count: int, references: bool) -> None:
+    """InputError unless the features of `count` images can be scored (`MuSc.score_features`,
+    `TiledScorer.score_features`): at least 2 images, or 1 with references."""
+    if count < 1 or (not references and count < 2):
+        raise InputError(f"MuSc needs at least 2 images to score them against each other, got {count} "
+                         "(give reference images to score a single one)")
+
+
 def score_matmul_dtype(score_dtype: str, device: torch.device) -> torch.dtype | None:
     """The dtype of the MSM similarity products for a config value on a device (None = float32)."""
     if score_dtype == "auto":
@@ -259,9 +279,7 @@ class MuSc:
             if keep_pairs or scorer is not None:
                 raise ConfigError("per-pair maps and another scorer are not available on tiles")
             return TiledScorer(self).score_features(features, progress, references)
-        if features.num_images < 1 or (references is None and features.num_images < 2):
-            raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
-                             f"{features.num_images} (give reference images to score a single one)")
+        check_features(features.num_images, references is not None)
         view_grids, pairs, timings = self.patch_scores(features, progress, keep_pairs, scorer, references)
         return self.finish(view_grids, self.image_embeddings(features, view_grids), timings,
                            pairs if keep_pairs else None)
@@ -361,13 +379,7 @@ class MuSc:
         as config.mode says.
         """
         self.config.validate()
-        if references is None and len(images) < 2:
-            raise InputError(f"MuSc needs at least 2 images to score them against each other, got {len(images)} "
-                             "(give reference images to score a single one)")
-        if references is not None and len(images) < 1:
-            raise InputError("no images to score")
-        if self.config.subsets > 1 and len(images) // self.config.subsets < 2:
-            raise InputError(f"{len(images)} images cannot be split into {self.config.subsets} subsets of at least 2 images")
+        check_batch(len(images), references is not None, self.config.subsets)
         if isinstance(references, TiledFeatures) and self.config.tile_scale is None:
             raise ConfigError("these reference features are tiled (a bank built with --tiles): score with the same "
                               "--tiles")
@@ -433,4 +445,4 @@ class MuSc:
         return result
 
 
-__all__ = ["MuSc", "split_subsets", "ImageSource"]
+__all__ = ["MuSc", "split_subsets", "check_batch", "check_features", "ImageSource"]

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from .pipeline import ImageSource, MuSc
     from .types import Result
 
+Plan = tuple[tuple[int, int], list[tuple[int, int]]]
+"""A tile plan: the canvas (width, height) every image is resized to, and the tile positions (x, y) on it."""
+
 
 def tile_starts(length: int, side: int, overlap: float) -> list[int]:
     """Start offsets of tiles of `side` covering [0, length), evenly spread, overlapping by at least `overlap`."""
@@ -221,7 +224,7 @@ class TiledScorer:
         self.model = model
         self.config = model.config
 
-    def plan(self, sizes: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    def plan(self, sizes: Sequence[tuple[int, int]]) -> Plan:
         """The canvas (width, height) and the tile positions (x, y) for a batch of original sizes."""
         side = self.model.backbone.image_size
         canvas = canvas_size(sizes, self.config.tile_scale, side)
@@ -262,8 +265,8 @@ class TiledScorer:
                 bar.update(1)
         return tokens, embeddings
 
-    def features(self, images: Sequence["ImageSource"], progress: bool = True,
-                 plan: tuple[tuple[int, int], list[tuple[int, int]]] | None = None) -> TiledFeatures:
+    def features(self, images: Sequence["ImageSource"], progress: bool = True, plan: Plan | None = None
+                 ) -> TiledFeatures:
         """The tiles' features of `images`, cut on `plan` (canvas, starts) or on the plan of their own sizes
         (gathered from the workers on the Ray engine)."""
         plan = plan or self.plan(image_sizes(images))
@@ -286,15 +289,13 @@ class TiledScorer:
         if keep_pairs:
             raise ConfigError("per-pair maps are not kept with tiles")
 
-    def plan_for(self, sizes: Sequence[tuple[int, int]], references: Any
-                 ) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    def plan_for(self, sizes: Sequence[tuple[int, int]], references: Any) -> Plan:
         """A tiled bank's plan (new images are cut where its references were), else the plan of `sizes`."""
         if isinstance(references, TiledFeatures):
             return references.canvas, list(references.starts)
         return self.plan(sizes)
 
-    def reference_tiles(self, references: Any, plan: tuple[tuple[int, int], list[tuple[int, int]]],
-                        progress: bool = True) -> TiledFeatures | None:
+    def reference_tiles(self, references: Any, plan: Plan, progress: bool = True) -> TiledFeatures | None:
         """The references' tiles: a tiled bank's own, or reference images cut on `plan`."""
         if references is None or isinstance(references, TiledFeatures):
             return references
@@ -327,9 +328,9 @@ class TiledScorer:
             raise ConfigError(f"the reference tiles were cut on another plan (canvas {references.canvas}, "
                               f"{len(references.starts)} tiles) than the images' (canvas {features.canvas}, "
                               f"{len(features.starts)} tiles)")
-        if features.num_images < 1 or (references is None and features.num_images < 2):
-            raise InputError(f"MuSc needs at least 2 images to score them against each other, got "
-                             f"{features.num_images} (give reference images to score a single one)")
+        from .pipeline import check_features
+
+        check_features(features.num_images, references is not None)
         t0 = time.perf_counter()
         grids, shallow, salient, embeddings = self.match(features, references, progress)
         return self.finish(grids, embeddings, salient, (features.canvas, list(features.starts)), {}, t0, shallow)
@@ -374,7 +375,7 @@ class TiledScorer:
                 for i in range(features.num_images)]
 
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
-               plan: tuple[tuple[int, int], list[tuple[int, int]]], timings: dict[str, float], scoring_started: float,
+               plan: Plan, timings: dict[str, float], scoring_started: float,
                shallow: torch.Tensor | None = None) -> "Result":
         """Tile patch scores per view (P, V, N, h, w) -> (less each image's baseline over all its tiles with
         `map_baseline`) one blended map per image (`map_rule_for(tiled=True)` over
@@ -444,4 +445,4 @@ class TiledScorer:
 
 __all__ = ["elongated_note", "tile_subset_count", "MIN_TILE_SUBSET", "TiledScorer", "TILE_MATCHING", "image_sizes",
            "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "reads_shallow_blocks", "score_aligned", "score_all", "tile_starts",
-           "canvas_size", "blend", "blend_window"]
+           "canvas_size", "blend", "blend_window", "Plan"]
