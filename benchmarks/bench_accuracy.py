@@ -25,7 +25,7 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        patches' area; the default's until finest-top3-level took half the image's level off it);
        +tilescalemax = the image score scale-max on tiled runs (the default's until finest-top3);
        +tileblocksshallow = tile_image_blocks 'shallow' (the tiled image score reads the r = 1 view of all tapped
-       blocks but the deepest);
+       blocks but the deepest); +tilemapshallow = tile_map_blocks 'shallow' (tiled maps from those blocks);
        +baseline0.9 = --map-baseline 0.9 (each image's own 0.9 quantile of its scores taken off);
        --methods '' rewrites both tables from the kept runs)
 """
@@ -89,7 +89,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "tilefinest": {"tile_map_rule": "finest"}, "tilefinestmax": {"tile_image_score": "finest-max"},
                 "tilefinesttop3": {"tile_image_score": "finest-top3"},
                 "tilescalemax": {"tile_image_score": "scale-max"},
-                "tileblocksshallow": {"tile_image_blocks": "shallow"},
+                "tileblocksshallow": {"tile_image_blocks": "shallow"}, "tilemapshallow": {"tile_map_blocks": "shallow"},
                 "zblend": {"image_score": "z-blend"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
@@ -261,7 +261,9 @@ def main() -> None:
              "switch carry it); `+tilescalemax` = the image score of tiled batches `scale-max`, the default's "
              "until `finest-top3` (every tiled row run before that switch carries it); `+tileblocksshallow` = "
              "`tile_image_blocks` 'shallow' (the image score of tiled batches reads the r = 1 view of all tapped "
-             "blocks but the deepest, 2, 5, 8; maps and evidence keep all four); "
+             "blocks but the deepest, 2, 5, 8; maps and evidence keep all four); `+tilemapshallow` = "
+             "`tile_map_blocks` 'shallow' (the maps of tiled batches from those blocks; image scores and evidence keep "
+             "all four; `musc-thin` = `musc-scales-tiles+tilefinest+tilemapshallow+tileblocksshallow`); "
              "`+baselineQ` = `--map-baseline Q` (each "
              "image's own Q quantile of each view's patch scores taken off before the map rule, on whole images and "
              "tiles alike). mtd-TYPE: 80 normal "

@@ -111,7 +111,8 @@ def tall_images(tmp_path) -> list[str]:
 
 @pytest.mark.parametrize("method, extra", [("musc", {}), ("musc-scales", {"tile_map_rule": "finest"}),
                                            ("muscv2", {}), ("musc-scales-tiles", {}),
-                                           ("musc-scales-tiles", {"tile_image_blocks": "shallow"})])
+                                           ("musc-scales-tiles", {"tile_image_blocks": "shallow"}),
+                                           ("musc-thin", {})])
 def test_ray_tiles_equal_local_tiles(cluster, tmp_path, method, extra):
     config = MuScConfig.for_method(method, **TINY, memory_budget_mb=1, tile_scale=1.0, **extra)
     local, on_ray = both(config, tall_images(tmp_path))

@@ -241,6 +241,13 @@ def test_the_tiles_preset_and_overriding_its_tile_settings(image_folder, tmp_pat
     assert config_of("--tile-image-blocks", "shallow")["tile_image_blocks"] == "shallow"
     res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-image-blocks", "deep")
     assert res.exit_code != 0 and "--tile-image-blocks" in res.output and not (tmp_path / "bad").exists()
+    assert preset["tile_map_blocks"] == "all"
+    assert config_of("--tile-map-blocks", "shallow")["tile_map_blocks"] == "shallow"
+    thin = config_of("--method", "musc-thin")
+    assert (thin["tile_map_rule"], thin["tile_map_blocks"], thin["tile_image_blocks"]) == ("finest", "shallow", "shallow")
+    assert config_of("--method", "musc-thin", "--tile-map-blocks", "all")["tile_map_blocks"] == "all"
+    res = run("score", image_folder, "--out", tmp_path / "bad", *CLI_TINY, "--tile-map-blocks", "deep")
+    assert res.exit_code != 0 and "--tile-map-blocks" in res.output and not (tmp_path / "bad").exists()
 
 
 def test_cli_tile_plan_is_a_note_not_a_warning(image_folder, tmp_path, caplog):
@@ -734,3 +741,67 @@ def test_shallow_tile_image_blocks_score_tiled_images_by_the_finest_view_of_all_
     np.testing.assert_allclose(one.raw_scores, alone.raw_scores, atol=1e-6)  # one tapped block: that block
     with pytest.raises(ConfigError, match="tile_image_blocks"):
         MuScConfig(**TINY, tile_image_blocks="deep").validate()
+
+
+@pytest.mark.parametrize("matching", ["aligned", "all"])
+@pytest.mark.parametrize("map_rule", ["finest", "mean"])
+def test_shallow_tile_map_blocks_make_tiled_maps_from_all_blocks_but_the_deepest(matching, map_rule):
+    """`tile_map_blocks` 'shallow': a tiled batch's maps are what a run tapping all but the deepest block draws, while
+    its image scores, evidence and view maxima stay those of every tapped block; whole images keep every block."""
+    from musc.backbones import Backbone
+
+    images = tall_images(70, 6)
+    base = dict(**TINY, tile_scale=1.0, tile_matching=matching, image_score="scale-max", tile_map_rule=map_rule,
+                tile_image_score="finest-top3-level", rscin_windows=())
+    full = MuSc(MuScConfig(**base, layers=(0, 1, 2)))
+    bb = full.backbone
+    with torch.no_grad():  # random blocks barely change the tokens: make block 2 see the images its own way
+        for param in bb.model.blocks[2].parameters():
+            param.mul_(8.0)
+    fewer = Backbone(bb.preset, bb.model, bb.image_size, (0, 1), bb.device)  # the same weights, blocks 0 and 1
+    shallow = MuSc(MuScConfig(**base, layers=(0, 1, 2), tile_map_blocks="shallow"), backbone=bb)
+    a, b = full.score(images, progress=False), shallow.score(images, progress=False)
+    c = MuSc(MuScConfig(**base, layers=(0, 1)), backbone=fewer).score(images, progress=False)
+    np.testing.assert_allclose(b.maps, c.maps, atol=1e-6)  # the maps of blocks 0 and 1
+    assert not np.allclose(b.maps, a.maps, atol=1e-4)
+    np.testing.assert_allclose(b.raw_scores, a.raw_scores, atol=1e-6)  # scores, evidence, maxima of all three
+    np.testing.assert_allclose(b.evidence, a.evidence, atol=1e-6)
+    np.testing.assert_allclose(b.relative_evidence, a.relative_evidence, atol=1e-6)
+    np.testing.assert_allclose(b.view_maxima, a.view_maxima, atol=1e-6)
+    assert "maps from blocks 0, 1 (tile_map_blocks)" in b.notes[0] and "tile_map_blocks" not in a.notes[0]
+    both = MuSc(full.config.replace(tile_map_blocks="shallow", tile_image_blocks="shallow"), backbone=bb).score(
+        images, progress=False)  # the two together: maps and image scores of blocks 0 and 1
+    np.testing.assert_allclose(both.maps, c.maps, atol=1e-6)
+    np.testing.assert_allclose(both.raw_scores, c.raw_scores, atol=1e-6)
+    np.testing.assert_allclose(both.evidence, a.evidence, atol=1e-6)
+    based = (MuSc(full.config.replace(map_baseline=0.5, tile_map_blocks="shallow"), backbone=bb),  # levels off first
+             MuSc(MuScConfig(**base, layers=(0, 1), map_baseline=0.5), backbone=fewer))
+    np.testing.assert_allclose(*(model.score(images, progress=False).maps for model in based), atol=1e-6)
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]  # whole images: every block, as before
+    whole = [MuSc(full.config.replace(tile_scale="auto", tile_map_blocks=blocks), backbone=bb).score(
+        square, progress=False) for blocks in ("all", "shallow")]
+    np.testing.assert_allclose(whole[1].maps, whole[0].maps, atol=1e-12)
+    with pytest.raises(ConfigError, match="tile_map_blocks"):
+        MuScConfig(**TINY, tile_map_blocks="deep").validate()
+
+
+def test_musc_thin_preset_is_the_default_with_r1_maps_and_image_scores_of_the_shallower_blocks():
+    """`musc-thin`: the default preset, with a tiled batch's maps the r = 1 scores of all blocks but the deepest and
+    its images scored from those blocks; a batch of whole images is scored exactly as by the default."""
+    from musc.config import DEFAULT_METHOD, METHODS
+
+    thin, default = METHODS["musc-thin"], METHODS[DEFAULT_METHOD]
+    assert {k: v for k, v in thin.items() if default.get(k) != v} == {
+        "tile_map_rule": "finest", "tile_map_blocks": "shallow", "tile_image_blocks": "shallow"}
+    bb = MuSc(MuScConfig(**TINY)).backbone
+    square = [Image.fromarray(textured(i, 56)) for i in range(5)]
+    whole = [MuSc(MuScConfig.for_method(m, **TINY), backbone=bb).score(square, progress=False)
+             for m in ("musc-thin", DEFAULT_METHOD)]
+    np.testing.assert_allclose(whole[0].maps, whole[1].maps, atol=1e-12)
+    np.testing.assert_allclose(whole[0].scores, whole[1].scores, atol=1e-12)
+    images = tall_images(70, 6)
+    tiled = [MuSc(MuScConfig.for_method(m, **TINY, tile_scale=1.0), backbone=bb).score(images, progress=False)
+             for m in ("musc-thin", DEFAULT_METHOD)]
+    np.testing.assert_allclose(tiled[0].evidence, tiled[1].evidence, atol=1e-6)  # decisions test the same evidence
+    assert not np.allclose(tiled[0].maps, tiled[1].maps, atol=1e-4)
+    assert "tile_map_blocks" in tiled[0].notes[0] and "tile_image_blocks" in tiled[0].notes[0]

@@ -11,7 +11,7 @@ import click
 from tqdm.auto import tqdm
 
 from .backbones import PRESETS, get_preset
-from .config import (DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_IMAGE_BLOCKS,
+from .config import (DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_BLOCKS,
                      TILE_MATCHINGS, TILE_RESCORINGS, MuScConfig)
 from .datasets.readers import READERS
 from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, MIN_REFERENCES, PIXEL_METHODS, REFERENCE_METHOD
@@ -143,17 +143,22 @@ def score_options(func: Callable) -> Callable:
                           "Default: the --method preset's (none for musc-scales-tiles; else its re-scoring)."),
         click.option("--tile-map-rule", type=click.Choice(list(MAP_RULES)), default=None,
                      help="With tiles: the --map-rule of a tiled batch (finest = the smallest r alone, which does not "
-                          "smear thin defects). Default: the --map-rule."),
+                          "smear thin defects). Default: the --method preset's (finest for musc-thin; else the --map-rule)."),
         click.option("--tile-image-score", type=click.Choice(list(IMAGE_SCORES)), default=None,
                      help="With tiles: the --image-score of a tiled batch (finest-max = the smallest r's map "
                           "maximum: thin defects rank higher, wide ones lower; finest-top3 = that map's mean over its "
                           "strongest three patches' area; finest-top3-level = that less half the image's own level, "
                           "the map's 0.9 quantile). Default: the --method preset's (finest-top3-level for "
                           "musc-scales-tiles; else the --image-score)."),
-        click.option("--tile-image-blocks", type=click.Choice(list(TILE_IMAGE_BLOCKS)), default=None,
+        click.option("--tile-map-blocks", type=click.Choice(list(TILE_BLOCKS)), default=None,
+                     help="With tiles: the tapped blocks whose patch scores make the maps of a tiled batch: all, or "
+                          "shallow = all but the deepest (sharper maps of thin defects; image scores and decisions "
+                          "keep their blocks). Default: the --method preset's (shallow for musc-thin; else all)."),
+        click.option("--tile-image-blocks", type=click.Choice(list(TILE_BLOCKS)), default=None,
                      help="With tiles: the tapped blocks whose smallest-r view the image score of a tiled batch reads: "
                           "all, or shallow = all but the deepest (thin defects rank by the blocks that see them "
-                          "sharply; maps and decisions keep every block). Default: the --method preset's (all)."),
+                          "sharply; maps and decisions keep every block). Default: the --method preset's (shallow for "
+                          "musc-thin; else all)."),
         click.option("--engine", type=click.Choice(list(ENGINES)), default=_DEFAULTS.engine, show_default=True,
                      help="Where the work runs: this process, or tasks on a Ray cluster (pip install "
                           "'musc-ad[ray]'; same results)."),
@@ -187,7 +192,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
                         tile_matching: str = _DEFAULTS.tile_matching, tile_subsets: bool | None = None,
                         interval_skip: float | None = None, tile_rescoring: str | None = None,
                         tile_map_rule: str | None = None, tile_image_score: str | None = None,
-                        map_baseline: float | None = None, tile_image_blocks: str | None = None) -> MuScConfig:
+                        map_baseline: float | None = None, tile_image_blocks: str | None = None,
+                        tile_map_blocks: str | None = None) -> MuScConfig:
     """Build and check the configuration before any image is read or any model is built.
 
     The map rule, image score, interval skip and tile settings (re-scoring, map rule and image score of tiles
@@ -214,6 +220,8 @@ def config_from_options(backbone: str, image_size: int | None, layers: tuple[int
         overrides["tile_image_score"] = tile_image_score
     if tile_image_blocks is not None:
         overrides["tile_image_blocks"] = tile_image_blocks
+    if tile_map_blocks is not None:
+        overrides["tile_map_blocks"] = tile_map_blocks
     config = MuScConfig.for_method(
         method, backbone=backbone, image_size=image_size, layers=layers, r_values=r_values, interval=interval,
         rscin_windows=windows, subsets=subsets, seed=seed, device=device, half=half, batch_size=batch_size,
@@ -242,7 +250,7 @@ def _pop_config(kwargs: dict[str, Any]) -> MuScConfig:
              "seed", "device", "half", "batch_size", "weights", "random_weights", "memory_budget_mb", "score_dtype",
              "projection_dim", "engine", "ray_address", "method", "map_rule", "image_score", "tile_scale",
              "tile_overlap", "tile_matching", "tile_subsets", "interval_skip", "tile_rescoring", "tile_map_rule",
-             "tile_image_score", "map_baseline", "tile_image_blocks")
+             "tile_image_score", "map_baseline", "tile_image_blocks", "tile_map_blocks")
     config = config_from_options(**{k: kwargs.pop(k) for k in names})
     if config.engine == "ray":  # join (or start) the cluster now: a bad address fails before any work
         from .distributed import connect

@@ -20,7 +20,7 @@ TILE_RESCORINGS = (*RESCORINGS, "none")
 IMAGE_SCORES = ("max", "scale-max", "finest-max", "z-blend", "finest-top3", "finest-top3-level")
 MAP_RULES = ("mean", "z-max", "finest")
 TILE_MATCHINGS = ("aligned", "all")
-TILE_IMAGE_BLOCKS = ("all", "shallow")
+TILE_BLOCKS = ("all", "shallow")
 METHODS: dict[str, dict[str, Any]] = {
     "musc": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "max", "rescoring": "rscin",
              "rscin_windows": (1, 2, 3)},
@@ -34,6 +34,8 @@ METHODS: dict[str, dict[str, Any]] = {
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
                           "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-top3-level"},
 }
+METHODS["musc-thin"] = {**METHODS["musc-scales-tiles"], "tile_map_rule": "finest", "tile_map_blocks": "shallow",
+                        "tile_image_blocks": "shallow"}
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
 stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
@@ -42,7 +44,10 @@ distances left out of MSM's interval mean (interval_skip) and the same tiles, ea
 random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
 images, no re-scoring of a tiled batch (tile_rescoring 'none') and a tiled image scored by the mean of its r = 1 map
 over its strongest three patches' area less half its own level, that map's 0.9 quantile (tile_image_score
-'finest-top3-level'). They set stages and tiling only: backbone, size and blocks stay the user's."""
+'finest-top3-level'); `musc-thin` is `musc-scales-tiles` for thin defects in elongated parts: a tiled batch's maps are
+its r = 1 scores over the tapped blocks but the deepest (tile_map_rule 'finest', tile_map_blocks 'shallow'), and its
+images are scored from the same blocks (tile_image_blocks 'shallow'); whole images are scored as by the default. They
+set stages and tiling only: backbone, size and blocks stay the user's."""
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
@@ -122,6 +127,11 @@ class MuScConfig:
     three patches' area and ranked all three tiled sets measured higher; 'finest-top3-level' (the default preset's)
     takes half the image's own level (the 0.9 quantile of that map) off it, so that normal images whose whole map
     stands high rank lower (README, How it works)."""
+    tile_map_blocks: str = "all"
+    """The tapped blocks whose patch scores make a tiled batch's maps: 'all' of them, or 'shallow' (an option; the
+    `musc-thin` preset's): all but the deepest, whose patches see a thin defect a fraction of one tile wide least
+    sharply. Only the maps change: image scores, evidence and decisions keep their blocks; with one tapped block it
+    reads that one (README, How it works)."""
     tile_image_blocks: str = "all"
     """The tapped blocks whose finest view a tiled image's score reads: 'all' of them (the finest view the maps and
     decisions use), or 'shallow' (an option): all but the deepest, so a thin defect a fraction of one tile wide is
@@ -203,8 +213,11 @@ class MuScConfig:
         if self.tile_image_score is not None and self.tile_image_score not in IMAGE_SCORES:
             raise ConfigError(f"tile_image_score must be one of {', '.join(IMAGE_SCORES)} or None, "
                               f"got {self.tile_image_score!r}")
-        if self.tile_image_blocks not in TILE_IMAGE_BLOCKS:
-            raise ConfigError(f"tile_image_blocks must be one of {', '.join(TILE_IMAGE_BLOCKS)}, "
+        if self.tile_map_blocks not in TILE_BLOCKS:
+            raise ConfigError(f"tile_map_blocks must be one of {', '.join(TILE_BLOCKS)}, "
+                              f"got {self.tile_map_blocks!r}")
+        if self.tile_image_blocks not in TILE_BLOCKS:
+            raise ConfigError(f"tile_image_blocks must be one of {', '.join(TILE_BLOCKS)}, "
                               f"got {self.tile_image_blocks!r}")
         if self.rescoring not in RESCORINGS:
             raise ConfigError(f"rescoring must be one of {', '.join(RESCORINGS)}, got {self.rescoring!r}")
@@ -277,4 +290,4 @@ class MuScConfig:
 
 
 __all__ = ["MuScConfig", "DEVICES", "ENGINES", "METHODS", "DEFAULT_METHOD", "AGGREGATIONS", "RESCORINGS",
-           "TILE_RESCORINGS", "IMAGE_SCORES", "MAP_RULES", "TILE_IMAGE_BLOCKS"]
+           "TILE_RESCORINGS", "IMAGE_SCORES", "MAP_RULES", "TILE_BLOCKS"]

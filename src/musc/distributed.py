@@ -389,7 +389,7 @@ class RayEngine:
         batch (aligned tiles), maps blended and finished on the driver as the local engine does."""
         from tqdm.auto import tqdm
 
-        from .scoring import shallow_finest
+        from .scoring import shallow_views
         from .tiling import TiledScorer, image_sizes, reads_shallow_blocks
 
         c = self.config
@@ -416,7 +416,7 @@ class RayEngine:
             grids: list[torch.Tensor] = []
             salient: list[torch.Tensor] | None = [] if c.rescoring_for(tiled=True) == "rscon" else None
             shallow = reads_shallow_blocks(c)
-            finest: list[torch.Tensor] = []
+            shallow_grids: list[torch.Tensor] = []
             for p in range(n_pos):
                 at_p = [refs[p] for refs in token_refs]
                 grid, pairs = self._mutual_scores(ray, spec, n, at_p, shards,
@@ -424,11 +424,11 @@ class RayEngine:
                                                   shallow)
                 grids.append(grid.view(len(grid), n, h, w))
                 if shallow:
-                    finest.append(shallow_finest(pairs, self.model.views()).view(n, h, w))
+                    shallow_grids.append(shallow_views(pairs, self.model.views()).view(-1, n, h, w))
                 if salient is not None:
                     salient.append(self._salient(ray, spec, grid.mean(dim=0), at_p, shards))
         result = tiler.finish(torch.stack(grids), embeddings, salient, plan, {"extraction": t_extract}, t0,
-                              torch.stack(finest) if shallow else None)
+                              torch.stack(shallow_grids) if shallow else None)
         return self.model.describe_inputs(result, images, sizes)
 
     def _mutual_scores(self, ray: Any, spec: dict, n: int, token_refs: list, shards: list[np.ndarray],

@@ -347,18 +347,17 @@ def finest_view(view_grids: torch.Tensor, views: Sequence = ()) -> torch.Tensor:
 
 
 def shallow_blocks(layers: Iterable[int]) -> tuple[int, ...]:
-    """The tapped blocks (`layers`) but the deepest (`MuScConfig.tile_image_blocks` 'shallow'); the one tapped block
-    when there is only one."""
+    """The tapped blocks (`layers`) but the deepest (`MuScConfig.tile_image_blocks` and `tile_map_blocks` 'shallow');
+    the one tapped block when there is only one."""
     ordered = tuple(sorted(layers))
     return ordered[:-1] if len(ordered) > 1 else ordered
 
 
-def shallow_finest(pairs: dict[tuple[int, Any], torch.Tensor], views: Sequence) -> torch.Tensor:
-    """Per-(block, view) patch scores (`MuSc.patch_scores(..., keep_pairs=True)`) -> the finest view's scores
-    averaged over `shallow_blocks` of the blocks they hold, as the views average over every tapped block."""
-    finest = views[finest_view_index(views)]
+def shallow_views(pairs: dict[tuple[int, Any], torch.Tensor], views: Sequence) -> torch.Tensor:
+    """Per-(block, view) patch scores (`MuSc.patch_scores(..., keep_pairs=True)`) -> each view's scores averaged
+    over `shallow_blocks` of the blocks they hold (V, ...), as the views average over every tapped block."""
     blocks = shallow_blocks({block for block, _ in pairs})
-    return torch.stack([pairs[(block, finest)] for block in blocks]).mean(dim=0)
+    return torch.stack([torch.stack([pairs[(block, view)] for block in blocks]).mean(dim=0) for view in views])
 
 
 def lower_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
@@ -399,4 +398,4 @@ __all__ = ["interval_count", "interval_bounds", "interval_mean", "nearest_patch_
            "mutual_scores", "nearest_other_scores", "default_memory_budget", "interval_mean_excluding_self",
            "half_inputs", "random_projection", "distances_to_references", "reference_scores", "view_mean",
            "robust_z_max", "finest_view_index", "finest_view", "MAP_RULES", "get_map_rule",
-           "subtract_image_baseline", "image_levels", "lower_quantile", "shallow_blocks", "shallow_finest"]
+           "subtract_image_baseline", "image_levels", "lower_quantile", "shallow_blocks", "shallow_views"]

@@ -34,7 +34,7 @@ from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score, peak
 from .scoring import (finest_view_index, get_map_rule, image_levels, mutual_scores, nearest_other_scores,
-                      shallow_blocks, shallow_finest, subtract_image_baseline)
+                      shallow_blocks, shallow_views, subtract_image_baseline)
 from .types import Features, TiledFeatures
 
 if TYPE_CHECKING:
@@ -133,39 +133,45 @@ def blend(tile_maps: torch.Tensor, starts: Sequence[tuple[int, int]], canvas: tu
     return total / weight
 
 
-def reads_shallow_blocks(config: "MuScConfig") -> bool:
+def image_reads_shallow_blocks(config: "MuScConfig") -> bool:
     """Whether a tiled image score reads the finest view of the shallower blocks (`tile_image_blocks` 'shallow' and
-    a tiled image score that reads views): only then do the engines keep the per-block scores it needs."""
+    a tiled image score that reads views)."""
     return config.tile_image_blocks == "shallow" and get_image_score(config.image_score_for(tiled=True)).uses_views
+
+
+def reads_shallow_blocks(config: "MuScConfig") -> bool:
+    """Whether a tiled batch reads the views of the shallower blocks: its maps (`tile_map_blocks` 'shallow') or its
+    image score (`image_reads_shallow_blocks`). Only then do the engines keep the per-block scores they need."""
+    return config.tile_map_blocks == "shallow" or image_reads_shallow_blocks(config)
 
 
 def score_aligned(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
                   references: Sequence["Features"] | None = None, scorer: Callable[..., torch.Tensor] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per tile position p, MSM of tile p against tile p of the other images: (P, V, N, h, w) patch scores per
-    stage-1 view (`MuSc.patch_scores`), and the finest view of the shallower blocks (P, N, h, w) when the image
-    score reads it (`reads_shallow_blocks`; else None).
+    stage-1 view (`MuSc.patch_scores`), and the same over the shallower blocks alone (P, V, N, h, w) when the maps or
+    the image score read them (`reads_shallow_blocks`; else None).
 
     `positions[p]`: the features of every image's tile at position p; `references[p]`: the reference images'
     tiles at p (few-shot MuSc or MuSc+, as config.mode says); `scorer`: what scores a position without references
     (`MuSc.patch_scores`; None = MSM)."""
     shallow = reads_shallow_blocks(model.config)
-    grids, finest = [], []
+    grids, shallow_grids = [], []
     for k, features in enumerate(tqdm(positions, desc="scoring tile positions", unit="tile", disable=not progress,
                                       leave=False)):
         total, pairs, _ = model.patch_scores(features, progress=False, keep_pairs=shallow, scorer=scorer,
                                              references=None if references is None else references[k])
         grids.append(total)
         if shallow:
-            finest.append(shallow_finest(pairs, model.views()))
-    return torch.stack(grids), torch.stack(finest) if shallow else None
+            shallow_grids.append(shallow_views(pairs, model.views()))
+    return torch.stack(grids), torch.stack(shallow_grids) if shallow else None
 
 
 def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = True,
               references: Sequence["Features"] | None = None, scorer: Callable[..., torch.Tensor] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Every tile against all tiles of the other images: (P, V, N, h, w) patch scores per stage-1 view (and the
-    finest view over the blocks the image score reads, as `score_aligned`).
+    same over the shallower blocks when the maps or the image score read them, as `score_aligned`).
 
     Stage 1 runs per tile; the P tiles' patch vectors of an image are then joined into one set, so a patch's
     nearest-patch distance to image j is its distance to the closest patch anywhere in j. `references[p]`: the
@@ -191,14 +197,15 @@ def score_all(model: "MuSc", positions: Sequence["Features"], progress: bool = T
     shallow = reads_shallow_blocks(model.config)
     total, pairs, _ = model.score_views(n, n_pos * h * w, layers, stage1, ref_z, scorer or mutual_scores, progress,
                                         shallow, device, "scoring all tiles")
-    finest = shallow_finest(pairs, model.views()).view(n, n_pos, h, w).permute(1, 0, 2, 3) if shallow else None
-    return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4), finest
+    shallow_grids = (shallow_views(pairs, model.views()).view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4) if shallow
+                     else None)
+    return total.view(-1, n, n_pos, h, w).permute(2, 0, 1, 3, 4), shallow_grids
 
 
 TILE_MATCHING = {"aligned": score_aligned, "all": score_all}
 """How tiles are scored (config.tile_matching): a name -> (model, features per position, progress, reference
-features per position, scorer) -> (P, V, N, h, w) scores, and the finest view of the shallower blocks (P, N, h, w)
-when the image score reads it (`reads_shallow_blocks`; else None)."""
+features per position, scorer) -> (P, V, N, h, w) scores, and the same over the shallower blocks when the maps or the
+image score read them (`reads_shallow_blocks`; else None)."""
 
 
 def image_sizes(images: Sequence["ImageSource"]) -> list[tuple[int, int]]:
@@ -371,7 +378,7 @@ class TiledScorer:
         plan = (features.canvas, list(features.starts))
         return [alone.finish(grids[:, :, i:i + 1], embeddings[:, i:i + 1],
                              None if salient is None else [s[i:i + 1] for s in salient], plan, {}, t0,
-                             None if shallow is None else shallow[:, i:i + 1])
+                             None if shallow is None else shallow[:, :, i:i + 1])
                 for i in range(features.num_images)]
 
     def finish(self, grids: torch.Tensor, embeddings: torch.Tensor, salient: Sequence[torch.Tensor] | None,
@@ -387,16 +394,19 @@ class TiledScorer:
 
         `embeddings`: each tile's (P, N, D); `salient`: RsCon's descriptors per position (N, C), of which each
         image keeps its highest-scoring tile's; `scoring_started`: when scoring began (perf_counter), for the
-        timings; `shallow`: the finest view of the shallower blocks (P, N, h, w; `reads_shallow_blocks`), which the
-        image score then reads in place of the finest view (maps, evidence and maxima keep every block). Shared by
-        the local and the Ray engine."""
+        timings; `shallow`: the patch scores over the shallower blocks (P, V, N, h, w; `reads_shallow_blocks`), which
+        the maps read in place of `grids` with `tile_map_blocks` 'shallow', and whose finest view the image score
+        reads with `tile_image_blocks` 'shallow' (evidence and view maxima keep every block). Shared by the local and
+        the Ray engine."""
         canvas, starts = plan
         map_rule, image_score = self.config.map_rule_for(tiled=True), self.config.image_score_for(tiled=True)
+        image_shallow = image_reads_shallow_blocks(self.config)
         if self.config.map_baseline is not None:  # each image's level over all its tiles
             grids = subtract_image_baseline(grids, self.config.map_baseline)
             if shallow is not None:
-                shallow = subtract_image_baseline(shallow[:, None], self.config.map_baseline)[:, 0]
-        fused = get_map_rule(map_rule)(grids, self.model.views())  # (P, N, h, w)
+                shallow = subtract_image_baseline(shallow, self.config.map_baseline)
+        map_grids = shallow if self.config.tile_map_blocks == "shallow" else grids
+        fused = get_map_rule(map_rule)(map_grids, self.model.views())  # (P, N, h, w)
         stacked = torch.stack([self.model.upsample(grid) for grid in fused])  # (P, N, S, S)
         maps = blend(stacked, starts, canvas)
 
@@ -409,7 +419,7 @@ class TiledScorer:
         def view_stats(v: int) -> tuple[torch.Tensor, torch.Tensor]:  # one view's blended map at a time: its maxima
             view = blended(grids[:, v])
             maxima = view.amax(dim=1)
-            read = blended(shallow) if shallow is not None and v == finest else view
+            read = blended(shallow[:, finest]) if image_shallow and v == finest else view
             return maxima, read.amax(dim=1) if rule.reduce is peak else rule.reduce(read, patch_area)  # what it reads
 
         finest = finest_view_index(self.model.views())
@@ -436,13 +446,15 @@ class TiledScorer:
             plan_note += f"; maps by the map rule {map_rule!r} (tile_map_rule)"
         if image_score != self.config.image_score:
             plan_note += f"; images scored by {image_score!r} (tile_image_score)"
-        if shallow is not None:
-            blocks = shallow_blocks(self.model.backbone.layers)
-            plan_note += f"; image scores read the finest view of blocks {', '.join(map(str, blocks))} (tile_image_blocks)"
+        blocks = ", ".join(map(str, shallow_blocks(self.model.backbone.layers)))
+        if self.config.tile_map_blocks == "shallow":
+            plan_note += f"; maps from blocks {blocks} (tile_map_blocks)"
+        if image_shallow:
+            plan_note += f"; image scores read the finest view of blocks {blocks} (tile_image_blocks)"
         result.notes.insert(0, plan_note)
         return result
 
 
 __all__ = ["elongated_note", "tile_subset_count", "MIN_TILE_SUBSET", "TiledScorer", "TILE_MATCHING", "image_sizes",
-           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "reads_shallow_blocks", "score_aligned", "score_all", "tile_starts",
-           "canvas_size", "blend", "blend_window", "Plan"]
+           "AUTO_MIN_ASPECT", "RELATIVE_LEVEL", "reads_shallow_blocks", "image_reads_shallow_blocks", "score_aligned",
+           "score_all", "tile_starts", "canvas_size", "blend", "blend_window", "Plan"]
