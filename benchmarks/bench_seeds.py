@@ -3,12 +3,15 @@
 The default scores each tile position of an elongated batch in random label-free subsets (config.tile_subsets), so
 its results depend on --seed. Each data set is extracted once; every variant (the accuracy panel's spelling,
 `bench_accuracy.py`) then scores the same features with --seeds seeds (0, 1, ...). Per seed: the seven metrics'
-image and pixel columns kept here, and the default decision (`balanced`) as a share of the oracle image F1. Per
+image and pixel columns kept here, the default decision (`balanced`) as a share of the oracle image F1, and the pixel
+F1 of its masks (`half-peak`, over all pixels of the batch at the tile canvas size, in %: absolute, since the maps'
+F1-max-segm differs between variants). Per
 variant, the mean and range over the seeds, and the image metrics of the seeds' final scores averaged (an ensemble
 of the draws, for that many times the scoring work). A batch whose configuration has no random step is scored once.
+Rows of data sets and variants not run again stay in the section as an earlier run wrote them.
 
 Usage: python benchmarks/bench_seeds.py [--datasets ksdd,mtd-tall,mtd-wide] [--seeds 6]
-       [--variants musc-scales-tiles,musc-scales-tiles+tileblocksshallow] [--size 224] [--no-write]
+       [--variants musc-scales-tiles,musc-scales-tiles+tileblocksshallow,musc-thin,...] [--size 224] [--no-write]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench_accuracy import variant_settings
+from bench_accuracy import section_rows, variant_settings
 from bench_decision import f1
 from bench_rescoring import labelled
 from common import publish
@@ -28,30 +31,34 @@ if TYPE_CHECKING:
 
 COLUMNS = ("auroc_cls", "f1_max_cls", "ap_cls", "f1_max_segm", "pro_segm")
 TITLES = ("AUROC-cls", "F1-max-cls", "AP-cls", "F1-max-segm", "PRO")
+DECISIONS = ("decision", "pixel decision")
 EXTRACTION_FIELDS = ("backbone", "image_size", "layers", "tile_scale", "tile_overlap", "weights")
 """The configuration fields that set what is extracted: variants that differ in them cannot share features."""
 
 
-def decision_share(result: Result, labels: np.ndarray) -> float:
-    """`balanced`'s image F1 as a share of the oracle F1-max of the same scores, in %."""
+def decision_shares(result: Result, labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """`balanced`'s image F1 as a share of the oracle F1-max of the same scores, and its masks' pixel F1 against the
+    ground truth `truth` (N, H, W at the maps' size), both in %."""
     from musc.decision import decide
     from musc.metrics import f1_max
 
     decided = decide(result.scores, result.maps, "balanced", evidence=result.evidence,
                      relative_evidence=result.relative_evidence)
-    return 100 * f1(decided.image.defective, labels) / f1_max(labels, result.scores)
+    return (100 * f1(decided.image.defective, labels) / f1_max(labels, result.scores),
+            100 * f1(decided.masks, truth))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="ksdd,mtd-tall,mtd-wide")
     ap.add_argument("--seeds", type=int, default=6)
-    ap.add_argument("--variants", default="musc-scales-tiles,musc-scales-tiles+tileblocksshallow")
+    ap.add_argument("--variants", default="musc-scales-tiles,musc-scales-tiles+tileblocksshallow,musc-thin,"
+                                          "musc-scales-tiles+tilefinest+tilemapshallow")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     from musc import MuSc, MuScConfig
-    from musc.datasets import Category
+    from musc.datasets import Category, load_mask, resize_mask
     from musc.evaluation import metrics_for
     from musc.metrics import image_metrics
     from musc.tiling import TiledScorer, image_sizes
@@ -74,6 +81,7 @@ def main() -> None:
         features = (TiledScorer(MuSc(resolved[variants[0]], backbone=model.backbone)).features(paths, progress=False)
                     if tiled else model.extract(paths, progress=False)[0])
         sizes = image_sizes(paths)
+        truth = None
         for variant in variants:
             config = resolved[variant]
             seeds = range(args.seeds) if config.subsets > 1 else range(1)
@@ -82,29 +90,53 @@ def main() -> None:
                 scorer = MuSc(config.replace(seed=seed), backbone=model.backbone)
                 result = scorer.describe_inputs(scorer.score_features(features, progress=False), paths, sizes)
                 m = {k: 100 * v for k, v in metrics_for(Category(name, chosen), result, "model").items() if k in COLUMNS}
-                m["share"] = decision_share(result, labels)
+                if truth is None:
+                    truth = np.stack([resize_mask(load_mask(s, result.original_sizes[i]), result.maps.shape[-2:])
+                                      for i, s in enumerate(chosen)])
+                m["share"], m["pixel"] = decision_shares(result, labels, truth)
                 per_seed.append(m)
                 scores.append(result.scores)
                 rows.append(f"| {name} | {variant} | {seed} | " + " | ".join(f"{m[k]:.1f}" for k in COLUMNS)
-                            + f" | {m['share']:.0f}% |")
+                            + f" | {m['share']:.0f}% | {m['pixel']:.1f} |")
                 print(rows[-1], flush=True)
-            values = np.array([[m[k] for k in (*COLUMNS, "share")] for m in per_seed])
+            values = np.array([[m[k] for k in (*COLUMNS, "share", "pixel")] for m in per_seed])
             pooled = image_metrics(labels, np.mean(scores, axis=0))
             summary.append(f"| {name} | {variant} | {len(per_seed)} | " + " | ".join(
                 f"{values[:, j].mean():.1f} ({values[:, j].min():.1f} to {values[:, j].max():.1f})"
                 for j in range(values.shape[1])) + f" | {100 * pooled['auroc_cls']:.1f} |")
+    ran = {(name, variant) for name in args.datasets.split(",") for variant in variants}
+    kept_summary, kept_seeds = kept_rows(f"seeds-{args.size}", ran)
+    summary, rows = sorted(summary + kept_summary, key=row_key), sorted(rows + kept_seeds, key=row_key)
     lines = ["## Seeds: the random subsets of tiled batches", "",
              f"`python benchmarks/bench_seeds.py --datasets {args.datasets} --seeds {args.seeds} --variants "
              f"{args.variants}` — dinov2_vits14 at {args.size}. Each data set extracted once; every variant scores "
              f"the same features with seeds 0 to {args.seeds - 1} (the draw of the random label-free subsets each "
              "tile position is scored in; a batch without a random step is scored once). Metrics in %, at the tile "
-             "canvas size; decision: `balanced`'s image F1 as a share of the oracle F1-max of the same scores. "
-             "Ensemble: AUROC-cls of the seeds' final scores averaged (that many times the scoring work).", "",
-             "| data set | variant | seeds | " + " | ".join(f"{t}: mean (range)" for t in (*TITLES, "decision"))
-             + " | ensemble AUROC-cls |", "|---|---|---:|" + "---|" * (len(COLUMNS) + 1) + "---:|", *summary, "",
-             "| data set | variant | seed | " + " | ".join(TITLES) + " | decision |",
-             "|---|---|---:|" + "---:|" * (len(COLUMNS) + 1), *rows]
+             "canvas size; decision: `balanced`'s image F1 as a share of the oracle F1-max of the same scores; pixel "
+             "decision: the pixel F1 of its `half-peak` masks over all pixels of the batch (absolute: each variant's "
+             "maps have their own F1-max-segm). "
+             "Ensemble: AUROC-cls of the seeds' final scores averaged (that many times the scoring work). Rows of "
+             "other variants were written by earlier runs with their own --variants.", "",
+             "| data set | variant | seeds | " + " | ".join(f"{t}: mean (range)" for t in (*TITLES, *DECISIONS))
+             + " | ensemble AUROC-cls |", "|---|---|---:|" + "---|" * (len(COLUMNS) + 2) + "---:|", *summary, "",
+             "| data set | variant | seed | " + " | ".join((*TITLES, *DECISIONS)) + " |",
+             "|---|---|---:|" + "---:|" * (len(COLUMNS) + 2), *rows]
     publish(f"seeds-{args.size}", lines, not args.no_write)
+
+
+def row_key(row: str) -> list[str]:
+    """A table row's data set, variant and seed (or seed count): the tables' order."""
+    return [c.strip() for c in row.strip("|").split("|")][:3]
+
+
+def kept_rows(section: str, ran: set[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The summary and per-seed rows of BENCHMARKS.md's `section` whose (data set, variant) this run did not score."""
+    summary, per_seed = [], []
+    for row in section_rows(section):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if (cells[0], cells[1]) not in ran:
+            (summary if " to " in row else per_seed).append(row)
+    return summary, per_seed
 
 
 if __name__ == "__main__":

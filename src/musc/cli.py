@@ -75,7 +75,9 @@ def score_options(func: Callable) -> Callable:
                      help="Stage preset: musc = the ICLR 2024 paper exactly (LNAMD, RsCIN); musc-scales = the "
                           "paper's stages, each image scored by its strongest scale; muscv2 = MuSc-V2's stages "
                           "(SNAMD, RsCon with windows 1,7); musc-scales-tiles (default) and muscv2-tiles add tiles "
-                          "along the long side of elongated images (--tiles auto). See README: How it works."),
+                          "along the long side of elongated images (--tiles auto); musc-thin = the default with "
+                          "sharper maps and image scores for thin defects in tiled images (r = 1, all blocks but the "
+                          "deepest). See README: How it works."),
         click.option("--map-rule", type=click.Choice(list(MAP_RULES)), default=None,
                      help="How the per-r patch scores become one map: mean (the paper), z-max (each r standardised "
                           "by the batch's median and MAD, the largest per patch) or finest (the smallest r alone). "
