@@ -706,6 +706,19 @@ def test_relative_evidence_is_the_evidence_less_the_images_own_level():
     assert MuSc(MuScConfig(**TINY), backbone=model.backbone).score(square, progress=False).relative_evidence is None
 
 
+def three_blocks(base: dict) -> tuple[MuSc, "Backbone"]:
+    """A tiny run of `base` tapping blocks 0, 1 and 2, its block 2 made to see the images its own way (random blocks
+    barely change the tokens), and a backbone of the same weights tapping blocks 0 and 1 alone."""
+    from musc.backbones import Backbone
+
+    full = MuSc(MuScConfig(**base, layers=(0, 1, 2)))
+    bb = full.backbone
+    with torch.no_grad():
+        for param in bb.model.blocks[2].parameters():
+            param.mul_(8.0)
+    return full, Backbone(bb.preset, bb.model, bb.image_size, (0, 1), bb.device)
+
+
 @pytest.mark.parametrize("matching", ["aligned", "all"])
 def test_shallow_tile_image_blocks_score_tiled_images_by_the_finest_view_of_all_blocks_but_the_deepest(matching):
     """`tile_image_blocks` 'shallow': a tiled image's score is what a run tapping all but the deepest block gives,
@@ -715,12 +728,8 @@ def test_shallow_tile_image_blocks_score_tiled_images_by_the_finest_view_of_all_
     images = tall_images(70, 6)
     base = dict(**TINY, tile_scale=1.0, tile_matching=matching, image_score="scale-max",
                 tile_image_score="finest-top3-level", rscin_windows=())
-    full = MuSc(MuScConfig(**base, layers=(0, 1, 2)))
+    full, fewer = three_blocks(base)
     bb = full.backbone
-    with torch.no_grad():  # random blocks barely change the tokens: make block 2 see the images its own way
-        for param in bb.model.blocks[2].parameters():
-            param.mul_(8.0)
-    fewer = Backbone(bb.preset, bb.model, bb.image_size, (0, 1), bb.device)  # the same weights, blocks 0 and 1
     shallow = MuSc(MuScConfig(**base, layers=(0, 1, 2), tile_image_blocks="shallow"), backbone=bb)
     a, b = full.score(images, progress=False), shallow.score(images, progress=False)
     c = MuSc(MuScConfig(**base, layers=(0, 1)), backbone=fewer).score(images, progress=False)
@@ -748,17 +757,11 @@ def test_shallow_tile_image_blocks_score_tiled_images_by_the_finest_view_of_all_
 def test_shallow_tile_map_blocks_make_tiled_maps_from_all_blocks_but_the_deepest(matching, map_rule):
     """`tile_map_blocks` 'shallow': a tiled batch's maps are what a run tapping all but the deepest block draws, while
     its image scores, evidence and view maxima stay those of every tapped block; whole images keep every block."""
-    from musc.backbones import Backbone
-
     images = tall_images(70, 6)
     base = dict(**TINY, tile_scale=1.0, tile_matching=matching, image_score="scale-max", tile_map_rule=map_rule,
                 tile_image_score="finest-top3-level", rscin_windows=())
-    full = MuSc(MuScConfig(**base, layers=(0, 1, 2)))
+    full, fewer = three_blocks(base)
     bb = full.backbone
-    with torch.no_grad():  # random blocks barely change the tokens: make block 2 see the images its own way
-        for param in bb.model.blocks[2].parameters():
-            param.mul_(8.0)
-    fewer = Backbone(bb.preset, bb.model, bb.image_size, (0, 1), bb.device)  # the same weights, blocks 0 and 1
     shallow = MuSc(MuScConfig(**base, layers=(0, 1, 2), tile_map_blocks="shallow"), backbone=bb)
     a, b = full.score(images, progress=False), shallow.score(images, progress=False)
     c = MuSc(MuScConfig(**base, layers=(0, 1)), backbone=fewer).score(images, progress=False)
