@@ -133,8 +133,7 @@ def kept_rows(section: str, ran: set[tuple[str, str]]) -> tuple[list[str], list[
     """The summary and per-seed rows of BENCHMARKS.md's `section` whose (data set, variant) this run did not score."""
     summary, per_seed = [], []
     for row in section_rows(section):
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        if (cells[0], cells[1]) not in ran:
+        if tuple(row_key(row)[:2]) not in ran:
             (summary if " to " in row else per_seed).append(row)
     return summary, per_seed
 

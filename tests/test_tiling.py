@@ -340,7 +340,8 @@ def test_a_tiled_bank_gives_the_result_of_its_reference_images(tmp_path, mode):
 
 
 @pytest.mark.parametrize("options", [dict(tile_matching="aligned"), dict(tile_matching="all"),
-                                     dict(tile_image_blocks="shallow", rescoring="rscon", map_baseline=0.5, tile_map_rule="z-max")])
+                                     dict(tile_image_blocks="shallow", rescoring="rscon", map_baseline=0.5, tile_map_rule="z-max"),
+                                     dict(tile_map_blocks="shallow", tile_map_rule="finest", tile_image_blocks="shallow")])
 def test_a_tiled_banks_leave_one_out_is_each_reference_scored_against_the_others(options):
     from musc.bank import leave_one_out
 

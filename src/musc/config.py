@@ -34,8 +34,6 @@ METHODS: dict[str, dict[str, Any]] = {
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
                           "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-top3-level"},
 }
-METHODS["musc-thin"] = {**METHODS["musc-scales-tiles"], "tile_map_rule": "finest", "tile_map_blocks": "shallow",
-                        "tile_image_blocks": "shallow"}
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
 stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the long side of elongated images
@@ -48,6 +46,8 @@ over its strongest three patches' area less half its own level, that map's 0.9 q
 its r = 1 scores over the tapped blocks but the deepest (tile_map_rule 'finest', tile_map_blocks 'shallow'), and its
 images are scored from the same blocks (tile_image_blocks 'shallow'); whole images are scored as by the default. They
 set stages and tiling only: backbone, size and blocks stay the user's."""
+METHODS["musc-thin"] = {**METHODS["musc-scales-tiles"], "tile_map_rule": "finest", "tile_map_blocks": "shallow",
+                        "tile_image_blocks": "shallow"}
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
