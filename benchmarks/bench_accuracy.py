@@ -25,7 +25,9 @@ Usage: python benchmarks/bench_accuracy.py [--size 224] [--methods musc,muscv2] 
        patches' area; the default's until finest-top3-level took half the image's level off it);
        +tilescalemax = the image score scale-max on tiled runs (the default's until finest-top3);
        +tileblocksshallow = tile_image_blocks 'shallow' (the tiled image score reads the r = 1 view of all tapped
-       blocks but the deepest); +tilemapshallow = tile_map_blocks 'shallow' (tiled maps from those blocks);
+       blocks but the deepest); +tilemapshallow / +tilemapall = tile_map_blocks 'shallow' / 'all' (tiled maps
+       from those blocks, or from all of them as the default did until 2026-12-01); +halfpeak = tile_pixel_decision
+       'half-peak' (the masks of tiled batches; decisions only: bench_seeds.py);
        +baseline0.9 = --map-baseline 0.9 (each image's own 0.9 quantile of its scores taken off);
        --methods '' rewrites both tables from the kept runs)
 """
@@ -90,6 +92,7 @@ FLAG_OPTIONS = {"all": {"tile_matching": "all"}, "zmax": {"map_rule": "z-max"},
                 "tilefinesttop3": {"tile_image_score": "finest-top3"},
                 "tilescalemax": {"tile_image_score": "scale-max"},
                 "tileblocksshallow": {"tile_image_blocks": "shallow"}, "tilemapshallow": {"tile_map_blocks": "shallow"},
+                "tilemapall": {"tile_map_blocks": "all"}, "halfpeak": {"tile_pixel_decision": "half-peak"},
                 "zblend": {"image_score": "z-blend"}}
 """Variant options without a value -> the config fields they set (rscin / rscon with their presets' windows)."""
 VALUE_OPTIONS = {"agg": ("aggregation", lambda v: v.replace("-", "+")), "overlap": ("tile_overlap", float),
@@ -253,7 +256,9 @@ def main() -> None:
              "/ `+tilenone` = re-scoring of tiled batches (`tile_rescoring`): RsCIN, RsCon, or none as in the default "
              "(only ksdd, mtd-tall and mtd-wide are tiled; their `musc-scales-tiles...+tilerscin` rows were run when "
              "the default still re-scored tiles with RsCIN); `+tilefinest` / `+tilemean` = the map rule of tiled batches "
-             "(`tile_map_rule`): the r = 1 scores alone, or the mean over r as in the default; `+tilefinestmax` = the "
+             "(`tile_map_rule`): the r = 1 scores alone as in the default, or the mean over r, the default's until "
+             "2026-12-01 (the tiled rows run before then carry `+tilemean+tilemapall`, or `+tilemapall` beside "
+             "`+tilefinest`: relabelled, not run again); `+tilefinestmax` = the "
              "image score of tiled batches (`tile_image_score`) `finest-max`, the r = 1 map's maximum, instead of the "
              "default's `finest-top3-level`, the mean of the r = 1 map over its strongest three patches' area less "
              "half the image's level, that map's 0.9 quantile (maps and pixel metrics unchanged); `+tilefinesttop3` = "
@@ -262,8 +267,9 @@ def main() -> None:
              "until `finest-top3` (every tiled row run before that switch carries it); `+tileblocksshallow` = "
              "`tile_image_blocks` 'shallow' (the image score of tiled batches reads the r = 1 view of all tapped "
              "blocks but the deepest, 2, 5, 8; maps and evidence keep all four); `+tilemapshallow` = "
-             "`tile_map_blocks` 'shallow' (the maps of tiled batches from those blocks; image scores and evidence keep "
-             "all four; `musc-thin` = `musc-scales-tiles+tilefinest+tilemapshallow+tileblocksshallow`); "
+             "`tile_map_blocks` 'shallow' (the maps of tiled batches from those blocks, as in the default; image scores "
+             "and evidence keep all four), `+tilemapall` = 'all' (from all four); `musc-thin` = "
+             "`musc-scales-tiles+tileblocksshallow` with `half-peak` masks, which this table does not score); "
              "`+baselineQ` = `--map-baseline Q` (each "
              "image's own Q quantile of each view's patch scores taken off before the map rule, on whole images and "
              "tiles alike). mtd-TYPE: 80 normal "

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_accuracy import DATASETS, ELONGATED, HELD_OUT, samples
+from bench_accuracy import DATASETS, ELONGATED, HELD_OUT, samples, section_rows
 from common import KSDD_ROOT, MTD_ROOT, ROOT, mtd_subset, publish
 
 from musc import MuSc, MuScConfig
@@ -129,34 +129,45 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="the blocks tapped (--layers, comma-separated; default: the preset's)")
     ap.add_argument("--batches", default=None, help="only these batches (comma-separated names; default: all)")
     ap.add_argument("--cache", type=Path, default=ROOT / "bench-out" / "decision")
-    ap.add_argument("--methods", default="balanced,balanced/mebin,balanced/image,fdr,gmm,gmm/mebin,gmm/image,mad,"
-                                         "mad/image,otsu,otsu/image",
-                    help="image method[/pixel method] pairs; the pixel method defaults to 'half-peak'")
+    ap.add_argument("--methods", default="balanced,balanced/half-peak,balanced/grown,balanced/mebin,balanced/image,"
+                                         "fdr,gmm,gmm/mebin,gmm/image,mad,mad/image,otsu,otsu/image",
+                    help="image method[/pixel method] pairs; without a pixel method, the batch's default (as `musc "
+                         "score` draws it: 'half-peak' on whole images, the preset's tile_pixel_decision on tiles)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    from musc.backbones import get_preset
     from musc.decision import PIXEL_METHODS, decide
 
-    methods = [tuple((m + "/" + PIXEL_METHODS[0]).split("/")[:2]) for m in args.methods.split(",")]
+    methods = [tuple((m + "/").split("/")[:2]) for m in args.methods.split(",")]
+    tile_pixel = MuScConfig.for_method(args.method).tile_pixel_decision
+    patch = get_preset("dinov2_vits14").patch_size  # pixels of one patch in the maps' frame, whole images or tiles
     layers = tuple(int(v) for v in args.layers.split(",")) if args.layers else None
     rule = (f" --map-rule {args.map_rule}" if args.map_rule else "") + (
         f" --tile-map-rule {args.tile_map_rule}" if args.tile_map_rule else "") + (
         f" --layers {args.layers}" if args.layers else "") + (
         f" --map-baseline {args.map_baseline:g}" if args.map_baseline is not None else "") + (
         f" --tile-image-score {args.tile_image_score}" if args.tile_image_score else "")
-    chosen = batches()
+    chosen = order = batches()
     if args.batches:
         wanted = args.batches.split(",")
         unknown = sorted(set(wanted) - set(chosen))
         if unknown:
             raise SystemExit(f"unknown batch {', '.join(unknown)}; known: {', '.join(chosen)}")
         chosen = {k: v for k, v in chosen.items() if k in wanted}
-    suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule + (
-        f" --batches {args.batches}" if args.batches else "")
+    suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule
+    section = ("decision" if args.method == "musc" else f"decision-{args.method}") + variant_name(
+        "", args.map_rule, args.tile_map_rule, layers, args.map_baseline, args.tile_image_score)
+    kept = {}  # the rows of the batches not run again (--batches), from BENCHMARKS.md
+    for row in section_rows(section) if args.batches else []:
+        batch = row.split("|")[1].strip()
+        if batch in order and batch not in chosen:
+            kept.setdefault(batch, []).append(row)
     lines = [f"## Label-free decisions: F1 at the automatic threshold vs F1-max ({args.method + rule} maps)", "",
              f"`python benchmarks/bench_decision.py --size {args.size}{suffix}` — dinov2_vits14 at {args.size}; F1 in %, "
              "and as a share of F1-max (the oracle threshold that needs labels; no automatic method sees labels). "
              "Pixel F1 is over all pixels of the batch at the model's input size, masks drawn in the flagged images by "
-             "the pixel rule after the slash (`half-peak`, the default, where none is named). `mtd-80pct` is held "
+             "the pixel rule after the slash; where none is named, by the batch's default as `musc score` draws "
+             f"it: `half-peak` on whole images, `{tile_pixel}` on tiled batches. `mtd-80pct` is held "
              "out: it was not used to choose the default. `mtd-tall` and "
              "`mtd-wide` (elongated MTD images; tiled by the `-tiles` presets) were added after `balanced` was "
              "chosen, and seen when the two-group limit of the undecided check was set. `mtd-mid-tall` and "
@@ -171,9 +182,11 @@ def main() -> None:
              "Rate: the estimated defect rate with its 90 % interval (map-based methods only). "
              "`true count` rows are references, not methods: the top k images (k = the true number of defective "
              "ones) by the final scores or by the map maxima, what a rule reaches that knows exactly how many images "
-             "are defective.", "",
+             "are defective." + (" Rows of batches not named by `--batches` in a later run are kept from the "
+                                  "run before it (they may list fewer methods)." if kept else ""), "",
              "| batch | defective | method | flagged | image F1 | F1-max | share | pixel F1 | pixel F1-max | share | "
              "est. rate | says |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    rows: dict[str, list[str]] = {}
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
     share = lambda a, b: "n/a" if a is None or not b else f"{100 * a / b:.0f}%"
     for name, samples in chosen.items():
@@ -182,20 +195,22 @@ def main() -> None:
         labels, masks = data["labels"], data["masks"]
         img_oracle = f1_max(labels, data["scores"]) if labels.any() and not labels.all() else None
         pix_oracle = f1_max(masks.ravel(), data["maps"].ravel()) if masks.any() else None
+        default_pixel = tile_pixel if "relative_evidence" in data else PIXEL_METHODS[0]  # tiled batches hold it
+        batch_rows = rows.setdefault(name, [])
         for image_method, pixel_method in methods:
-            method = image_method if pixel_method == PIXEL_METHODS[0] else f"{image_method}/{pixel_method}"
-            d = decide(data["scores"], data["maps"], image_method, pixel_method=pixel_method,
-                       evidence=data.get("evidence"), relative_evidence=data.get("relative_evidence"))
+            method = f"{image_method}/{pixel_method}" if pixel_method else image_method
+            d = decide(data["scores"], data["maps"], image_method, pixel_method=pixel_method or default_pixel,
+                       evidence=data.get("evidence"), relative_evidence=data.get("relative_evidence"), patch=patch)
             fi, fp = f1(d.image.defective, labels), f1(d.masks, masks)
             rate = d.rate
             says = "cannot decide" if d.image.undecided else ("warns" if d.image.warnings else "")
-            lines.append(
+            batch_rows.append(
                 f"| {name} | {int(labels.sum())}/{len(labels)} | {method} | {d.image.count} | {pct(fi)} | "
                 f"{pct(img_oracle)} | {share(fi, img_oracle)} | {pct(fp)} | {pct(pix_oracle)} | {share(fp, pix_oracle)} | "
                 + (f"{100 * rate.estimate:.0f}% [{100 * rate.low:.0f}, {100 * rate.high:.0f}] "
                    f"(true {100 * labels.mean():.0f}%)" if rate is not None else "")
                 + f" | {says} |")
-            print(lines[-1], flush=True)
+            print(batch_rows[-1], flush=True)
         if labels.any() and not labels.all():  # references: a perfect estimate of how many images are defective
             k = int(labels.sum())
             maxima = data["maps"].reshape(len(labels), -1).max(axis=1)
@@ -203,12 +218,11 @@ def main() -> None:
                 top = np.zeros(len(labels), dtype=bool)
                 top[np.argsort(-ranking, kind="stable")[:k]] = True
                 fi = f1(top, labels)
-                lines.append(f"| {name} | {k}/{len(labels)} | true count, top by {key} (uses labels) | {k} | "
-                             f"{pct(fi)} | {pct(img_oracle)} | {share(fi, img_oracle)} | | | | | |")
-                print(lines[-1], flush=True)
-    section = "decision" if args.method == "musc" else f"decision-{args.method}"
-    publish(section + variant_name("", args.map_rule, args.tile_map_rule, layers, args.map_baseline,
-                                   args.tile_image_score), lines, not args.no_write)
+                batch_rows.append(f"| {name} | {k}/{len(labels)} | true count, top by {key} (uses labels) | {k} | "
+                                  f"{pct(fi)} | {pct(img_oracle)} | {share(fi, img_oracle)} | | | | | |")
+                print(batch_rows[-1], flush=True)
+    lines += [row for batch in order for row in rows.get(batch, kept.get(batch, []))]
+    publish(section, lines, not args.no_write)
 
 
 if __name__ == "__main__":

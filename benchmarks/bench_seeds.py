@@ -4,14 +4,14 @@ The default scores each tile position of an elongated batch in random label-free
 its results depend on --seed. Each data set is extracted once; every variant (the accuracy panel's spelling,
 `bench_accuracy.py`) then scores the same features with --seeds seeds (0, 1, ...). Per seed: the seven metrics'
 image and pixel columns kept here, the default decision (`balanced`) as a share of the oracle image F1, and the pixel
-F1 of its masks (`half-peak`, over all pixels of the batch at the tile canvas size, in %: absolute, since the maps'
-F1-max-segm differs between variants). Per
+F1 of its masks (drawn as `musc score` draws them, over all pixels of the batch at the tile canvas size, in %:
+absolute, since the maps' F1-max-segm differs between variants). Per
 variant, the mean and range over the seeds, and the image metrics of the seeds' final scores averaged (an ensemble
 of the draws, for that many times the scoring work). A batch whose configuration has no random step is scored once.
 Rows of data sets and variants not run again stay in the section as an earlier run wrote them.
 
 Usage: python benchmarks/bench_seeds.py [--datasets ksdd,mtd-tall,mtd-wide] [--seeds 6]
-       [--variants musc-scales-tiles,musc-scales-tiles+tileblocksshallow,musc-thin,...] [--size 224] [--no-write]
+       [--variants musc-scales-tiles,musc-scales-tiles+tilemean+tilemapall+halfpeak,...] [--size 224] [--no-write]
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def decision_shares(result: Result, labels: np.ndarray, truth: np.ndarray) -> tu
     from musc.metrics import f1_max
 
     decided = decide(result.scores, result.maps, "balanced", evidence=result.evidence,
-                     relative_evidence=result.relative_evidence)
+                     relative_evidence=result.relative_evidence, pixel_method=result.pixel_decision(),
+                     patch=result.map_patch())  # the masks `musc score` draws
     return (100 * f1(decided.image.defective, labels) / f1_max(labels, result.scores),
             100 * f1(decided.masks, truth))
 
@@ -52,8 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="ksdd,mtd-tall,mtd-wide")
     ap.add_argument("--seeds", type=int, default=6)
-    ap.add_argument("--variants", default="musc-scales-tiles,musc-scales-tiles+tileblocksshallow,musc-thin,"
-                                          "musc-scales-tiles+tilefinest+tilemapshallow")
+    ap.add_argument("--variants", default="musc-scales-tiles,musc-scales-tiles+tilemean+tilemapall+halfpeak")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -113,8 +113,12 @@ def main() -> None:
              f"the same features with seeds 0 to {args.seeds - 1} (the draw of the random label-free subsets each "
              "tile position is scored in; a batch without a random step is scored once). Metrics in %, at the tile "
              "canvas size; decision: `balanced`'s image F1 as a share of the oracle F1-max of the same scores; pixel "
-             "decision: the pixel F1 of its `half-peak` masks over all pixels of the batch (absolute: each variant's "
-             "maps have their own F1-max-segm). "
+             "decision: the pixel F1 of its masks, drawn as `musc score` draws them (each variant's "
+             "`tile_pixel_decision` on tiles: `grown` for the default since 2026-12-01, `half-peak` before and for "
+             "`musc-thin` and `+halfpeak`), over all pixels of the batch (absolute: each variant's "
+             "maps have their own F1-max-segm). Rows run before 2026-12-01, when the default's tiled maps were the mean "
+             "over r of all four blocks and its masks `half-peak`, carry `+tilemean+tilemapall+halfpeak` (or "
+             "`+halfpeak` beside `+tilefinest+tilemapshallow`): relabelled, not run again. "
              "Ensemble: AUROC-cls of the seeds' final scores averaged (that many times the scoring work). Rows of "
              "other variants were written by earlier runs with their own --variants.", "",
              "| data set | variant | seeds | " + " | ".join(f"{t}: mean (range)" for t in (*TITLES, *DECISIONS))

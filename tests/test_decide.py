@@ -37,7 +37,9 @@ def scored(batch, tmp_path):
 def test_deciding_again_with_the_same_options_gives_the_same_decision(scored):
     before, decision = rows_of(scored), json.loads((scored / "decision.json").read_text())
     masks = masks_of(scored, before)
-    assert json.loads((scored / "config.json").read_text())[MAP_SIZE] == [56, 56]
+    config = json.loads((scored / "config.json").read_text())
+    assert (config[MAP_SIZE], config["pixel_decision"], decision["pixel"]["method"]) == ([56, 56], "half-peak",
+                                                                                        "half-peak")
     res = run("decide", scored, "-q")
     assert res.exit_code == 0, res.output
     after = rows_of(scored)
@@ -164,3 +166,36 @@ def test_a_tiled_batch_is_decided_again_from_its_evidence_and_relative_evidence(
     res = run("decide", out, "-q")
     assert res.exit_code == 0, res.output
     assert rows_of(out) == before
+
+
+def test_a_tiled_batch_is_masked_by_its_presets_rule_again_unless_another_is_named(tmp_path):
+    """The default preset's tiled batches are masked by `grown`, over the patch size config.json records; `musc
+    decide` keeps that rule unless --pixel-decision names another, and a folder without the patch size cannot grow."""
+    from musc.export import MAP_PATCH, PIXEL_DECISION
+
+    folder = tmp_path / "tall"
+    folder.mkdir()
+    for i in range(12):
+        image = np.vstack([textured(500 + 2 * i, 112), textured(501 + 2 * i, 112)])[:, :84]
+        Image.fromarray(planted(image) if i in (2, 7) else image).save(folder / f"t{i:02d}.png")
+    out = tmp_path / "out"
+    assert run("score", folder, "--out", out, *TINY).exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config[PIXEL_DECISION], config[MAP_PATCH]) == ("grown", 14)
+    assert json.loads((out / "decision.json").read_text())["pixel"]["method"] == "grown"
+    saved = read_saved_result(out)
+    assert (saved.pixel_decision, saved.map_patch) == ("grown", 14)
+    before, masks = rows_of(out), masks_of(out, rows_of(out))
+    assert run("decide", out, "-q").exit_code == 0
+    assert rows_of(out) == before  # maps read back into the model's frame: masks the same within a pixel or so
+    assert all(m.any() == masks[k].any() and np.mean(m != masks[k]) < 0.02 for k, m in masks_of(out, before).items())
+    assert run("decide", out, "--pixel-decision", "half-peak", "-q").exit_code == 0
+    assert json.loads((out / "decision.json").read_text())["pixel"]["method"] == "half-peak"
+    assert json.loads((out / "config.json").read_text())[PIXEL_DECISION] == "grown"  # the run's rule stays its own
+    del config[MAP_PATCH], config[PIXEL_DECISION]  # a folder written before either existed
+    (out / "config.json").write_text(json.dumps(config))
+    assert read_saved_result(out).pixel_decision == "half-peak"
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    res = run("decide", out, "--pixel-decision", "grown")
+    assert res.exit_code != 0 and "map_patch" in res.output and "Traceback" not in res.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot

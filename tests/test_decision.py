@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from musc.decision import (PIXEL_METHODS, decide_images, fit_gmm, half_peak_masks, mebin_threshold, pixel_masks,
-                           threshold_otsu)
-from musc.errors import ConfigError
+from musc.decision import (PIXEL_METHODS, decide_images, fit_gmm, grown_masks, half_peak_masks, mebin_threshold,
+                           pixel_masks, threshold_otsu)
+from musc.errors import ConfigError, InputError
 
 
 def batch(n_normal=95, n_defect=5, seed=0):
@@ -87,6 +87,58 @@ def test_half_peak_marks_the_region_above_half_its_height():
     assert half_peak_masks(maps, flagged, floor=0.25, fraction=0.9)[0][1].sum() == 4  # only the summit
 
 
+def plateau_batch(seed=0):
+    """Twelve 64 x 64 maps of 4-pixel patches at ~0.2. Image 0 holds a wide defect: a 32 x 32 plateau of patches at
+    0.4 with one in eight at 0.7 (what r = 1 tiled maps show of a wide break); image 1 a thin one: a one-pixel line
+    at 0.9, 44 pixels long."""
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(0.2, 0.005, (12, 64, 64))
+    high = rng.random((8, 8)) < 1 / 8
+    high[0, 0] = True
+    maps[0, 16:48, 16:48] = np.kron(np.where(high, 0.7, 0.4), np.ones((4, 4)))
+    maps[1, 10:54, 30] = 0.9
+    return maps
+
+
+def test_grown_marks_a_whole_plateau_where_half_peak_marks_its_top():
+    maps = plateau_batch()
+    flagged = np.zeros(12, bool)
+    flagged[:2] = True
+    plateau = np.zeros((64, 64), bool)
+    plateau[16:48, 16:48] = True
+    half, _ = half_peak_masks(maps, flagged, floor=float(np.median(maps.reshape(12, -1).max(1))))
+    assert half[0][plateau].mean() < 0.3  # the high patches alone
+    masks, info = grown_masks(maps, flagged, patch=4)
+    assert masks[0][plateau].mean() > 0.95
+    near = np.zeros((64, 64), bool)
+    near[16 - 8:48 + 8, 16 - 8:48 + 8] = True  # within the smoothing width (2 patches, 8 pixels) of it
+    assert not (masks[0] & ~near).any()
+    line = np.zeros((64, 64), bool)
+    line[10:54, 30] = True
+    assert masks[1][line].all()  # the thin defect: the line, and no wider than the smoothing box around it
+    columns = np.flatnonzero(masks[1].any(axis=0))
+    assert columns.min() >= 30 - 8 and columns.max() <= 30 + 8
+    assert not masks[2:].any()  # unflagged images get none
+    smoothed_maxima = [float(np.max(__import__("scipy").ndimage.uniform_filter(m, 8, mode="nearest"))) for m in maps]
+    assert info["method"] == "grown" and info["smoothing"] == 8 and info["fraction"] == 0.5
+    assert info["floor"] == pytest.approx(np.median(smoothed_maxima))  # the batch's median smoothed maximum
+    assert grown_masks(maps, flagged, patch=4, patches=1)[1]["smoothing"] == 4
+
+
+def test_grown_keeps_each_flagged_peak_and_needs_the_patch_size():
+    maps = plateau_batch(1)
+    flagged = np.zeros(12, bool)
+    flagged[5] = True  # a normal map, below the floor set by the others: its peak alone
+    masks, info = grown_masks(maps, flagged, patch=4, floor=1.0)
+    assert info["floor"] == 1.0 and masks[5].any() and masks[5].flat[int(np.argmax(maps[5]))]
+    assert masks.reshape(12, -1).any(axis=1).tolist() == flagged.tolist()
+    for patch in (None, 0):
+        with pytest.raises(InputError, match="size of one patch"):
+            grown_masks(maps, flagged, patch=patch)
+    with pytest.raises(InputError, match="size of one patch"):
+        pixel_masks(maps, maps.reshape(12, -1).max(1), decide_images(maps.reshape(12, -1).max(1), "mad"), "grown")
+
+
 @pytest.mark.parametrize("method", PIXEL_METHODS)
 def test_pixel_masks_only_on_flagged_images(method):
     rng = np.random.default_rng(3)
@@ -94,11 +146,11 @@ def test_pixel_masks_only_on_flagged_images(method):
     maps[-2:, 4:8, 4:8] += 0.7
     raw = maps.reshape(20, -1).max(1)
     d = decide_images(raw, "mad")
-    masks, info = pixel_masks(maps, raw, d, method)
+    masks, info = pixel_masks(maps, raw, d, method, patch=1)
     assert info["method"] == method
     assert not masks[:-2].any()
     assert masks[-2:, 4:8, 4:8].mean() > 0.5
-    masks, info = pixel_masks(maps, raw, d, method, threshold=0.5)
+    masks, info = pixel_masks(maps, raw, d, method, threshold=0.5, patch=1)
     assert info == {"method": "fixed", "threshold": 0.5} and masks[-2:, 4:8, 4:8].all()
 
 
@@ -256,14 +308,14 @@ def test_nothing_flagged_says_how_far_the_strongest_image_was_from_the_test():
 def test_map_methods_draw_masks_with_each_pixel_rule(pixel_method):
     maps, labels, truth = synthetic_maps(90, 10, seed=1)
     for method in MAP_METHODS:
-        d, masks, pixel = decide_from_maps(maps, method, pixel_method=pixel_method)
+        d, masks, pixel = decide_from_maps(maps, method, pixel_method=pixel_method, patch=0.5)  # no smoothing
         assert pixel["method"] == pixel_method and d.defective[labels].all()
         assert np.array_equal(masks.reshape(len(maps), -1).any(axis=1), d.defective)  # flagged <=> non-empty mask
         assert masks[truth].mean() > 0.5 and (masks[labels] & ~truth[labels]).sum() <= masks[labels].sum() / 5
         if pixel_method == "image":  # the image cut-off on the map maxima, applied to the pixels
             assert pixel["threshold"] == d.threshold
             assert np.array_equal(masks, (maps >= d.threshold) & d.defective[:, None, None])
-    with pytest.raises(ConfigError, match="pixel method must be one of half-peak, mebin, image, got 'otsu'"):
+    with pytest.raises(ConfigError, match="pixel method must be one of half-peak, grown, mebin, image, got 'otsu'"):
         decide_from_maps(maps, "balanced", pixel_method="otsu")
 
 
@@ -532,8 +584,10 @@ def test_decide_against_references_one_image_at_a_time():
     steady = reference_null(np.linspace(0.9, 1.1, STEADY_REFERENCES))
     assert decide_against_references(maps, steady).image.warnings == []
     for method in PIXEL_METHODS:
-        out = decide_against_references(maps, null, pixel_method=method)
+        out = decide_against_references(maps, null, pixel_method=method, patch=1)
         assert (out.masks.any(axis=(1, 2)) == out.image.defective).all()
+        if method in ("half-peak", "grown", "mebin"):  # they start at the references' median map maximum
+            assert out.pixel["floor"] == null.floor
 
 
 def test_reference_null_from_identical_references_and_bad_input():

@@ -552,9 +552,9 @@ def test_tile_map_rule_draws_the_maps_of_tiled_runs_only():
     config = MuScConfig(**TINY, map_rule="z-max", tile_map_rule="finest")
     assert (config.map_rule_for(tiled=False), config.map_rule_for(tiled=True)) == ("z-max", "finest")
     assert MuScConfig(**TINY, map_rule="z-max").map_rule_for(tiled=True) == "z-max"
-    for method in ("musc-scales-tiles", "musc"):  # an option: no preset sets it
+    for method, rule in (("musc-scales-tiles", "finest"), ("musc", "mean")):  # the default's tiled maps are r = 1
         preset = MuScConfig.for_method(method)
-        assert (preset.map_rule_for(tiled=False), preset.map_rule_for(tiled=True)) == ("mean", "mean")
+        assert (preset.map_rule_for(tiled=False), preset.map_rule_for(tiled=True)) == ("mean", rule)
     with pytest.raises(ConfigError, match="tile_map_rule"):
         MuScConfig(**TINY, tile_map_rule="max").validate()
 
@@ -789,23 +789,29 @@ def test_shallow_tile_map_blocks_make_tiled_maps_from_all_blocks_but_the_deepest
         MuScConfig(**TINY, tile_map_blocks="deep").validate()
 
 
-def test_musc_thin_preset_is_the_default_with_r1_maps_and_image_scores_of_the_shallower_blocks():
-    """`musc-thin`: the default preset, with a tiled batch's maps the r = 1 scores of all blocks but the deepest and
-    its images scored from those blocks; a batch of whole images is scored exactly as by the default."""
+def test_musc_thin_preset_is_the_default_with_image_scores_of_the_shallower_blocks_and_half_peak_masks():
+    """`musc-thin`: the default preset (whose tiled maps are the r = 1 scores of all blocks but the deepest), with a
+    tiled batch's images scored from those blocks and its masks drawn by `half-peak`; a batch of whole images is
+    scored and decided exactly as by the default."""
     from musc.config import DEFAULT_METHOD, METHODS
 
     thin, default = METHODS["musc-thin"], METHODS[DEFAULT_METHOD]
     assert {k: v for k, v in thin.items() if default.get(k) != v} == {
-        "tile_map_rule": "finest", "tile_map_blocks": "shallow", "tile_image_blocks": "shallow"}
+        "tile_image_blocks": "shallow", "tile_pixel_decision": "half-peak"}
+    assert (default["tile_map_rule"], default["tile_map_blocks"], default["tile_pixel_decision"]) == (
+        "finest", "shallow", "grown")
     bb = MuSc(MuScConfig(**TINY)).backbone
     square = [Image.fromarray(textured(i, 56)) for i in range(5)]
     whole = [MuSc(MuScConfig.for_method(m, **TINY), backbone=bb).score(square, progress=False)
              for m in ("musc-thin", DEFAULT_METHOD)]
     np.testing.assert_allclose(whole[0].maps, whole[1].maps, atol=1e-12)
     np.testing.assert_allclose(whole[0].scores, whole[1].scores, atol=1e-12)
+    assert whole[0].pixel_decision() == whole[1].pixel_decision() == "half-peak"
     images = tall_images(70, 6)
     tiled = [MuSc(MuScConfig.for_method(m, **TINY, tile_scale=1.0), backbone=bb).score(images, progress=False)
              for m in ("musc-thin", DEFAULT_METHOD)]
     np.testing.assert_allclose(tiled[0].evidence, tiled[1].evidence, atol=1e-6)  # decisions test the same evidence
-    assert not np.allclose(tiled[0].maps, tiled[1].maps, atol=1e-4)
+    np.testing.assert_allclose(tiled[0].maps, tiled[1].maps, atol=1e-6)  # the same maps
+    assert (tiled[0].pixel_decision(), tiled[1].pixel_decision()) == ("half-peak", "grown")
     assert "tile_map_blocks" in tiled[0].notes[0] and "tile_image_blocks" in tiled[0].notes[0]
+    assert "tile_map_blocks" in tiled[1].notes[0] and "tile_image_blocks" not in tiled[1].notes[0]

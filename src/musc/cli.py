@@ -374,11 +374,13 @@ def decision_options(func: Callable) -> Callable:
                      help="Flag this top fraction of images (sets --decision rate)."),
         click.option("--threshold", type=float, default=None,
                      help="Fixed image-score threshold (sets --decision fixed)."),
-        click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default=PIXEL_METHODS[0],
-                     show_default=True,
+        click.option("--pixel-decision", type=click.Choice(list(PIXEL_METHODS)), default=None,
                      help="How each flagged image's map becomes a binary defect mask (masks/NAME.png): half-peak "
                           "(the pixels at least half-way from the batch's median map maximum to the image's peak), "
-                          "mebin, or image (the pixels above the image cut-off)."),
+                          "grown (half-peak on the map smoothed over 2 x 2 patches, grown through the connected "
+                          "pixels above the batch's median smoothed maximum), mebin, or image (the pixels above the "
+                          "image cut-off). Default: half-peak on whole images; on tiled batches the preset's "
+                          "(grown for the default, whose tiled maps score each patch alone)."),
         click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps."),
     ]
     for option in reversed(options):
@@ -436,7 +438,8 @@ def chosen_decision(decision_method: str, fdr: float, expected_defect_rate: floa
 def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Path | None, mode: str | None,
           no_recursive: bool, exclude: tuple[str, ...], skip_unreadable: bool, no_maps: bool, no_images: bool,
           decision_method: str, fdr: float, mad_k: float, expected_defect_rate: float | None, threshold: float | None,
-          pixel_decision: str, pixel_threshold: float | None, make_report: bool, quiet: bool, **kwargs: Any) -> None:
+          pixel_decision: str | None, pixel_threshold: float | None, make_report: bool, quiet: bool,
+          **kwargs: Any) -> None:
     """Score every image in INPUTS (folders and/or image files) against the others; write the results to --out.
 
     With --reference DIR or --bank BANK, known-normal images help: a single new image can then be scored, and
@@ -531,9 +534,11 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
                 result.notes.append(note)
         for note in result.notes:  # in config.json and the summary; in the log with -v
             log.info(note)
+        pixel_decision = pixel_decision or result.pixel_decision()
         if bank_null is not None:
             decided = decide_against_references(result.maps, bank_null, fdr, evidence=result.evidence,
-                                                pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
+                                                pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
+                                                patch=result.map_patch())
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         elif len(paths) < 3 and decision_method in LABEL_FREE_METHODS:
             decision, masks, pixel_info = None, None, None
@@ -542,7 +547,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
         else:
             decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
                              threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
-                             evidence=result.evidence, relative_evidence=result.relative_evidence)
+                             evidence=result.evidence, relative_evidence=result.relative_evidence,
+                             patch=result.map_patch())
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
@@ -686,7 +692,7 @@ def report(results: Path, quiet: bool) -> None:
               help="Also write report.html (rewritten anyway when the folder has one).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars and no summary.")
 def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, expected_defect_rate: float | None,
-                 threshold: float | None, pixel_decision: str, pixel_threshold: float | None, make_report: bool,
+                 threshold: float | None, pixel_decision: str | None, pixel_threshold: float | None, make_report: bool,
                  quiet: bool) -> None:
     """Decide the images of an existing `musc score` result folder again, with other decision options, without
     scoring them again (e.g. --fdr 0.01, --threshold 0.5 or --pixel-decision mebin).
@@ -707,17 +713,23 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
     if decision_method == REFERENCE_METHOD and saved.reference_null is None:
         raise ConfigError(f"{results} was not decided against references (config.json has no reference_null): "
                           "--decision reference needs a folder scored with --reference or --bank")
+    pixel_decision = pixel_decision or saved.pixel_decision
+    if pixel_decision == "grown" and saved.map_patch is None:
+        raise InputError(f"{results}/config.json does not say the patch size of its maps (map_patch), which "
+                         "--pixel-decision grown needs: score the images again with this version of musc")
     if saved.reference_null is not None and (decision_method == REFERENCE_METHOD or default_decision(decision_method)):
         decided = decide_against_references(saved.maps, saved.reference_null, fdr,
                                             evidence=saved.evidence if saved.evidence is not None else saved.map_max,
-                                            pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
+                                            pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
+                                            patch=saved.map_patch)
     elif n < 3 and decision_method in LABEL_FREE_METHODS:
         raise ConfigError(f"{results} holds {plural(n, 'image')}: no label-free decision for fewer than 3 images; "
                           "give --threshold to decide")
     else:
         decided = decide(saved.scores, saved.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
                          threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
-                         evidence=saved.evidence, map_max=saved.map_max, relative_evidence=saved.relative_evidence)
+                         evidence=saved.evidence, map_max=saved.map_max, relative_evidence=saved.relative_evidence,
+                         patch=saved.map_patch)
     scores_path = write_decision(saved, decided.image, decided.masks, decided.pixel, progress=progress)
     if make_report or (results / "report.html").is_file():
         from .report import write_report

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .decision import PIXEL_METHODS
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -32,7 +33,8 @@ METHODS: dict[str, dict[str, Any]] = {
                      "rscin_windows": (1, 7), "tile_scale": "auto", "tile_overlap": 0.1},
     "musc-scales-tiles": {"aggregation": "lnamd", "map_rule": "mean", "image_score": "scale-max", "rescoring": "rscin",
                           "rscin_windows": (1, 2, 3), "interval_skip": 0.03, "tile_scale": "auto", "tile_overlap": 0.1,
-                          "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-top3-level"},
+                          "tile_subsets": True, "tile_rescoring": "none", "tile_image_score": "finest-top3-level",
+                          "tile_map_rule": "finest", "tile_map_blocks": "shallow", "tile_pixel_decision": "grown"},
 }
 """Presets (`--method`): `musc` is the ICLR 2024 paper exactly; `musc-scales` is the paper's stages and maps with each
 image scored by its strongest scale (image_score 'scale-max'); `muscv2` takes MuSc-V2's 2D
@@ -40,19 +42,21 @@ stages (SNAMD, RsCon with windows 1 and 7); `muscv2-tiles` adds tiles along the 
 (tile_scale 'auto', 10 % overlap); `musc-scales-tiles` is `musc-scales` with the nearest 3 % of the other images'
 distances left out of MSM's interval mean (interval_skip) and the same tiles, each tile position scored in as many
 random subsets as there are positions (tile_subsets), so that tiles cost about the mutual-scoring work of whole
-images, no re-scoring of a tiled batch (tile_rescoring 'none') and a tiled image scored by the mean of its r = 1 map
+images, no re-scoring of a tiled batch (tile_rescoring 'none'), a tiled image scored by the mean of its r = 1 map
 over its strongest three patches' area less half its own level, that map's 0.9 quantile (tile_image_score
-'finest-top3-level'); `musc-thin` is `musc-scales-tiles` for thin defects in elongated parts: a tiled batch's maps are
-its r = 1 scores over the tapped blocks but the deepest (tile_map_rule 'finest', tile_map_blocks 'shallow'), and its
-images are scored from the same blocks (tile_image_blocks 'shallow'); whole images are scored as by the default. They
-set stages and tiling only: backbone, size and blocks stay the user's."""
-METHODS["musc-thin"] = {**METHODS["musc-scales-tiles"], "tile_map_rule": "finest", "tile_map_blocks": "shallow",
-                        "tile_image_blocks": "shallow"}
+'finest-top3-level'), and a tiled batch's maps from its r = 1 scores over the tapped blocks but the deepest
+(tile_map_rule 'finest', tile_map_blocks 'shallow'), decided into masks by `grown` (tile_pixel_decision);
+`musc-thin` is `musc-scales-tiles` for thin defects in elongated parts: its tiled images are scored from those blocks
+too (tile_image_blocks 'shallow') and its masks drawn by `half-peak`, which fits a thin crack; whole images are scored
+as by the default. They set stages and tiling only: backbone, size and blocks stay the user's."""
+METHODS["musc-thin"] = {**METHODS["musc-scales-tiles"], "tile_image_blocks": "shallow",
+                        "tile_pixel_decision": "half-peak"}
 
 DEFAULT_METHOD = "musc-scales-tiles"
 """The preset `musc score` and `musc evaluate` use unless --method says otherwise (chosen on the accuracy panel,
 BENCHMARKS.md): `musc-scales` with interval_skip 0.03 on near-square images, tiles along the long side of elongated
-ones, scored without RsCIN by their strongest three patches' area less half their own level."""
+ones, scored without RsCIN by their strongest three patches' area less half their own level, with maps from their r = 1
+scores over the shallower blocks."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,8 @@ class MuScConfig:
     finest view alone: LNAMD's smallest r)."""
     tile_map_rule: str | None = None
     """The map rule when the images are cut into tiles; None = `map_rule`. Tiles exist for defects much smaller
-    than a patch of the whole image, which the wider neighbourhoods of r = 3 and 5 smear ('finest', an option:
-    README, How it works)."""
+    than a patch of the whole image, which the wider neighbourhoods of r = 3 and 5 smear ('finest', the default
+    preset's: README, How it works)."""
     map_baseline: float | None = None
     """Each image's own level taken off its patch scores before the map rule: this quantile of each view's scores
     in that image (over all its tiles) is subtracted (musc.scoring.subtract_image_baseline); None = off (the
@@ -128,8 +132,8 @@ class MuScConfig:
     takes half the image's own level (the 0.9 quantile of that map) off it, so that normal images whose whole map
     stands high rank lower (README, How it works)."""
     tile_map_blocks: str = "all"
-    """The tapped blocks whose patch scores make a tiled batch's maps: 'all' of them, or 'shallow' (an option; the
-    `musc-thin` preset's): all but the deepest, whose patches see a thin defect a fraction of one tile wide least
+    """The tapped blocks whose patch scores make a tiled batch's maps: 'all' of them, or 'shallow' (the default
+    preset's): all but the deepest, whose patches see a thin defect a fraction of one tile wide least
     sharply. Only the maps change: image scores, evidence and decisions keep their blocks; with one tapped block it
     reads that one (README, How it works)."""
     tile_image_blocks: str = "all"
@@ -137,6 +141,10 @@ class MuScConfig:
     decisions use), or 'shallow' (an option): all but the deepest, so a thin defect a fraction of one tile wide is
     ranked by the blocks that still see it sharply. Only the image score changes: maps, evidence and decisions keep
     every tapped block; with one tapped block it reads that one (README, How it works)."""
+    tile_pixel_decision: str = "half-peak"
+    """The mask rule (`--pixel-decision`, musc.decision.PIXEL_METHODS) a tiled batch's maps are decided with unless
+    the user names one; whole images use 'half-peak'. The default preset's is 'grown', for its r = 1 tiled maps, on
+    which a wide defect is a plateau of patches that 'half-peak' marks only the top of (README, Decisions)."""
     rescoring: str = "rscin"
     """Stage 3 variant: 'rscin' (MuSc: image embeddings) or 'rscon' (MuSc-V2: each image's most anomalous patch)."""
     tile_rescoring: str | None = None
@@ -216,6 +224,9 @@ class MuScConfig:
         if self.tile_map_blocks not in TILE_BLOCKS:
             raise ConfigError(f"tile_map_blocks must be one of {', '.join(TILE_BLOCKS)}, "
                               f"got {self.tile_map_blocks!r}")
+        if self.tile_pixel_decision not in PIXEL_METHODS:
+            raise ConfigError(f"tile_pixel_decision must be one of {', '.join(PIXEL_METHODS)}, "
+                              f"got {self.tile_pixel_decision!r}")
         if self.tile_image_blocks not in TILE_BLOCKS:
             raise ConfigError(f"tile_image_blocks must be one of {', '.join(TILE_BLOCKS)}, "
                               f"got {self.tile_image_blocks!r}")

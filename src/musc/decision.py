@@ -30,13 +30,17 @@ others: `Bank.reference_null`): each image is decided on its own, flagged when i
 under the references' null is at most a level; nothing is estimated from the batch, so one new image can be
 decided.
 
-Masks (`pixel_method`, for every image method): `half-peak` (default) marks, in each flagged image, the pixels
-at least half-way from the batch's median map maximum (a typical normal image's strongest region) up to the
-image's own peak: the half-maximum extent of its strongest regions (`half_peak_masks`). It keeps each image's
-peak, so an image is flagged exactly when its mask is non-empty. Options: `mebin` (the middle of the widest range
-of thresholds between that median and the image's peak over which the number of connected regions stays the
-same; after MEBin, AnomalyNCD, CVPR 2025) and `image` (the pixels above the image cut-off on the map maxima: the
-lowest map maximum among a map-based decision's flagged images, or the image method applied to the map maxima).
+Masks (`pixel_method`, for every image method): `half-peak` (default on whole images) marks, in each flagged image,
+the pixels at least half-way from the batch's median map maximum (a typical normal image's strongest region) up to
+the image's own peak: the half-maximum extent of its strongest regions (`half_peak_masks`). It keeps each image's
+peak, so an image is flagged exactly when its mask is non-empty. `grown` (the default preset's on tiled batches,
+whose maps score each patch alone) does the same on the maps box-smoothed over 2 x 2 patches and grows the region
+through the connected pixels above the batch's median smoothed maximum (`grown_masks`): a wide defect there is a
+plateau of patches that each stand a little high, which `half-peak` marks only the top of. Options: `mebin` (the
+middle of the widest range of thresholds between that median and the image's peak over which the number of connected
+regions stays the same; after MEBin, AnomalyNCD, CVPR 2025) and `image` (the pixels above the image cut-off on the
+map maxima: the lowest map maximum among a map-based decision's flagged images, or the image method applied to the
+map maxima).
 Which rule finds most of the defect pixels on real batches, per preset: BENCHMARKS.md, decision sections.
 
 The batch's defect rate is estimated with a bootstrap interval. Assumption: most images are normal; when the estimate
@@ -72,11 +76,16 @@ IMAGE_METHODS = (*LABEL_FREE_METHODS, "rate", "fixed")
 DEFAULT_FDR = 0.05
 MIN_LABEL_FREE_IMAGES = 10
 """Below this many images a label-free threshold rests on too few scores to be trusted, and the decision says so."""
-PIXEL_METHODS = ("half-peak", "mebin", "image")
-"""How flagged images' maps become masks (`pixel_masks`); the first is the default."""
+PIXEL_METHODS = ("half-peak", "grown", "mebin", "image")
+"""How flagged images' maps become masks (`pixel_masks`); the first is the default of whole images."""
 HALF_PEAK = 0.5
 """`half-peak` masks: the share of the way from the batch's median map maximum to an image's peak at which its mask
 starts (one half: the half-maximum extent of the region around the peak)."""
+GROWN_PATCHES = 2
+"""`grown` masks: the side, in patches, of the box the maps are smoothed over before the half-peak region is found
+and grown. Two: on r = 1 tiled maps a wide break is a plateau of patches that each stand a little high, a thin
+crack one or two patches that stand high; over two patches both keep most of their height (0.88 and 0.90 of the
+peak on MTD and KolektorSDD, BENCHMARKS.md), and the plateau joins up."""
 MAD_SCALE = 1.4826
 UPPER_MAJORITY = 0.6
 """The map-based methods also declare a batch undecided when a two-Gaussian fit of its map maxima puts more than this
@@ -461,8 +470,8 @@ def balanced_count(evidence: np.ndarray, fdr: float = DEFAULT_FDR) -> int:
 def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DEFAULT_FDR,
                      min_images: int = MIN_LABEL_FREE_IMAGES, pixel_method: str = PIXEL_METHODS[0],
                      scores: Sequence[float] | None = None, evidence: Sequence[float] | None = None,
-                     map_max: Sequence[float] | None = None, relative_evidence: Sequence[float] | None = None
-                     ) -> tuple[Decision, np.ndarray, dict]:
+                     map_max: Sequence[float] | None = None, relative_evidence: Sequence[float] | None = None,
+                     patch: float | None = None) -> tuple[Decision, np.ndarray, dict]:
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
@@ -557,7 +566,7 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
                         "normal, as this decision assumes, and normal images with unusual maps may be among the "
                         "flagged ones; look at their maps, or set --expected-defect-rate or --threshold")
     decision = Decision(flagged, threshold, method, detail, warnings, p_values=p, rate=rate, on=on)
-    masks, pixel = pixel_masks(maps, map_max, decision, pixel_method)
+    masks, pixel = pixel_masks(maps, map_max, decision, pixel_method, patch=patch)
     return decision, masks, pixel
 
 
@@ -588,25 +597,26 @@ def decide(scores: Sequence[float], maps: np.ndarray, method: str = "balanced", 
            k: float = 3.0, rate: float | None = None, threshold: float | None = None,
            pixel_method: str = PIXEL_METHODS[0], pixel_threshold: float | None = None,
            evidence: Sequence[float] | None = None, map_max: Sequence[float] | None = None,
-           relative_evidence: Sequence[float] | None = None) -> Decisions:
+           relative_evidence: Sequence[float] | None = None, patch: float | None = None) -> Decisions:
     """Decide every image and draw its mask, from the batch's final scores (N,) and anomaly maps (N, H, W).
 
     `balanced` and `fdr` test the map maxima (or `evidence`, `Result.evidence`: a tiled batch's finest view's map
     maxima) against their null; `fdr` flags the images that pass, `balanced` takes how many to flag from that test
     (no more than the same count on `relative_evidence` finds, when given and not 0) and flags that many at the top
     of the scores. The other methods threshold the scores. Masks are drawn in the flagged images with
-    `pixel_method` (`pixel_masks`); `pixel_threshold` overrides it with a fixed map value. `map_max` (N,): the
-    maps' maxima when known better than `maps` holds them (`decide_from_maps`).
+    `pixel_method` (`pixel_masks`; `grown` needs `patch`, the pixels of one patch in the maps' frame);
+    `pixel_threshold` overrides it with a fixed map value. `map_max` (N,): the maps' maxima when known better than
+    `maps` holds them (`decide_from_maps`).
     """
     maps = np.asarray(maps)
     if method in MAP_METHODS:
         image, masks, pixel = decide_from_maps(maps, method, fdr, pixel_method=pixel_method, scores=scores,
                                                evidence=evidence, map_max=map_max,
-                                               relative_evidence=relative_evidence)
+                                               relative_evidence=relative_evidence, patch=patch)
     else:
         image = decide_images(scores, method, k=k, rate=rate, threshold=threshold)
         raw = maps.reshape(maps.shape[0], -1).max(axis=1) if map_max is None else np.asarray(map_max)
-        masks, pixel = pixel_masks(maps, raw, image, pixel_method, method, k)
+        masks, pixel = pixel_masks(maps, raw, image, pixel_method, method, k, patch=patch)
     if pixel_threshold is not None:
         masks, pixel = maps > pixel_threshold, {"method": "fixed", "threshold": float(pixel_threshold)}
     return Decisions(image, masks, pixel)
@@ -639,17 +649,21 @@ def check_pixel_method(method: str) -> None:
 
 def pixel_masks(maps: np.ndarray, raw_scores: np.ndarray, decision: Decision, method: str = PIXEL_METHODS[0],
                 image_method: str = "gmm", k: float = 3.0, threshold: float | None = None,
-                floor: float | None = None) -> tuple[np.ndarray, dict]:
+                floor: float | None = None, patch: float | None = None) -> tuple[np.ndarray, dict]:
     """Binary defect masks (N, H, W) in the flagged images and a description of the pixel threshold(s).
 
     `raw_scores` are the maps' maxima. `half-peak` and `mebin` set a threshold per flagged image above `floor` (the
     batch's median map maximum unless given: what a normal image's strongest region reaches; `half_peak_masks`,
-    `mebin_masks`); `image` marks the pixels above the image cut-off on the map maxima (the lowest one among the
-    flagged images of a decision that tests each image, or `image_method` applied to them).
+    `mebin_masks`); `grown` does the same on the maps smoothed over `patch`-pixel patches and grows the region
+    (`grown_masks`; `floor` there is on the smoothed maps); `image` marks the pixels above the image cut-off on the
+    map maxima (the lowest one among the flagged images of a decision that tests each image, or `image_method`
+    applied to them).
     """
     check_pixel_method(method)
     if threshold is not None:
         return maps > threshold, {"method": "fixed", "threshold": float(threshold)}
+    if method == "grown":
+        return grown_masks(maps, decision.defective, patch, floor)
     floor = float(np.median(raw_scores)) if floor is None else floor
     if method == "half-peak":
         return half_peak_masks(maps, decision.defective, floor)
@@ -701,6 +715,40 @@ def half_peak_masks(maps: np.ndarray, flagged: np.ndarray, floor: float, fractio
     empty mask; unflagged images get none."""
     masks, per_image = masks_per_image(maps, flagged, floor, lambda _, base, peak: base + fraction * (peak - base))
     return masks, {"method": "half-peak", "thresholds": per_image, "floor": floor, "fraction": fraction}
+
+
+def grown_masks(maps: np.ndarray, flagged: np.ndarray, patch: float | None, floor: float | None = None,
+                fraction: float = HALF_PEAK, patches: int = GROWN_PATCHES) -> tuple[np.ndarray, dict]:
+    """Per flagged image, the half-peak region of its map box-smoothed over `patches` x `patches` patches of `patch`
+    pixels, grown through the connected pixels of the smoothed map above `floor` (the batch's median smoothed map
+    maximum unless given), and always its peak; unflagged images get none.
+
+    For maps that score each patch on its own (r = 1, the default's tiled maps): there a wide defect is a plateau of
+    patches that each stand a little high and `half-peak` keeps only its top, while a thin one is one or two patches
+    that stand high. Smoothing joins the plateau and growing reaches its extent; a thin defect's mask is then about
+    two patches wide (BENCHMARKS.md, decision sections). InputError when `patch` (pixels of one patch in the maps'
+    frame) is not given.
+    """
+    if patch is None or not patch > 0:
+        raise InputError(f"grown masks need the size of one patch in the maps' pixels, got {patch!r}")
+    maps = np.asarray(maps)
+    width = max(1, int(round(patches * patch)))
+    smooth = lambda amap: ndimage.uniform_filter(amap.astype(np.float64), size=width, mode="nearest")
+    if floor is None:
+        floor = float(np.median([smooth(amap).max() for amap in maps]))
+    masks = np.zeros(maps.shape, dtype=bool)
+    per_image = {}
+    for i in np.flatnonzero(flagged):
+        smoothed = smooth(maps[i])
+        peak = float(smoothed.max())
+        base = min(floor, peak)
+        seed = smoothed >= min(base + fraction * (peak - base), peak)
+        regions, _ = ndimage.label(smoothed > base, structure=np.ones((3, 3)))
+        masks[i] = seed | np.isin(regions, np.unique(regions[seed & (regions > 0)]))
+        per_image[int(i)] = base
+    masks = with_peaks(masks, maps, np.asarray(flagged, dtype=bool))
+    return masks, {"method": "grown", "thresholds": per_image, "floor": floor, "fraction": fraction,
+                   "smoothing": width}
 
 
 def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np.ndarray, dict]:
@@ -769,15 +817,17 @@ def reference_null(evidence: Sequence[float], map_max: Sequence[float] | None = 
 
 def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: float = DEFAULT_FDR,
                               evidence: Sequence[float] | None = None, pixel_method: str = PIXEL_METHODS[0],
-                              pixel_threshold: float | None = None) -> Decisions:
+                              pixel_threshold: float | None = None, patch: float | None = None) -> Decisions:
     """Decide each image on its own against known-normal references: flagged when its evidence (the map maximum, or
     `evidence`, `Result.evidence` on tiled images) has a tail probability of at most `level` under `null`.
 
     `level` is the share of normal images expected to be flagged (per image, not over the batch: no batch is needed,
     so a single new image scored against a bank is decided). The threshold is on that evidence. Masks are drawn in
     the flagged images by `pixel_method`, from the references' median map maximum (`ReferenceNull.floor`) for
-    `half-peak` and `mebin`, and above the lowest map maximum of the flagged images for `image` (`pixel_masks`);
-    `pixel_threshold` overrides it with a fixed map value.
+    `half-peak`, `mebin` and `grown` (which then grows through the smoothed pixels above that raw median, so its
+    masks are tighter than a batch's; it needs `patch`, the pixels of one patch in the maps' frame), and above the
+    lowest map maximum of the flagged images for `image` (`pixel_masks`); `pixel_threshold` overrides it with a
+    fixed map value.
     """
     if not 0.0 < level < 1.0:
         raise ConfigError(f"the level must be between 0 and 1, got {level}")
@@ -799,12 +849,13 @@ def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: floa
                         f"the level {level:g} (BENCHMARKS.md); more references make it steadier")
     decision = Decision(flagged, null.quantile_of_tail(level), REFERENCE_METHOD, detail, warnings, p_values=p,
                         on="map_max" if evidence is None else "evidence")
-    masks, pixel = pixel_masks(maps, map_max, decision, pixel_method, threshold=pixel_threshold, floor=null.floor)
+    masks, pixel = pixel_masks(maps, map_max, decision, pixel_method, threshold=pixel_threshold, floor=null.floor,
+                               patch=patch)
     return Decisions(decision, masks, pixel)
 
 
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
-           "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks",
+           "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks", "grown_masks", "GROWN_PATCHES",
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .decision import Decision
+from .decision import PIXEL_METHODS, Decision
 from .errors import InputError
 from .io import (atomic_save_npy, atomic_save_png, atomic_write_csv, atomic_write_text, output_names, read_image,
                  read_scores_table)
@@ -35,6 +35,12 @@ order (the decision itself does not depend on the order: the null's bootstrap re
 REFERENCE_NULL = "reference_null"
 """config.json's key for the bank's null a run decided with (`musc.decision.ReferenceNull`'s fields), which `musc
 decide` decides with again."""
+MAP_PATCH = "map_patch"
+"""config.json's key for the pixels of one patch in the maps' frame (`Result.map_patch`), which `grown` masks
+smooth over."""
+PIXEL_DECISION = "pixel_decision"
+"""config.json's key for the mask rule the run's maps are decided with unless the user names one
+(`Result.pixel_decision`): `musc decide`'s default too. Folders written before it existed: 'half-peak'."""
 DECISION_COLUMNS = ("decision", "tail_probability", "q_value")
 FILE_COLUMNS = ("map", "mask", "heatmap", "overlay")
 
@@ -112,7 +118,8 @@ def write_result(result: Result, out: str | Path, root: str | Path | None = None
                 if result.paths:
                     atomic_save_png(out / files["overlay"][i], overlay(read_image(paths[i]), amap, lo, hi))
     facts = {**run_facts(), "weights": result.weights_source, "num_images": n, "timings_s": result.timings, "map_range": [lo, hi],
-             MAP_SIZE: list(result.maps.shape[1:]), INPUT_ORDER: names, **(extra or {})}
+             MAP_SIZE: list(result.maps.shape[1:]), MAP_PATCH: result.map_patch(),
+             PIXEL_DECISION: result.pixel_decision(), INPUT_ORDER: names, **(extra or {})}
     result.config.save(out / CONFIG_FILE, extra=facts)
     map_max = result.map_maxima()  # computed once: the ranking's tie-break, a column, and the evidence of whole images
     order = result.ranking(map_max)
@@ -152,6 +159,10 @@ class SavedResult:
     relative_evidence: np.ndarray | None = None
     reference_null: Any = None
     """The bank's null the run decided with (`musc.decision.ReferenceNull`; config.json's `reference_null`), or None."""
+    pixel_decision: str = PIXEL_METHODS[0]
+    """The mask rule the run's maps are decided with unless the user names one (config.json's `pixel_decision`)."""
+    map_patch: float | None = None
+    """Pixels of one patch in the maps' frame (config.json's `map_patch`); None in folders written before it."""
 
 
 def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult:
@@ -194,7 +205,7 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
                     if all(r.get("relative_evidence") for r in rows) else None)  # tiled runs of this version
     except ValueError as e:
         raise InputError(f"{scores_csv}: a score or evidence value is not a number ({e})") from None
-    whole = all(r["evidence"] == r["map_max"] for r in rows)  # whole images: the decisions test the map maxima
+    whole = relative is None and all(r["evidence"] == r["map_max"] for r in rows)  # whole images: map maxima tested
     null = None
     if facts.get(REFERENCE_NULL):
         from .decision import ReferenceNull
@@ -203,8 +214,11 @@ def read_saved_result(folder: str | Path, progress: bool = False) -> SavedResult
             null = ReferenceNull(**facts[REFERENCE_NULL])
         except TypeError as e:
             raise InputError(f"{config}: its {REFERENCE_NULL} is not a bank's null ({e})") from None
-    return SavedResult(folder, header, rows, scores, None if whole else evidence, map_max, maps, sizes,
-                       None if whole else relative, null)
+    pixel = facts.get(PIXEL_DECISION, PIXEL_METHODS[0])
+    if pixel not in PIXEL_METHODS:
+        raise InputError(f"{config}: its {PIXEL_DECISION} {pixel!r} is not one of {', '.join(PIXEL_METHODS)}")
+    return SavedResult(folder, header, rows, scores, None if whole else evidence, map_max, maps, sizes, relative, null,
+                       pixel, facts.get(MAP_PATCH))
 
 
 def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pixel_info: dict[str, Any] | None,
@@ -234,4 +248,5 @@ def write_decision(saved: SavedResult, decision: Decision, masks: np.ndarray, pi
 
 
 __all__ = ["write_result", "run_facts", "read_saved_result", "write_decision", "SavedResult", "save_mask",
-           "decision_columns", "SCORES_FILE", "CONFIG_FILE", "MAP_SIZE", "INPUT_ORDER", "REFERENCE_NULL"]
+           "decision_columns", "SCORES_FILE", "CONFIG_FILE", "MAP_SIZE", "INPUT_ORDER", "REFERENCE_NULL",
+           "MAP_PATCH", "PIXEL_DECISION"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import MuScConfig
-from .decision import rank_order
+from .decision import PIXEL_METHODS, rank_order
 
 
 @dataclass
@@ -102,6 +102,23 @@ class Result:
         if self.evidence is not None:
             return np.asarray(self.evidence, dtype=np.float64)
         return self.map_maxima() if map_maxima is None else map_maxima
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the images were cut into tiles (tiled batches set `relative_evidence`)."""
+        return self.relative_evidence is not None
+
+    def pixel_decision(self) -> str:
+        """The mask rule the maps are decided with unless the user names one: the config's `tile_pixel_decision` on
+        tiled batches, 'half-peak' on whole images (musc.decision.PIXEL_METHODS)."""
+        return self.config.tile_pixel_decision if self.tiled else PIXEL_METHODS[0]
+
+    def map_patch(self) -> int:
+        """Pixels of one patch in the maps' frame (whole images and tiles alike: the backbone's patch size), which
+        `grown` masks smooth over."""
+        from .backbones import get_preset
+
+        return get_preset(self.config.backbone).patch_size
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
