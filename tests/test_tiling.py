@@ -773,6 +773,10 @@ def test_shallow_tile_map_blocks_make_tiled_maps_from_all_blocks_but_the_deepest
     np.testing.assert_allclose(b.relative_evidence, a.relative_evidence, atol=1e-6)
     np.testing.assert_allclose(b.view_maxima, a.view_maxima, atol=1e-6)
     assert "maps from blocks 0, 1 (tile_map_blocks)" in b.notes[0] and "tile_map_blocks" not in a.notes[0]
+    assert "tile_pixel_decision" not in b.notes[0]  # half-peak masks, the field's default, go unmentioned
+    grown = MuSc(shallow.config.replace(tile_pixel_decision="grown"), backbone=bb).score(images, progress=False)
+    assert "masks drawn by 'grown' (tile_pixel_decision)" in grown.notes[0] and grown.pixel_decision() == "grown"
+    np.testing.assert_allclose(grown.maps, b.maps, atol=1e-6)  # the rule decides masks; the maps stay
     both = MuSc(full.config.replace(tile_map_blocks="shallow", tile_image_blocks="shallow"), backbone=bb).score(
         images, progress=False)  # the two together: maps and image scores of blocks 0 and 1
     np.testing.assert_allclose(both.maps, c.maps, atol=1e-6)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .decision import PIXEL_METHODS
 from .errors import ConfigError, InputError
 from .io import upright_size
 from .rescoring import get_image_score, peak
@@ -451,6 +452,8 @@ class TiledScorer:
             plan_note += f"; maps from blocks {blocks} (tile_map_blocks)"
         if image_shallow:
             plan_note += f"; image scores read the finest view of blocks {blocks} (tile_image_blocks)"
+        if self.config.tile_pixel_decision != PIXEL_METHODS[0]:
+            plan_note += f"; masks drawn by {self.config.tile_pixel_decision!r} (tile_pixel_decision)"
         result.notes.insert(0, plan_note)
         return result
 
