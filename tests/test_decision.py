@@ -607,3 +607,27 @@ def test_reference_null_from_identical_references_and_bad_input():
         decide_against_references(peaked_maps(np.ones(2)), null, evidence=[1.0])
     with pytest.raises(ConfigError, match="pixel method"):
         decide_against_references(peaked_maps(np.ones(2)), null, pixel_method="nope")
+
+
+def test_a_result_decides_itself_as_musc_score_does():
+    """`Result.decide` is `decide` on the result's scores, maps and evidence, its masks drawn by the run's rule:
+    `half-peak` on whole images, the config's `tile_pixel_decision` on tiled batches, unless one is named."""
+    from musc.config import MuScConfig
+    from musc.types import Result
+
+    maps, _, _ = synthetic_maps(170, 30, seed=6, size=64)
+    scores = maps.reshape(200, -1).max(axis=1)
+    evidence = scores + np.random.default_rng(3).normal(0, 0.005, 200)
+    whole = Result(scores, scores.copy(), maps, np.zeros((200, 2), np.float32), MuScConfig(tile_pixel_decision="grown"))
+    d = whole.decide()
+    assert d.pixel["method"] == "half-peak" and np.array_equal(d.masks, decide(scores, maps, "balanced").masks)
+    tiled = Result(scores, scores.copy(), maps, np.zeros((200, 2), np.float32),
+                   MuScConfig(tile_pixel_decision="grown"), evidence=evidence, relative_evidence=evidence - 0.2)
+    d = tiled.decide(fdr=0.01)
+    explicit = decide(scores, maps, "balanced", fdr=0.01, evidence=evidence, relative_evidence=evidence - 0.2,
+                      pixel_method="grown", patch=tiled.map_patch())
+    assert d.pixel["method"] == "grown" and d.pixel["smoothing"] == 2 * tiled.map_patch()
+    assert np.array_equal(d.image.defective, explicit.image.defective) and np.array_equal(d.masks, explicit.masks)
+    assert d.image.count > 0 and np.array_equal(d.masks.reshape(200, -1).any(axis=1), d.image.defective)
+    named = tiled.decide("fdr", pixel_method="half-peak")
+    assert named.image.method == "fdr" and named.pixel["method"] == "half-peak"

@@ -452,7 +452,7 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
     image's original size), masks/NAME.png (binary defect mask), heatmaps/NAME.png, overlays/NAME.png,
     config.json (the resolved configuration, versions and timings) and, with --report, report.html.
     """
-    from .decision import decide, decide_against_references
+    from .decision import decide_against_references
     from .export import write_result
     from .io import ResultFolder, check_output_folder, find_images
     from .pipeline import MuSc
@@ -545,10 +545,8 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             result.notes.append("no label-free decision for fewer than 3 images: give --threshold to decide"
                                 + null_hint)
         else:
-            decided = decide(result.scores, result.maps, decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate,
-                             threshold=threshold, pixel_method=pixel_decision, pixel_threshold=pixel_threshold,
-                             evidence=result.evidence, relative_evidence=result.relative_evidence,
-                             patch=result.map_patch())
+            decided = result.decide(decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate, threshold=threshold,
+                                    pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import MuScConfig
-from .decision import PIXEL_METHODS, rank_order
+from .decision import PIXEL_METHODS, Decisions, decide, rank_order
 
 
 @dataclass
@@ -119,6 +120,14 @@ class Result:
         from .backbones import get_preset
 
         return get_preset(self.config.backbone).patch_size
+
+    def decide(self, method: str = "balanced", **options: Any) -> Decisions:
+        """Which images are defective and where, decided as `musc score` decides them: `musc.decision.decide` on
+        these scores, maps, evidence and relative evidence, the masks drawn by `pixel_decision()` unless
+        `pixel_method` is given. `options`: decide's fdr, k, rate, threshold, pixel_method, pixel_threshold."""
+        options.setdefault("pixel_method", self.pixel_decision())
+        return decide(self.scores, self.maps, method, evidence=self.evidence, relative_evidence=self.relative_evidence,
+                      patch=self.map_patch(), **options)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
