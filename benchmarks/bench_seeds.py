@@ -39,12 +39,9 @@ EXTRACTION_FIELDS = ("backbone", "image_size", "layers", "tile_scale", "tile_ove
 def decision_shares(result: Result, labels: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """`balanced`'s image F1 as a share of the oracle F1-max of the same scores, and its masks' pixel F1 against the
     ground truth `truth` (N, H, W at the maps' size), both in %."""
-    from musc.decision import decide
     from musc.metrics import f1_max
 
-    decided = decide(result.scores, result.maps, "balanced", evidence=result.evidence,
-                     relative_evidence=result.relative_evidence, pixel_method=result.pixel_decision(),
-                     patch=result.map_patch())  # the masks `musc score` draws
+    decided = result.decide("balanced")  # as `musc score` decides, masks included
     return (100 * f1(decided.image.defective, labels) / f1_max(labels, result.scores),
             100 * f1(decided.masks, truth))
 
