@@ -199,3 +199,8 @@ def test_a_tiled_batch_is_masked_by_its_presets_rule_again_unless_another_is_nam
     res = run("decide", out, "--pixel-decision", "grown")
     assert res.exit_code != 0 and "map_patch" in res.output and "Traceback" not in res.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    (out / "config.json").write_text(json.dumps({**config, PIXEL_DECISION: "otsu"}))  # edited by hand: no such rule
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    res = run("decide", out)
+    assert res.exit_code != 0 and "pixel_decision 'otsu'" in res.output and "Traceback" not in res.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from musc.decision import (PIXEL_METHODS, decide_images, fit_gmm, grown_masks, half_peak_masks, mebin_threshold,
                            pixel_masks, threshold_otsu)
@@ -119,7 +120,7 @@ def test_grown_marks_a_whole_plateau_where_half_peak_marks_its_top():
     columns = np.flatnonzero(masks[1].any(axis=0))
     assert columns.min() >= 30 - 8 and columns.max() <= 30 + 8
     assert not masks[2:].any()  # unflagged images get none
-    smoothed_maxima = [float(np.max(__import__("scipy").ndimage.uniform_filter(m, 8, mode="nearest"))) for m in maps]
+    smoothed_maxima = [float(np.max(ndimage.uniform_filter(m, 8, mode="nearest"))) for m in maps]
     assert info["method"] == "grown" and info["smoothing"] == 8 and info["fraction"] == 0.5
     assert info["floor"] == pytest.approx(np.median(smoothed_maxima))  # the batch's median smoothed maximum
     assert grown_masks(maps, flagged, patch=4, patches=1)[1]["smoothing"] == 4

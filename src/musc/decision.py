@@ -734,12 +734,14 @@ def grown_masks(maps: np.ndarray, flagged: np.ndarray, patch: float | None, floo
     maps = np.asarray(maps)
     width = max(1, int(round(patches * patch)))
     smooth = lambda amap: ndimage.uniform_filter(amap.astype(np.float64), size=width, mode="nearest")
+    smoothed_maps = {}  # smoothed once: for the floor (every image) and the masks (the flagged ones)
     if floor is None:
-        floor = float(np.median([smooth(amap).max() for amap in maps]))
+        smoothed_maps = dict(enumerate(map(smooth, maps)))
+        floor = float(np.median([amap.max() for amap in smoothed_maps.values()]))
     masks = np.zeros(maps.shape, dtype=bool)
     per_image = {}
     for i in np.flatnonzero(flagged):
-        smoothed = smooth(maps[i])
+        smoothed = smoothed_maps[i] if i in smoothed_maps else smooth(maps[i])
         peak = float(smoothed.max())
         base = min(floor, peak)
         seed = smoothed >= min(base + fraction * (peak - base), peak)
