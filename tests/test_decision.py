@@ -126,6 +126,23 @@ def test_grown_marks_a_whole_plateau_where_half_peak_marks_its_top():
     assert grown_masks(maps, flagged, patch=4, patches=1)[1]["smoothing"] == 4
 
 
+def test_grown_keeps_the_seed_where_the_whole_image_stands_high():
+    maps = plateau_batch()
+    maps[2] += 0.15  # a flagged normal image whose whole surface stands above what the others reach
+    maps[2, 40:48, 8:16] = 0.9  # and its peak: one 2 x 2-patch spot
+    flagged = np.zeros(12, bool)
+    flagged[:3] = True
+    unlimited, info = grown_masks(maps, flagged, patch=4, max_share=1.0)
+    assert unlimited[2].all() and info["not_grown"] == []  # grown through the whole image
+    masks, info = grown_masks(maps, flagged, patch=4)
+    spot = np.zeros((64, 64), bool)
+    spot[40 - 8:48 + 8, 8 - 8:16 + 8] = True  # the spot, within the smoothing width (2 patches, 8 pixels)
+    assert masks[2, 42:46, 10:14].all() and not (masks[2] & ~spot).any()  # its seed: the spot (its middle) alone
+    assert info["not_grown"] == [2] and info["max_share"] == 0.5
+    np.testing.assert_array_equal(masks[:2], unlimited[:2])  # the plateau and the line (under half) still grown
+    assert grown_masks(maps, flagged, patch=4, max_share=0.01)[1]["not_grown"] == [0, 1, 2]
+
+
 def test_grown_keeps_each_flagged_peak_and_needs_the_patch_size():
     maps = plateau_batch(1)
     flagged = np.zeros(12, bool)

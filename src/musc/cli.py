@@ -378,8 +378,8 @@ def decision_options(func: Callable) -> Callable:
                      help="How each flagged image's map becomes a binary defect mask (masks/NAME.png): half-peak "
                           "(the pixels at least half-way from the batch's median map maximum to the image's peak), "
                           "grown (half-peak on the map smoothed over 2 x 2 patches, grown through the connected "
-                          "pixels above the batch's median smoothed maximum), mebin, or image (the pixels above the "
-                          "image cut-off). Default: half-peak on whole images; on tiled batches the preset's "
+                          "pixels above the batch's median smoothed maximum, at most half the image), mebin, or "
+                          "image (the pixels above the image cut-off). Default: half-peak on whole images; on tiled batches the preset's "
                           "(grown for the default, whose tiled maps score each patch alone)."),
         click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps."),
     ]

@@ -86,6 +86,12 @@ GROWN_PATCHES = 2
 and grown. Two: on r = 1 tiled maps a wide break is a plateau of patches that each stand a little high, a thin
 crack one or two patches that stand high; over two patches both keep most of their height (0.88 and 0.90 of the
 peak on MTD and KolektorSDD, BENCHMARKS.md), and the plateau joins up."""
+GROWN_MAX_SHARE = 0.5
+"""`grown` masks: the largest share of an image a grown region may cover; above it the image keeps its seed (the
+smoothed map's half-peak region). A region over half the image is the image's whole surface standing above what
+normal images reach, not the extent of a defect: on KolektorSDD's tiled maps the two largest grown masks (61 and 67 %
+of their images) were in normal images flagged by mistake and held 59 % of the batch's mask pixels; the largest
+grown mask on a real defect of the three tiled sets covers 31 % of its image (BENCHMARKS.md, decision sections)."""
 MAD_SCALE = 1.4826
 UPPER_MAJORITY = 0.6
 """The map-based methods also declare a batch undecided when a two-Gaussian fit of its map maxima puts more than this
@@ -718,10 +724,13 @@ def half_peak_masks(maps: np.ndarray, flagged: np.ndarray, floor: float, fractio
 
 
 def grown_masks(maps: np.ndarray, flagged: np.ndarray, patch: float | None, floor: float | None = None,
-                fraction: float = HALF_PEAK, patches: int = GROWN_PATCHES) -> tuple[np.ndarray, dict]:
+                fraction: float = HALF_PEAK, patches: int = GROWN_PATCHES, max_share: float = GROWN_MAX_SHARE
+                ) -> tuple[np.ndarray, dict]:
     """Per flagged image, the half-peak region of its map box-smoothed over `patches` x `patches` patches of `patch`
     pixels, grown through the connected pixels of the smoothed map above `floor` (the batch's median smoothed map
-    maximum unless given), and always its peak; unflagged images get none.
+    maximum unless given), and always its peak; unflagged images get none. Where the grown region would cover more
+    than `max_share` of the image, the image keeps the half-peak region it was grown from (`GROWN_MAX_SHARE`; the
+    images are listed under 'not_grown').
 
     For maps that score each patch on its own (r = 1, the default's tiled maps): there a wide defect is a plateau of
     patches that each stand a little high and `half-peak` keeps only its top, while a thin one is one or two patches
@@ -740,17 +749,22 @@ def grown_masks(maps: np.ndarray, flagged: np.ndarray, patch: float | None, floo
         floor = float(np.median([amap.max() for amap in smoothed_maps.values()]))
     masks = np.zeros(maps.shape, dtype=bool)
     per_image = {}
+    not_grown = []
     for i in np.flatnonzero(flagged):
         smoothed = smoothed_maps[i] if i in smoothed_maps else smooth(maps[i])
         peak = float(smoothed.max())
         base = min(floor, peak)
         seed = smoothed >= min(base + fraction * (peak - base), peak)
         regions, _ = ndimage.label(smoothed > base, structure=np.ones((3, 3)))
-        masks[i] = seed | np.isin(regions, np.unique(regions[seed & (regions > 0)]))
+        grown = seed | np.isin(regions, np.unique(regions[seed & (regions > 0)]))
+        if grown.mean() > max_share:
+            grown = seed
+            not_grown.append(int(i))
+        masks[i] = grown
         per_image[int(i)] = base
     masks = with_peaks(masks, maps, np.asarray(flagged, dtype=bool))
     return masks, {"method": "grown", "thresholds": per_image, "floor": floor, "fraction": fraction,
-                   "smoothing": width}
+                   "smoothing": width, "max_share": max_share, "not_grown": not_grown}
 
 
 def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np.ndarray, dict]:
