@@ -297,6 +297,18 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def mask_notes(pixel_info: dict[str, Any] | None, names: list[str]) -> list[str]:
+    """What the summary says about the masks: the flagged images whose `grown` region was not kept because it would
+    cover more than its limit of the image (musc.decision.grown_masks; decision.json's pixel.not_grown)."""
+    kept = (pixel_info or {}).get("not_grown") or []
+    if not kept:
+        return []
+    shown = ", ".join(names[i] for i in kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+    return [f"the masks of {plural(len(kept), 'flagged image')} mark only the strongest region ({shown}): over more "
+            f"than {pixel_info['max_share']:.0%} of the image the map stands above what most images' maps reach, a "
+            "whole surface standing high rather than a defect's extent (decision.json: pixel.not_grown)"]
+
+
 @click.group(cls=MuscGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="musc-ad", prog_name="musc")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -379,8 +391,8 @@ def decision_options(func: Callable) -> Callable:
                           "(the pixels at least half-way from the batch's median map maximum to the image's peak), "
                           "grown (half-peak on the map smoothed over 2 x 2 patches, grown through the connected "
                           "pixels above the batch's median smoothed maximum, at most half the image), mebin, or "
-                          "image (the pixels above the image cut-off). Default: half-peak on whole images; on tiled batches the preset's "
-                          "(grown for the default, whose tiled maps score each patch alone)."),
+                          "image (the pixels above the image cut-off). Default: half-peak on whole images; on tiled "
+                          "batches the preset's (grown for the default, whose tiled maps score each patch alone)."),
         click.option("--pixel-threshold", type=float, default=None, help="Fixed pixel threshold on the maps."),
     ]
     for option in reversed(options):
@@ -548,6 +560,10 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             decided = result.decide(decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate, threshold=threshold,
                                     pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
+        if pixel_info and pixel_info.get("not_grown"):
+            from .io import output_names  # the names scores.csv gives the images
+
+            result.notes.extend(mask_notes(pixel_info, output_names(result.paths or [], root)))
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
                  "skipped_unreadable": skipped, "exclude": list(exclude)}
@@ -739,6 +755,8 @@ def decide_again(results: Path, decision_method: str, fdr: float, mad_k: float, 
             log.warning(warning)
         return
     _echo_decision(decision, n)
+    for note in mask_notes(decided.pixel, [row["name"] for row in saved.rows]):
+        click.echo(f"Note: {note}")
     click.echo(f"Decision written to {scores_path}, decision.json and masks/")
 
 
