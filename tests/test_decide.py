@@ -206,13 +206,14 @@ def test_a_tiled_batch_is_masked_by_its_presets_rule_again_unless_another_is_nam
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
 
 
-def test_masks_kept_to_their_strongest_region_are_named_in_the_summary(tmp_path, monkeypatch):
-    """A flagged image whose `grown` region would cover more than its limit keeps its seed; `musc score` and `musc
-    decide` name those images in a note (config.json's notes too), decision.json lists them as pixel.not_grown."""
+def test_masks_kept_to_their_strongest_region_are_named_in_the_summary_and_report(tmp_path, monkeypatch):
+    """A flagged image whose `grown` region would cover more than its limit keeps its seed; decision.json lists those
+    images as pixel.not_grown, and the summaries of `musc score` and `musc decide` and the report name them (from
+    the decision, so a later decision without them does not repeat it)."""
     from functools import partial
 
     import musc.decision
-    from musc.cli import mask_notes
+    from musc.decision import mask_notes
 
     folder = tmp_path / "tall"
     folder.mkdir()
@@ -221,7 +222,8 @@ def test_masks_kept_to_their_strongest_region_are_named_in_the_summary(tmp_path,
         Image.fromarray(planted(image) if i in (3, 8) else image).save(folder / f"t{i:02d}.png")
     monkeypatch.setattr(musc.decision, "grown_masks", partial(musc.decision.grown_masks, max_share=0.0))
     out = tmp_path / "out"
-    res = run("score", folder, "--out", out, "--expected-defect-rate", "0.25", *[o for o in TINY if o != "-q"])
+    verbose = [o for o in TINY if o != "-q"]
+    res = run("score", folder, "--out", out, "--expected-defect-rate", "0.25", "--report", *verbose)
     assert res.exit_code == 0, res.output
     flagged = [r["name"] for r in rows_of(out) if r["decision"] == "defective"]
     pixel = json.loads((out / "decision.json").read_text())["pixel"]
@@ -230,17 +232,20 @@ def test_masks_kept_to_their_strongest_region_are_named_in_the_summary(tmp_path,
     named = ", ".join(order[i] for i in pixel["not_grown"])
     note = f"the masks of 3 flagged images mark only the strongest region ({named})"
     assert f"Note: {note}" in res.output and "more than 0% of the image" in res.output
-    assert any(n.startswith(note) for n in json.loads((out / "config.json").read_text())["notes"])
+    assert note in (out / "report.html").read_text()
+    assert not any("strongest region" in n for n in json.loads((out / "config.json").read_text())["notes"])
     res = run("decide", out, "--expected-defect-rate", "0.25")
     assert res.exit_code == 0 and f"Note: {note}" in res.output, res.output
     monkeypatch.undo()
     res = run("decide", out, "--expected-defect-rate", "0.25")
     assert res.exit_code == 0 and "mark only the strongest region" not in res.output, res.output
     assert json.loads((out / "decision.json").read_text())["pixel"]["not_grown"] == []
+    assert "strongest region" not in (out / "report.html").read_text()
     names = [f"n{i}" for i in range(8)]
     assert mask_notes({"not_grown": list(range(7)), "max_share": 0.5}, names)[0].startswith(
         "the masks of 7 flagged images mark only the strongest region (n0, n1, n2, n3, n4 and 2 more): over more than "
         "50% of the image")
     assert mask_notes({"not_grown": [6], "max_share": 0.5}, names)[0].startswith(
         "the masks of 1 flagged image mark only the strongest region (n6)")
+    assert "(image 10 in the batch's order)" in mask_notes({"not_grown": [9], "max_share": 0.5}, names)[0]
     assert mask_notes({"method": "half-peak"}, names) == mask_notes(None, names) == []

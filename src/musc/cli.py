@@ -14,7 +14,8 @@ from .backbones import PRESETS, get_preset
 from .config import (DEFAULT_METHOD, ENGINES, IMAGE_SCORES, MAP_RULES, METHODS, SCORE_DTYPES, TILE_BLOCKS,
                      TILE_MATCHINGS, TILE_RESCORINGS, MuScConfig)
 from .datasets.readers import READERS
-from .decision import DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, MIN_REFERENCES, PIXEL_METHODS, REFERENCE_METHOD
+from .decision import (DEFAULT_FDR, IMAGE_METHODS, LABEL_FREE_METHODS, MIN_REFERENCES, PIXEL_METHODS, REFERENCE_METHOD,
+                       mask_notes)
 from .errors import ConfigError, ImageReadError, InputError, MuscError
 from .tiling import MIN_TILE_SUBSET
 
@@ -297,17 +298,6 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def mask_notes(pixel_info: dict[str, Any] | None, names: list[str]) -> list[str]:
-    """What the summary says about the masks: the flagged images whose `grown` region was not kept because it would
-    cover more than its limit of the image (musc.decision.grown_masks; decision.json's pixel.not_grown)."""
-    kept = (pixel_info or {}).get("not_grown") or []
-    if not kept:
-        return []
-    shown = ", ".join(names[i] for i in kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
-    return [f"the masks of {plural(len(kept), 'flagged image')} mark only the strongest region ({shown}): over more "
-            f"than {pixel_info['max_share']:.0%} of the image the map stands above what most images' maps reach, a "
-            "whole surface standing high rather than a defect's extent (decision.json: pixel.not_grown)"]
-
 
 @click.group(cls=MuscGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="musc-ad", prog_name="musc")
@@ -560,10 +550,6 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             decided = result.decide(decision_method, fdr=fdr, k=mad_k, rate=expected_defect_rate, threshold=threshold,
                                     pixel_method=pixel_decision, pixel_threshold=pixel_threshold)
             decision, masks, pixel_info = decided.image, decided.masks, decided.pixel
-        if pixel_info and pixel_info.get("not_grown"):
-            from .io import output_names  # the names scores.csv gives the images
-
-            result.notes.extend(mask_notes(pixel_info, output_names(result.paths or [], root)))
         extra = {"notes": result.notes, "mode": config.mode if references is not None else "zero-shot",
                  "references": str(reference or bank) if references is not None else None,
                  "skipped_unreadable": skipped, "exclude": list(exclude)}
@@ -585,6 +571,11 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             log.warning(warning)
     else:
         _print_summary(result, out / scores_path.name, decision, skipped)
+        if pixel_info and pixel_info.get("not_grown"):
+            from .io import output_names  # the names scores.csv gives the images
+
+            for note in mask_notes(pixel_info, output_names(result.paths or [], root)):
+                click.echo(f"Note: {note}")
 
 
 THRESHOLD_ON = {"map_max": " on the map maxima", "evidence": " on the evidence column"}

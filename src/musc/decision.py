@@ -767,6 +767,21 @@ def grown_masks(maps: np.ndarray, flagged: np.ndarray, patch: float | None, floo
                    "smoothing": width, "max_share": max_share, "not_grown": not_grown}
 
 
+def mask_notes(pixel: dict[str, Any] | None, names: Sequence[str]) -> list[str]:
+    """What a user should know about the masks of a decision's `pixel` description (`Decisions.pixel`,
+    decision.json's "pixel"): the flagged images whose `grown` region was not kept for covering more than its limit of
+    the image (`grown_masks`), named by `names` (the images in the batch's order)."""
+    kept = (pixel or {}).get("not_grown") or []
+    if not kept:
+        return []
+    count = f"{len(kept)} flagged image" + ("" if len(kept) == 1 else "s")
+    name = lambda i: str(names[i]) if i < len(names) else f"image {i + 1} in the batch's order"
+    shown = ", ".join(map(name, kept[:5])) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+    return [f"the masks of {count} mark only the strongest region ({shown}): over more than "
+            f"{pixel['max_share']:.0%} of the image the map stands above what most images' maps reach, a whole "
+            "surface standing high rather than a defect's extent (decision.json: pixel.not_grown)"]
+
+
 def mebin_masks(maps: np.ndarray, flagged: np.ndarray, floor: float) -> tuple[np.ndarray, dict]:
     """Per flagged image, the pixels above its MEBin threshold (searched between `floor` and its peak), and
     always its peak, so a flagged image never has an empty mask; unflagged images get none."""
@@ -872,6 +887,7 @@ def decide_against_references(maps: np.ndarray, null: ReferenceNull, level: floa
 
 __all__ = ["Decision", "Decisions", "RateEstimate", "NullModel", "decide", "decide_fdr", "decide_from_maps",
            "estimated_f1_cut", "MAP_METHODS", "mebin_masks", "decide_images", "pixel_masks", "half_peak_masks", "grown_masks", "GROWN_PATCHES",
+           "GROWN_MAX_SHARE", "mask_notes",
            "masks_per_image", "check_pixel_method", "mebin_threshold", "HALF_PEAK", "fit_gmm", "fit_null",
            "shorth_location", "estimate_defect_rate", "benjamini_hochberg", "check_fdr", "estimate_null", "rank_order",
            "NullEstimate", "bh_adjusted", "threshold_mad", "threshold_gmm", "threshold_otsu", "IMAGE_METHODS",

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .decision import mask_notes
+from .export import INPUT_ORDER
 from .io import atomic_write_bytes, atomic_write_text, read_image, read_scores_table
 
 MAP_MAXIMA_COLUMNS = ("map_max", "raw_score", "evidence")
@@ -176,7 +178,8 @@ def write_report(results: str | Path, progress: bool = True, title: str | None =
                         f"{r['low']:.0%} to {r['high']:.0%})")
         if img.get("undecided"):
             summary += "; <b>undecided</b>: the method could not decide this batch"
-        warn_html = "".join(f'<div class="warn">{e(w)}</div>' for w in img.get("warnings", []))
+        notes = mask_notes(decision.get("pixel"), config.get(INPUT_ORDER, []))
+        warn_html = "".join(f'<div class="warn">{e(w)}</div>' for w in [*img.get("warnings", []), *notes])
     cfg = config.get("config", {})
     facts = {k: v for k, v in config.items() if k != "config"}
     kv = lambda d: "".join(f"<tr><td>{e(str(k))}</td><td>{e(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
