@@ -298,7 +298,6 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-
 @click.group(cls=MuscGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="musc-ad", prog_name="musc")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -571,11 +570,10 @@ def score(inputs: tuple[Path, ...], out: Path, reference: Path | None, bank: Pat
             log.warning(warning)
     else:
         _print_summary(result, out / scores_path.name, decision, skipped)
-        if pixel_info and pixel_info.get("not_grown"):
-            from .io import output_names  # the names scores.csv gives the images
+        from .io import output_names  # the names scores.csv gives the images
 
-            for note in mask_notes(pixel_info, output_names(result.paths or [], root)):
-                click.echo(f"Note: {note}")
+        for note in mask_notes(pixel_info, output_names(result.paths or [], root)):
+            click.echo(f"Note: {note}")
 
 
 THRESHOLD_ON = {"map_max": " on the map maxima", "evidence": " on the evidence column"}
