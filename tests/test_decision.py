@@ -555,6 +555,22 @@ def test_relative_evidence_caps_how_many_images_balanced_flags():
         decide_from_maps(maps, evidence=evidence, relative_evidence=relative[:5])
 
 
+def test_balanced_flags_one_image_alone_when_the_test_finds_one():
+    """One unusual image above a slightly skewed normal peak: the test finds it alone, and the estimated-F1 count,
+    read on a null fitted a little too narrow for that peak's upper tail, would add ten normal images behind it."""
+    values = np.r_[np.random.default_rng(0).lognormal(0.0, 0.1, 59), 4.0]
+    estimate = estimate_null(values)
+    found = benjamini_hochberg(estimate.p_values, 0.05)
+    assert np.flatnonzero(found).tolist() == [59] and (found | estimated_f1_cut(estimate.p_values)[0]).sum() == 10
+    d = decide_from_maps(peaked_maps(values), "balanced")[0]
+    assert np.flatnonzero(d.defective).tolist() == [59] and "it alone is flagged" in d.detail
+    assert balanced_count(values) == 1
+    ranked = decide_from_maps(peaked_maps(values), "balanced", scores=np.arange(60.0)[::-1])[0]
+    assert np.flatnonzero(ranked.defective).tolist() == [0]  # one image, the top of the final scores
+    two = np.r_[values[:58], 4.0, 4.1]  # two images above the rest: a tail, counted as before
+    assert balanced_count(two) >= 2
+
+
 def test_balanced_count_is_zero_where_balanced_flags_nothing():
     rng = np.random.default_rng(4)
     assert balanced_count(rng.normal(0.3, 0.02, 100)) == 0  # all normal: the test finds nothing (here)

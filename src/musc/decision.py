@@ -16,14 +16,16 @@ its estimation uncertainty is carried into it), and Benjamini-Hochberg tests the
 an all-normal batch would be left alone with probability about 1 - fdr), it flags as many images as maximise the F1
 estimated from the null: above each cut-off, the null predicts how many normal images reach it and the excess is the
 defects found. This balances missed defects against false alarms where `fdr` only bounds the false alarms, and finds
-far more of the defects when defective and normal images overlap. Given the batch's final image scores, the flagged
-images are that many at the top of their ranking (which ranks better than the map maxima: RsCIN, and the default
-preset's image score), so the flagged images are the ranking's first rows. Given a `relative_evidence` as well
-(tiled batches: `Result.relative_evidence`, each image's strongest region less its own level), `balanced` flags no
-more images than the same count on it finds, when it finds any: an image whose whole map stands high (lighting, the
-surface of that part) raises its absolute evidence, not its relative one. When it finds none, the count stands: a
-defect that raises a whole image has no relative evidence. `fdr`: the images Benjamini-Hochberg flags, about `fdr`
-of them expected to be normal.
+far more of the defects when defective and normal images overlap. When the test finds one image alone, that image
+alone is flagged: one image far above the rest (an unusual normal one, or a single defect) is not a tail to count
+defects from, and with a null fitted slightly too narrow the count would add normal images behind it. Given the
+batch's final image scores, the flagged images are that many at the top of their ranking (which ranks better than
+the map maxima: RsCIN, and the default preset's image score), so the flagged images are the ranking's first rows.
+Given a `relative_evidence` as well (tiled batches: `Result.relative_evidence`, each image's strongest region less
+its own level), `balanced` flags no more images than the same count on it finds, when it finds any: an image whose
+whole map stands high (lighting, the surface of that part) raises its absolute evidence, not its relative one. When
+it finds none, the count stands: a defect that raises a whole image has no relative evidence. `fdr`: the images
+Benjamini-Hochberg flags, about `fdr` of them expected to be normal.
 
 Against known-normal references (`decide_against_references`, a bank's own references each scored against the
 others: `Bank.reference_null`): each image is decided on its own, flagged when its evidence's tail probability
@@ -462,7 +464,8 @@ def upper_majority(evidence: np.ndarray) -> float | None:
 
 def balanced_count(evidence: np.ndarray, fdr: float = DEFAULT_FDR) -> int:
     """How many images `balanced` flags on `evidence` (N,) alone: 0 when the batch looks mostly defective or the
-    test at `fdr` finds nothing, else the estimated-F1 count (`estimated_f1_cut`) or more when more pass the test."""
+    test at `fdr` finds nothing, 1 when it finds one image, else the estimated-F1 count (`estimated_f1_cut`) or more
+    when more pass the test."""
     x = np.asarray(evidence, dtype=np.float64)
     estimate = estimate_null(x)
     if estimate.rate.estimate >= 0.5 or upper_majority(x) is not None:
@@ -470,6 +473,8 @@ def balanced_count(evidence: np.ndarray, fdr: float = DEFAULT_FDR) -> int:
     flagged = benjamini_hochberg(estimate.p_values, fdr)
     if not flagged.any():
         return 0
+    if flagged.sum() == 1:  # one image above the rest, not a tail to count from
+        return 1
     return int((flagged | estimated_f1_cut(estimate.p_values)[0]).sum())
 
 
@@ -481,20 +486,20 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
     """The map-based decisions, `balanced` and `fdr`: images flagged from their strongest region, masks
     drawn in the flagged images.
 
-    Both fit the null (normal) distribution of the map maxima from the batch (`estimate_null`) and test every
-    image with Benjamini-Hochberg at `fdr`. `fdr` flags exactly those images. `balanced` takes that test as
-    evidence that the batch holds any defect at all (Simes' test of "every image is normal", at level `fdr`),
-    and then flags as many images as maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing,
-    nothing is flagged. With the batch's final image `scores`, `balanced` flags that many images in their order
-    (the ranking the user reads; ties broken by the map maxima), and its `threshold` is on the scores; otherwise,
-    and for `fdr` (whose error rate holds for the map maxima's tail probabilities), the `threshold` is on the
-    map values: an image is flagged when its map maximum reaches it. `evidence` (N,) replaces the map maxima as what
-    is tested (`Result.evidence`: a tiled batch's finest view; the threshold is then `on` 'evidence'); the masks
-    are drawn on the maps either way. `map_max` (N,) gives the maps' maxima when they are known better than `maps`
-    holds them (`musc decide` reads them from scores.csv). `relative_evidence` (N,; `Result.relative_evidence`)
-    caps `balanced`'s count at what the same count on it finds (`balanced_count`) when that is not 0; `fdr` ignores
-    it. Returns the image decision, the masks (N, H, W; drawn by `pixel_method`, `pixel_masks`: flagged images
-    exactly are those with a non-empty mask) and a description of the pixel rule.
+    Both fit the null (normal) distribution of the map maxima from the batch (`estimate_null`) and test every image
+    with Benjamini-Hochberg at `fdr`. `fdr` flags exactly those images. `balanced` takes that test as evidence that
+    the batch holds any defect at all (Simes' test of "every image is normal", at level `fdr`), and then flags as
+    many images as maximise the estimated F1 (`estimated_f1_cut`); when the test finds nothing, nothing is flagged,
+    and when it finds one image, that one alone. With the batch's final image `scores`, `balanced` flags that many
+    images in their order (the ranking the user reads; ties broken by the map maxima), and its `threshold` is on the
+    scores; otherwise, and for `fdr` (whose error rate holds for the map maxima's tail probabilities), the
+    `threshold` is on the map values: an image is flagged when its map maximum reaches it. `evidence` (N,) replaces
+    the map maxima as what is tested (`Result.evidence`: a tiled batch's finest view; the threshold is then `on`
+    'evidence'); the masks are drawn on the maps either way. `map_max` (N,) gives the maps' maxima when they are
+    known better than `maps` holds them (`musc decide` reads them from scores.csv). `relative_evidence` (N,;
+    `Result.relative_evidence`) caps `balanced`'s count at what the same count on it finds (`balanced_count`) when
+    that is not 0; `fdr` ignores it. Returns the image decision, the masks (N, H, W; drawn by `pixel_method`,
+    `pixel_masks`: flagged images exactly are those with a non-empty mask) and a description of the pixel rule.
     """
     check_fdr(fdr)
     check_pixel_method(pixel_method)
@@ -540,6 +545,9 @@ def decide_from_maps(maps: np.ndarray, method: str = "balanced", fdr: float = DE
             + ("map maxima" if tested == "map_max" else "evidence (the finest view's map maxima on tiles)"))
     if method == "fdr":
         detail = f"FDR {fdr:g} (Benjamini-Hochberg) over images; {peak}"
+    elif flagged.sum() == 1:
+        detail = (f"one image passes a test at FDR {fdr:g} and it alone is flagged: the estimated-F1 count reads a "
+                  f"tail of images, and one image above the rest is not one; {peak}")
     elif flagged.any():
         best, defects, f1 = estimated_f1_cut(p)
         flagged |= best
