@@ -155,6 +155,7 @@ def main() -> None:
             raise SystemExit(f"unknown batch {', '.join(unknown)}; known: {', '.join(chosen)}")
         chosen = {k: v for k, v in chosen.items() if k in wanted}
     suffix = ("" if args.method == "musc" else f" --method {args.method}") + rule
+    suffix += f" --batches {args.batches}" if args.batches else ""
     section = ("decision" if args.method == "musc" else f"decision-{args.method}") + variant_name(
         "", args.map_rule, args.tile_map_rule, layers, args.map_baseline, args.tile_image_score)
     kept = {}  # the rows of the batches not run again (--batches), from BENCHMARKS.md
